@@ -1,0 +1,3 @@
+"""Lessons, one module each, listed here in curriculum order (see explain/registry.py)."""
+
+LESSON_MODULES: tuple[str, ...] = ("softmax",)

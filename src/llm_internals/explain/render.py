@@ -1,0 +1,151 @@
+"""Renderers for lessons: the terminal (rich), Markdown, and JSON (the web explorer's input).
+
+The JSON schema is documented in docs/explain-json.md; its "schema" field changes whenever the
+layout does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.table import Table as RichTable
+
+from llm_internals.explain.lesson import Lesson, Table
+from llm_internals.explain.values import Grid, as_array, describe
+
+JSON_SCHEMA = "llm-internals.lesson/1"
+JSON_MAX_ELEMENTS = 4096
+
+
+def render_terminal(lesson: Lesson, console: Console) -> None:
+    """Print the lesson with rich: a header panel, then each section's steps and value tables."""
+    console.print(Panel(f"[bold]{lesson.title}[/bold]\n{lesson.summary}", expand=False))
+    for number, section in enumerate(lesson.sections, start=1):
+        console.rule(f"[bold]{number}. {section.title}")
+        for step in section.steps:
+            console.print(Markdown(step.text))
+            if step.formula:
+                console.print(f"  [bold cyan]{step.formula}[/bold cyan]")
+            for name, value in step.values.items():
+                shown = describe(value, step.decimals)
+                if isinstance(shown, Grid):
+                    title = f"{name}  [dim]{shown.caption}[/dim]" if shown.caption else name
+                    table = RichTable(title=title, title_justify="left", show_lines=False)
+                    for column in shown.header:
+                        table.add_column(column, justify="right")
+                    for row in shown.rows:
+                        table.add_row(*row)
+                    console.print(table)
+                else:
+                    console.print(f"  {name} = [bold]{shown}[/bold]")
+            console.print()
+
+
+def _markdown_grid(grid: Grid) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(grid.header), "|" + "---:|" * len(grid.header), *(line(r) for r in grid.rows)]
+
+
+def render_markdown(lesson: Lesson) -> str:
+    """The lesson as a Markdown document (headings, formulas in code blocks, pipe tables)."""
+    out = [f"# {lesson.title}", "", lesson.summary, ""]
+    for number, section in enumerate(lesson.sections, start=1):
+        out += [f"## {number}. {section.title}", ""]
+        for step in section.steps:
+            out += [step.text, ""]
+            if step.formula:
+                out += ["```", step.formula, "```", ""]
+            for name, value in step.values.items():
+                shown = describe(value, step.decimals)
+                if isinstance(shown, Grid):
+                    caption = f" ({shown.caption})" if shown.caption else ""
+                    out += [f"**{name}**{caption}", "", *_markdown_grid(shown), ""]
+                else:
+                    out += [f"- **{name}** = `{shown}`", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _json_number(x: Any) -> Any:
+    """Floats rounded to 6 decimals; nan and infinities as strings (JSON has no such numbers)."""
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return x
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return round(x, 6)
+
+
+def _json_value(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, Table):
+        rows = [[_json_number(c) if not isinstance(c, str) else c for c in r] for r in value.rows]
+        return {"name": name, "kind": "table", "columns": list(value.columns), "rows": rows}
+    array = as_array(value)
+    if array is not None:
+        entry: dict[str, Any] = {
+            "name": name,
+            "kind": "tensor",
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+        }
+        truncated = array.size > JSON_MAX_ELEMENTS
+        if truncated:
+            array = array[tuple(slice(0, 8) for _ in array.shape)]
+        entry["truncated"] = truncated
+        if truncated:
+            entry["data_shape"] = list(array.shape)
+        flat = [_json_number(v) for v in array.reshape(-1).tolist()]
+        entry["data"] = _nest(flat, list(array.shape))
+        return entry
+    if isinstance(value, str):
+        return {"name": name, "kind": "text", "value": value}
+    return {"name": name, "kind": "scalar", "value": _json_number(value)}
+
+
+def _nest(flat: list[Any], shape: list[int]) -> Any:
+    if not shape:
+        return flat[0]
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def lesson_to_dict(lesson: Lesson) -> dict[str, Any]:
+    """The lesson as plain JSON-ready data (see docs/explain-json.md)."""
+    return {
+        "schema": JSON_SCHEMA,
+        "name": lesson.name,
+        "title": lesson.title,
+        "summary": lesson.summary,
+        "sections": [
+            {
+                "title": section.title,
+                "steps": [
+                    {
+                        "text": step.text,
+                        "formula": step.formula,
+                        "decimals": step.decimals,
+                        "values": [_json_value(n, v) for n, v in step.values.items()],
+                    }
+                    for step in section.steps
+                ],
+            }
+            for section in lesson.sections
+        ],
+    }
+
+
+def render_json(lesson: Lesson) -> str:
+    """The lesson as indented, key-stable JSON text."""
+    return json.dumps(lesson_to_dict(lesson), indent=2, ensure_ascii=False) + "\n"

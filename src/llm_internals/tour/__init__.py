@@ -1,0 +1,56 @@
+"""The tour: every stage of the stack run in order on one corpus, each printing what it measured.
+
+A stage is a module in this package with `run(ctx: TourContext) -> None`; STAGES lists them in
+order, and a stage whose module is None is shown as not yet built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from llm_internals.console import console as default_console
+
+STAGES: list[tuple[str, str | None]] = [
+    ("corpus", "corpus"),
+    ("tokenizer", None),
+    ("model", None),
+    ("training", None),
+    ("generation", None),
+    ("serving", None),
+]
+
+
+@dataclass
+class TourContext:
+    """What stages share: the console, a folder for artifacts, the corpus and earlier results."""
+
+    console: Console
+    workdir: Path
+    corpus_source: str
+    text: str = ""
+    train_text: str = ""
+    val_text: str = ""
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+def run_tour(corpus_source: str = "shakespeare", workdir: Path = Path("out/tour")) -> TourContext:
+    """Run every built stage in order; returns the context with everything the stages produced."""
+    ctx = TourContext(console=default_console, workdir=workdir, corpus_source=corpus_source)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for number, (title, module_name) in enumerate(STAGES, start=1):
+        ctx.console.rule(f"[bold]Stage {number}/{len(STAGES)}: {title}")
+        if module_name is None:
+            ctx.console.print("[dim]not yet built[/dim]\n")
+            continue
+        stage_start = time.perf_counter()
+        importlib.import_module(f"llm_internals.tour.{module_name}").run(ctx)
+        ctx.console.print(f"[dim]{title} took {time.perf_counter() - stage_start:.1f} s[/dim]\n")
+    ctx.console.print(f"[bold green]Tour finished in {time.perf_counter() - started:.1f} s.")
+    return ctx
