@@ -3,6 +3,7 @@ import pytest
 from llm_internals.tour import STAGES, run_tour
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_tour_runs_every_built_stage_on_the_default_corpus(tmp_path, shakespeare_text, capsys):
     ctx = run_tour(workdir=tmp_path)

@@ -20,6 +20,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lessons",
     "explain",
     "corpus",
+    "train_tokenizer",
+    "tokenize",
+    "kv_memory",
+    "train",
+    "generate",
 )
 
 

@@ -18,10 +18,10 @@ from llm_internals.console import console as default_console
 
 STAGES: list[tuple[str, str | None]] = [
     ("corpus", "corpus"),
-    ("tokenizer", None),
-    ("model", None),
-    ("training", None),
-    ("generation", None),
+    ("tokenizer", "tokenizer"),
+    ("model", "model"),
+    ("training", "training"),
+    ("generation", "generation"),
     ("serving", None),
 ]
 

@@ -1,3 +1,19 @@
 """Lessons, one module each, listed here in curriculum order (see explain/registry.py)."""
 
-LESSON_MODULES: tuple[str, ...] = ("softmax",)
+LESSON_MODULES: tuple[str, ...] = (
+    "bpe",
+    "softmax",
+    "qkv",
+    "scaling",
+    "causal_mask",
+    "transformer",
+    "ffn",
+    "rmsnorm",
+    "rope",
+    "gqa",
+    "cross_entropy",
+    "backprop",
+    "muon",
+    "sampling",
+    "kv_cache",
+)

@@ -1,0 +1,172 @@
+"""Tokenizer benchmark: training and encoding speed against HF `tokenizers` and `tiktoken`.
+
+    python benchmarks/tokenizer.py [--rounds 3] [--encode-rounds 9] [--vocab-size 8192]
+                                   [--naive-vocab 384]
+
+Ours and the reference run interleaved in the same process, round after round, and the table
+shows the best round of each (the machine may be shared: interleaving keeps the ratio fair).
+Every comparison first checks that both sides produce identical merges / ids.
+
+- training: `train_bpe` vs HF BpeTrainer (ByteLevel pre-tokenizer, all 256 bytes in the
+  alphabet, no prefix space) with `train_from_iterator([text])`; the naive reference trainer
+  is timed at a smaller vocab (it recounts all pairs for every merge).
+- encoding: `encode_ordinary(text)` with a cold chunk cache (and warm) vs tiktoken's
+  `encode_ordinary` on the whole corpus with the same vocabulary; `encode_batch(lines)` (cold)
+  vs HF `encode_batch(lines)`.
+- compression: bytes per token of ours and HF's at the same vocab size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import tiktoken
+from rich.console import Console
+from rich.table import Table
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from llm_internals.data import corpus
+from llm_internals.tokenizer import Tokenizer, train_bpe, train_bpe_naive
+from llm_internals.tokenizer.byte_level import token_to_text
+
+console = Console(width=150)
+
+
+def hf_train(text: str, vocab_size: int) -> HFTokenizer:
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([text], trainer=trainer)
+    return tok
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def best_of(rounds: int, contenders: dict) -> tuple[dict[str, float], dict]:
+    """Run every contender once per round, interleaved; keep each one's fastest time."""
+    best = {name: float("inf") for name in contenders}
+    results = {}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            seconds, results[name] = timed(fn)
+            best[name] = min(best[name], seconds)
+    return best, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--naive-vocab", type=int, default=384)
+    parser.add_argument("--encode-rounds", type=int, default=9, help="rounds for encoding")
+    args = parser.parse_args()
+    text = corpus("shakespeare")
+    n_bytes = len(text.encode("utf-8"))
+    mb = n_bytes / 1e6
+    lines = text.splitlines(keepends=True)
+
+    table = Table(title=f"tokenizer, Shakespeare ({mb:.2f} MB), vocab {args.vocab_size}")
+    for column in ("measure", "ours", "reference", "ref/ours (x)", "target", "identical"):
+        table.add_column(column, justify="right" if column != "measure" else "left")
+
+    # --- training ---------------------------------------------------------------------
+    train_times, trained = best_of(
+        args.rounds,
+        {
+            "ours": lambda: train_bpe(text, args.vocab_size, special_tokens=()),
+            "hf": lambda: hf_train(text, args.vocab_size),
+        },
+    )
+    ours: Tokenizer = trained["ours"]
+    hf: HFTokenizer = trained["hf"]
+    hf_merge_list = [tuple(m) for m in json.loads(hf.to_str())["model"]["merges"]]
+    our_merge_list = [
+        (token_to_text(ours.vocab[a]), token_to_text(ours.vocab[b])) for a, b in ours.merges
+    ]
+    same_merges = our_merge_list == hf_merge_list
+    table.add_row(
+        "train (s)", f"{train_times['ours']:.2f}", f"HF {train_times['hf']:.2f}",
+        f"{train_times['hf'] / train_times['ours']:.2f}", "ours <= 0.5x HF time",
+        f"merges {same_merges}",
+    )  # fmt: skip
+
+    naive_merges = args.naive_vocab - 256
+    naive_seconds, naive = timed(lambda: train_bpe_naive(text, args.naive_vocab))
+    fast_small, fast = timed(lambda: train_bpe(text, args.naive_vocab, special_tokens=()))
+    table.add_row(
+        f"naive reference, vocab {args.naive_vocab} (s)", f"{fast_small:.2f}",
+        f"naive {naive_seconds:.1f}", f"{naive_seconds / fast_small:.1f}",
+        f"{naive_seconds / naive_merges * 1000:.0f} ms/merge",
+        f"merges {[(a, b) for a, b, _ in naive.merges] == fast.merges}",
+    )  # fmt: skip
+
+    # --- encoding: whole text vs tiktoken ---------------------------------------------
+    enc = tiktoken.Encoding(
+        "bench", pat_str=ours.pattern, mergeable_ranks=ours.to_tiktoken(), special_tokens={}
+    )
+
+    def ours_cold():
+        ours.clear_cache()
+        return ours.encode_ordinary(text)
+
+    times, results = best_of(
+        args.encode_rounds,
+        {
+            "ours cold": ours_cold,
+            "ours warm": lambda: ours.encode_ordinary(text),
+            "tiktoken": lambda: enc.encode_ordinary(text),
+        },
+    )
+    same = results["ours cold"] == results["tiktoken"] == results["ours warm"]
+    for label in ("ours cold", "ours warm"):
+        table.add_row(
+            f"encode text, {label.split()[1]} cache (MB/s)", f"{mb / times[label]:.2f}",
+            f"tiktoken {mb / times['tiktoken']:.2f}", f"{times['tiktoken'] / times[label]:.2f}",
+            ">= 0.45 (cold)" if label == "ours cold" else "", f"ids {same}",
+        )  # fmt: skip
+
+    # --- encoding: lines vs HF encode_batch -------------------------------------------
+    def ours_lines():
+        ours.clear_cache()
+        return ours.encode_batch(lines)
+
+    times, results = best_of(
+        args.encode_rounds, {"ours": ours_lines, "hf": lambda: hf.encode_batch(lines)}
+    )
+    hf_tokens = [[token_to_text(ours.vocab[i]) for i in ids] for ids in results["ours"]]
+    same = hf_tokens == [e.tokens for e in results["hf"]]
+    table.add_row(
+        "encode_batch lines, cold (MB/s)", f"{mb / times['ours']:.2f}",
+        f"HF {mb / times['hf']:.2f}", f"{times['hf'] / times['ours']:.2f}", ">= 2",
+        f"tokens {same}",
+    )  # fmt: skip
+
+    # --- compression --------------------------------------------------------------------
+    ours_ratio = n_bytes / sum(len(ids) for ids in results["ours"])
+    hf_ratio = n_bytes / sum(len(e.ids) for e in results["hf"])
+    table.add_row(
+        "compression (bytes/token, lines)", f"{ours_ratio:.4f}", f"HF {hf_ratio:.4f}",
+        f"{ours_ratio / hf_ratio:.4f}", "equal", str(ours_ratio == hf_ratio),
+    )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"best of {args.rounds} (training) / {args.encode_rounds} (encoding) interleaved rounds; "
+        "naive timed once. "
+        f"Ratios > 1 in 'ref/ours' mean ours is faster."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""`llm-internals generate --model PATH --prompt TEXT`: stream a model's continuation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_internals.console import console
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.generate import Timing, stream, use_decode_layout
+from llm_internals.inference.params import SamplingParams
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint, streaming it to the terminal",
+        description="Continue --prompt with a model: our checkpoint directory (from `train`, a "
+        "step-* folder or the run folder) or an HF checkpoint directory (config.json + "
+        "safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3). The tokenizer is the directory's "
+        "tokenizer.json unless --tokenizer is given. Prints tokens/s at the end; --no-cache "
+        "recomputes the whole sequence at every step, for comparison.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (100)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p in [0, 1] (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 0 (1 = off)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything at every step")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=run)
+
+
+def _model_directory(path: Path) -> Path:
+    """The checkpoint directory itself, or the one a training run's `latest` file names."""
+    if not path.exists():
+        raise LLMInternalsError(f"model directory {path} does not exist")
+    if not (path / "config.json").exists() and (path / "latest").exists():
+        from llm_internals.training.checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(path)
+    if not (path / "config.json").exists():
+        raise LLMInternalsError(
+            f"{path} has no config.json",
+            hint="pass a checkpoint directory (ours or an HF one) or a training run folder",
+        )
+    return path
+
+
+def _eos_from_config(directory: Path) -> Any:
+    """An HF config.json's eos_token_id (int or list); "auto" (the tokenizer's) otherwise."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "auto"
+    eos = config.get("eos_token_id")
+    return eos if isinstance(eos, (int, list)) else "auto"
+
+
+def load_model_and_tokenizer(model_path: Path, tokenizer_path: Path | None):
+    """The model on the fast path (fused kernels, decode weight layout) and its tokenizer."""
+    from llm_internals.models import load_pretrained
+    from llm_internals.training.checkpoint import load_tokenizer
+
+    directory = _model_directory(model_path)
+    tokenizer_file = tokenizer_path or directory / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise LLMInternalsError(
+            f"no tokenizer: {tokenizer_file} does not exist",
+            hint="pass --tokenizer FILE (our JSON, an HF tokenizer.json or a tiktoken file)",
+        )
+    model = load_pretrained(directory, attn_impl="sdpa", fused_ops=True)
+    if not hasattr(model, "hidden_states"):
+        raise LLMInternalsError(
+            f"{directory} holds a {type(model).__name__}, not a decoder language model",
+            hint="generate works with GPT-2, Llama, Mistral, Qwen2, Qwen3 and our DecoderLM",
+        )
+    tokenizer = load_tokenizer(tokenizer_file)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise LLMInternalsError(
+            f"tokenizer {tokenizer_file} has {tokenizer.vocab_size} ids but the model only "
+            f"{model.config.vocab_size}",
+            hint="use the tokenizer the model was trained with",
+        )
+    return use_decode_layout(model), tokenizer, _eos_from_config(directory)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise LLMInternalsError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer)
+    timing = Timing()
+    chunks = stream(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        params=params,
+        use_cache=not args.no_cache,
+        eos_token_id=eos,
+        timing=timing,
+    )
+    console.print(args.prompt, style="dim", end="", markup=False, highlight=False)
+    started = time.perf_counter()
+    reason = None
+    for chunk in chunks:
+        console.print(chunk.text, end="", markup=False, highlight=False, soft_wrap=True)
+        reason = chunk.finish_reason or reason
+    wall = time.perf_counter() - started
+    console.print()
+    decode_rate = timing.decode_steps / timing.decode_s if timing.decode_s > 0 else 0.0
+    console.print(
+        f"[dim]{timing.tokens} tokens in {wall:.2f} s: {timing.tokens / wall:.1f} tokens/s "
+        f"(prefill {timing.prefill_s * 1e3:.0f} ms, decode {decode_rate:.1f} tokens/s, "
+        f"{'no cache' if args.no_cache else 'KV cache'}); finished: {reason}[/dim]",
+        soft_wrap=True,
+    )
+    return 0

@@ -1,0 +1,107 @@
+"""`llm-internals kv-memory CONFIG --tokens N --batch B`: the KV cache size of a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich import box
+from rich.table import Table
+
+from llm_internals.console import console
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.kv_memory import DTYPE_BYTES, PRESETS, KVShape, load_shape
+
+SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8": "fp8"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "kv-memory",
+        help="how much memory a model's KV cache needs for N tokens x B sequences",
+        description="KV-cache bytes = 2 x layers x kv_heads x head_dim x tokens x batch x "
+        "bytes_per_element. CONFIG is an HF config.json (or its directory), a preset "
+        f"({', '.join(PRESETS)}), or 'all' for every preset. Token counts accept a k suffix "
+        "(4k = 4096, 128k = 131072).",
+    )
+    p.add_argument("config", metavar="CONFIG", help="config.json path, model directory, or preset")
+    p.add_argument(
+        "--tokens", nargs="+", default=["4k"], metavar="N", help="tokens per sequence (default 4k)"
+    )
+    p.add_argument("--batch", default=1, type=int, metavar="B", help="sequences (default 1)")
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPE_BYTES), help="cache dtype (default: the config's dtype)"
+    )
+    p.set_defaults(func=run)
+
+
+def parse_tokens(text: str) -> int:
+    """'4096' -> 4096, '4k' -> 4096, '128K' -> 131072; anything else raises."""
+    cleaned = text.strip().lower()
+    scale = 1024 if cleaned.endswith("k") else 1
+    digits = cleaned.removesuffix("k")
+    if not digits.isdigit() or int(digits) <= 0:
+        raise LLMInternalsError(
+            f"--tokens: expected a positive integer such as 4096 or 4k, got {text!r}"
+        )
+    return int(digits) * scale
+
+
+def compact_count(n: int) -> str:
+    """4096 -> '4k', 131072 -> '128k', 1000 -> '1,000'."""
+    return f"{n // 1024}k" if n % 1024 == 0 else f"{n:,}"
+
+
+def format_bytes(n: int) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1: '288 MiB', '1.25 GiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{n:,} B" if unit == "B" else f"{value:,.3g} {unit}"
+        value /= 1024
+    return f"{value:,.3g} TiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch <= 0:
+        raise LLMInternalsError(f"--batch must be a positive integer, got {args.batch}")
+    token_counts = [parse_tokens(t) for t in args.tokens]
+    names = list(PRESETS) if args.config == "all" else [args.config]
+    shapes = [load_shape(name, args.dtype) for name in names]
+    table = Table(
+        title=f"KV cache for batch {args.batch}: 2 x layers x kv_heads x d_head x tokens x batch "
+        "x bytes",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("model", no_wrap=True)
+    for column in ("layers", "kv/heads", "d_head", "dtype", "/token"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for tokens in token_counts:
+        table.add_column(f"{compact_count(tokens)} tok", justify="right", no_wrap=True)
+    for shape in shapes:
+        table.add_row(*_row(shape, token_counts, args.batch))
+    console.print(table)
+    if len(shapes) == 1:
+        shape, tokens = shapes[0], token_counts[-1]
+        total = shape.cache_bytes(tokens, args.batch)
+        console.print(
+            f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {tokens:,} x "
+            f"{args.batch} x {shape.bytes_per_element} = {total:,} bytes = {format_bytes(total)}"
+        )
+    return 0
+
+
+def _row(shape: KVShape, token_counts: list[int], batch: int) -> list[str]:
+    return [
+        shape.name,
+        str(shape.layers),
+        f"{shape.kv_heads}/{shape.heads}",
+        str(shape.head_dim),
+        SHORT_DTYPE.get(shape.dtype, shape.dtype),
+        format_bytes(shape.bytes_per_token),
+        *(format_bytes(shape.cache_bytes(t, batch)) for t in token_counts),
+    ]

@@ -1,0 +1,234 @@
+"""Lesson "ffn": the position-wise feed-forward network, the largest part of most transformers.
+
+The worked example runs the library's `MLP` (GELU, GPT-2 style) and `GatedMLP` (SwiGLU, Llama
+style) on one token vector under a recorder; the activation table calls the library's activation
+functions; parameter shares come from `count_parameters` on published configs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import recording
+from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
+from llm_internals.layers.ffn import MLP, GatedMLP
+from llm_internals.models.presets import gpt2_124m, llama3_8b, qwen3_0_6b, smollm_135m
+from llm_internals.models.published_configs import (
+    bert_base,
+    count_bert_parameters,
+    count_decoder_parameters,
+    llama3_70b,
+    mistral_7b,
+)
+
+INFO = LessonInfo(
+    name="ffn",
+    title="The feed-forward network",
+    summary="Expand, activate, contract: the per-token MLP, its activations, and its share of "
+    "real models' parameters.",
+)
+
+D_MODEL = 4
+D_FF = 16
+SEED = 0
+ACTIVATION_INPUTS = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]
+MOE_EXPERTS, MOE_ACTIVE = 8, 2  # Mixtral-8x7B: Mistral-7B's shape with 8 experts, top-2 routing
+
+
+def token() -> torch.Tensor:
+    return torch.tensor([[0.5, -1.0, 0.25, 2.0]])
+
+
+def make_layers() -> tuple[MLP, GatedMLP]:
+    torch.manual_seed(SEED)
+    return MLP(D_MODEL, D_FF, activation="gelu"), GatedMLP(D_MODEL, D_FF, activation="silu")
+
+
+def run_layers() -> tuple[MLP, GatedMLP, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    mlp, gated = make_layers()
+    names = ("ffn_up", "ffn_activated", "ffn_output")
+    with torch.no_grad():
+        with recording() as rec:
+            mlp(token())
+        plain = {name: rec.get(name)[0] for name in names}
+        with recording() as rec:
+            gated(token())
+        swiglu = {name: rec.get(name)[0] for name in (*names, "ffn_gate")}
+    return mlp, gated, plain, swiglu
+
+
+def models() -> dict[str, dict[str, int]]:
+    """Parameter counts by component of published configs."""
+    counts = {"BERT-base": count_bert_parameters(bert_base())}
+    for name, config in (("GPT-2 (124M)", gpt2_124m), ("SmolLM-135M", smollm_135m),
+                         ("Qwen3-0.6B", qwen3_0_6b), ("Llama-3-8B", llama3_8b),
+                         ("Llama-3-70B", llama3_70b)):  # fmt: skip
+        counts[name] = count_decoder_parameters(config())
+    return counts
+
+
+def share_rows() -> list[list]:
+    rows = []
+    for name, c in models().items():
+        non_embedding = c["total"] - c["embeddings"] - c["lm_head"]
+        rows.append([name, c["ffn"], c["total"], 100 * c["ffn"] / c["total"],
+                     100 * c["ffn"] / non_embedding])  # fmt: skip
+    return rows
+
+
+def moe_rows() -> list[list]:
+    dense = count_decoder_parameters(mistral_7b())
+    experts = MOE_EXPERTS * dense["ffn"]
+    total = dense["total"] - dense["ffn"] + experts
+    active = dense["total"] - dense["ffn"] + MOE_ACTIVE * dense["ffn"]
+    return [["Mistral-7B (dense)", dense["ffn"], dense["total"], dense["total"]],
+            [f"{MOE_EXPERTS} experts, top-{MOE_ACTIVE}", experts, total, active]]  # fmt: skip
+
+
+def build() -> Lesson:
+    mlp, gated, plain, swiglu = run_layers()
+    x = torch.tensor(ACTIVATION_INPUTS)
+    activation_rows = [
+        [v, r, g, t, s]
+        for v, r, g, t, s in zip(
+            x.tolist(),
+            relu(x).tolist(),
+            gelu(x).tolist(),
+            gelu_tanh(x).tolist(),
+            silu(x).tolist(),
+            strict=True,
+        )  # fmt: skip
+    ]
+    real_shapes = [
+        [name, c.d_model, c.d_ff, c.d_ff / c.d_model, c.ffn, c.activation]
+        for name, c in (
+            ("GPT-2 (124M)", gpt2_124m()),
+            ("Llama-3-8B", llama3_8b()),
+            ("Llama-3-70B", llama3_70b()),
+        )  # fmt: skip
+    ]
+    sections = [
+        Section(
+            "What it is",
+            [
+                Step(
+                    "A two-layer network applied to every token vector separately: project up to "
+                    "a wider hidden size d_ff, apply a nonlinearity, project back. Attention "
+                    "moves information between positions; the FFN transforms it within each "
+                    "position, and is where much of a model's stored knowledge lives.",
+                    formula="FFN(x) = W_down act(W_up x + b_up) + b_down",
+                )
+            ],
+        ),
+        Section(
+            "Where it sits",
+            [
+                Step(
+                    "Second half of every block, after attention, with its own norm and residual "
+                    "connection. The same weights are used at every position (hence "
+                    "'position-wise').",
+                    formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
+                )
+            ],
+        ),
+        Section(
+            "Step by step",
+            [
+                Step(
+                    f"One token vector (d_model = {D_MODEL}) through the library's MLP with GELU "
+                    f"(d_ff = {D_FF}, random weights).",
+                    values={
+                        "x": token()[0],
+                        "W_up x + b_up": plain["ffn_up"],
+                        "GELU(...)": plain["ffn_activated"],
+                        "W_down (...) + b_down": plain["ffn_output"],
+                    },
+                ),
+                Step(
+                    "Llama's SwiGLU uses three matrices: a gate passed through SiLU multiplies, "
+                    "feature by feature, a second up-projection, then W_down contracts.",
+                    formula="SwiGLU(x) = W_down (silu(W_gate x) * (W_up x))",
+                    values={
+                        "silu(W_gate x)": swiglu["ffn_gate"],
+                        "W_up x": swiglu["ffn_up"],
+                        "gate * up": swiglu["ffn_activated"],
+                        "output": swiglu["ffn_output"],
+                    },
+                ),
+            ],
+        ),
+        Section(
+            "Expand then contract",
+            [
+                Step(
+                    "The hidden layer is wider than the model: 4x in GPT-2 and BERT. SwiGLU has "
+                    "three matrices, so the original recipe shrank d_ff to 8/3 x to keep two 4x "
+                    "matrices' worth of parameters; Llama 3 uses 3.5x. The wide layer gives room "
+                    "for many feature detectors; contracting brings the result back to the "
+                    "residual stream's width.",
+                    values={
+                        "shapes here": f"x {tuple(token().shape)} -> "
+                        f"{tuple(plain['ffn_up'][None].shape)} -> "
+                        f"{tuple(plain['ffn_output'][None].shape)}",
+                        "real models": Table(
+                            ["model", "d_model", "d_ff", "d_ff / d_model", "kind", "activation"],
+                            real_shapes,
+                        ),
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "Activations",
+            [
+                Step(
+                    "ReLU (original Transformer) zeroes negatives. GELU (BERT; GPT-2 uses its tanh "
+                    "approximation) is a smooth ReLU that lets small negatives through. SiLU "
+                    "(x * sigmoid(x)) is the gate of SwiGLU.",
+                    values={
+                        "library activations": Table(
+                            ["x", "relu", "gelu", "gelu_tanh", "silu"], activation_rows
+                        )
+                    },
+                )
+            ],
+        ),
+        Section(
+            "Share of the parameters",
+            [
+                Step(
+                    "Counted from the published configs: the FFNs hold two thirds or more of the "
+                    "parameters outside the embeddings, and most of a large model's weights.",
+                    values={
+                        "FFN parameters": Table(
+                            ["model", "ffn", "total", "% of total", "% of non-embedding"],
+                            share_rows(),
+                        )
+                    },
+                    decimals=1,
+                )
+            ],
+        ),
+        Section(
+            "FFNs in mixture-of-experts models",
+            [
+                Step(
+                    "Mixture-of-experts models (Mixtral, DeepSeek, Qwen-MoE) replace the one FFN "
+                    "with several 'expert' FFNs and a router that sends each token to a few of "
+                    f"them. Mixtral-8x7B is Mistral-7B's shape with {MOE_EXPERTS} experts and "
+                    f"top-{MOE_ACTIVE} routing: far more parameters, about the same compute "
+                    "per token as a 13B dense model (the router's 1M weights are left out).",
+                    values={
+                        "parameters": Table(
+                            ["model", "ffn (all experts)", "total", "active per token"],
+                            moe_rows(),
+                        )
+                    },
+                )
+            ],
+        ),
+    ]
+    return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

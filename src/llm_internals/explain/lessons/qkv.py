@@ -1,0 +1,175 @@
+"""Lesson "qkv": attention's formula, one step at a time, on 3 tokens with d_k = 4.
+
+The numbers come from the library's `MultiHeadAttention` (one head, no biases) run under a
+recorder; its weights are set to readable one-decimal values so that every product can be
+followed by hand. The output projection W_o is the identity, so the layer's output is exactly
+softmax(Q K^T / sqrt(d_k)) V.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import recording
+from llm_internals.layers.embedding import TokenEmbedding
+from llm_internals.layers.multihead import MultiHeadAttention
+
+INFO = LessonInfo(
+    name="qkv",
+    title="Queries, keys and values: attention step by step",
+    summary="Three tokens, d_k = 4: project to Q, K, V, score, scale, softmax, and mix the values.",
+)
+
+WORDS = ["the", "cat", "sat"]
+D_MODEL = 4
+SEED = 0
+
+
+def readable(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Random values in [-1, 1] rounded to one decimal: easy to multiply by hand."""
+    values = (torch.rand(shape, generator=generator) * 2 - 1).mul(10).round().div(10)
+    return values + 0.0  # turns -0.0 into 0.0
+
+
+def build_layers() -> tuple[TokenEmbedding, MultiHeadAttention]:
+    """A 3-word embedding table and a one-head attention layer with readable weights."""
+    generator = torch.Generator().manual_seed(SEED)
+    embedding = TokenEmbedding(len(WORDS), D_MODEL)
+    attention = MultiHeadAttention(D_MODEL, n_heads=1)
+    with torch.no_grad():
+        embedding.weight.copy_(readable((len(WORDS), D_MODEL), generator))
+        for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+            proj.weight.copy_(readable((D_MODEL, D_MODEL), generator))
+        attention.o_proj.weight.copy_(torch.eye(D_MODEL))
+    return embedding, attention
+
+
+def run() -> tuple[TokenEmbedding, MultiHeadAttention, dict[str, torch.Tensor]]:
+    """Embed the words and attend once, recording every step."""
+    embedding, attention = build_layers()
+    ids = torch.arange(len(WORDS))[None, :]
+    with recording() as rec, torch.no_grad():
+        x = embedding(ids)
+        attention(x)
+    per_head = ("q", "k", "v", "scores", "scaled_scores", "weights", "output")
+    values = {name: rec.get(name)[0, 0] for name in per_head}  # batch 0, head 0
+    for name in ("token_embedding", "attention_output"):
+        values[name] = rec.get(name)[0]
+    return embedding, attention, values
+
+
+def build() -> Lesson:
+    _, attention, r = run()
+    scale = 1 / math.sqrt(D_MODEL)
+    row = {"rows": ", ".join(WORDS)}
+    sections = [
+        Section(
+            "The attention formula",
+            [
+                Step(
+                    "Attention lets every token build its new vector from the other tokens' "
+                    "vectors. Each token asks a question (its query), advertises what it holds "
+                    "(its key) and offers content (its value). How well a query matches a key "
+                    "decides how much of that key's value flows in.",
+                    formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
+                )
+            ],
+        ),
+        Section(
+            "From words to vectors",
+            [
+                Step(
+                    f"The sentence '{' '.join(WORDS)}' becomes token ids 0, 1, 2, and the "
+                    f"embedding table turns each id into a vector of d_model = {D_MODEL} numbers "
+                    "(one row per word below).",
+                    values={"X (embeddings)": r["token_embedding"], **row},
+                    decimals=1,
+                )
+            ],
+        ),
+        Section(
+            "Creating Q, K and V",
+            [
+                Step(
+                    "Three learned matrices project every token vector into a query, a key and a "
+                    "value (nn.Linear stores W as (out, in), so the product is x W^T).",
+                    formula="Q = X W_q^T,  K = X W_k^T,  V = X W_v^T",
+                    values={
+                        "W_q": attention.q_proj.weight.detach(),
+                        "W_k": attention.k_proj.weight.detach(),
+                        "W_v": attention.v_proj.weight.detach(),
+                    },
+                    decimals=1,
+                ),
+                Step(
+                    "The results, one row per token.",
+                    values={"Q": r["q"], "K": r["k"], "V": r["v"]},
+                    decimals=2,
+                ),
+            ],
+        ),
+        Section(
+            "Scores: Q K^T",
+            [
+                Step(
+                    "Row i, column j is the dot product of token i's query with token j's key: "
+                    "how much token i is interested in token j.",
+                    formula="scores_ij = q_i . k_j",
+                    values={"scores": r["scores"]},
+                )
+            ],
+        ),
+        Section(
+            "Scaling",
+            [
+                Step(
+                    f"Divide by sqrt(d_k) = sqrt({D_MODEL}) = {math.sqrt(D_MODEL):g} so the scores "
+                    "keep a similar spread whatever the head size (see the 'scaling' lesson).",
+                    formula=f"scaled = scores * {scale:g}",
+                    values={"scaled scores": r["scaled_scores"]},
+                )
+            ],
+        ),
+        Section(
+            "Softmax",
+            [
+                Step(
+                    "Softmax along each row turns scores into attention weights: positive, "
+                    "summing to 1 per row.",
+                    formula="weights_ij = exp(scaled_ij) / sum_j' exp(scaled_ij')",
+                    values={
+                        "weights": r["weights"],
+                        "row sums": r["weights"].sum(dim=-1),
+                    },
+                )
+            ],
+        ),
+        Section(
+            "Weights times V",
+            [
+                Step(
+                    "Each token's output is the weighted average of all value vectors, using its "
+                    "row of weights.",
+                    formula="output_i = sum_j weights_ij v_j",
+                    values={"output = weights V": r["output"]},
+                )
+            ],
+        ),
+        Section(
+            "All together",
+            [
+                Step(
+                    "The layer ran all of this in one call (MultiHeadAttention with one head); "
+                    "after the output projection W_o (the identity here, a learned matrix in a "
+                    "real model) the result goes back into the token's stream.",
+                    formula="output = softmax(X W_q^T (X W_k^T)^T / sqrt(d_k)) X W_v^T W_o^T",
+                    values={"layer output": r["attention_output"]},
+                )
+            ],
+        ),
+    ]
+    return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -1,0 +1,208 @@
+"""Lesson "rope": rotary position embedding, from the 2D rotation to real models' theta.
+
+Rotations come from the library's `RotaryEmbedding` and `apply_rope` (HF "half" layout);
+the permutation check runs `MultiHeadAttention`; the older approaches use `sinusoidal_table`.
+The relative-position check places the same query and key at many positions and compares the
+dot products of what `apply_rope` returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import recording
+from llm_internals.layers.multihead import MultiHeadAttention
+from llm_internals.layers.positional import sinusoidal_table
+from llm_internals.layers.rope import RotaryEmbedding, apply_rope
+from llm_internals.models.presets import llama3_8b, qwen3_0_6b, smollm_135m
+from llm_internals.models.published_configs import llama2_7b, mistral_7b, qwen2_5_7b
+
+INFO = LessonInfo(
+    name="rope",
+    title="RoPE: positions as rotations",
+    summary="Why attention needs positions, the 2D rotation, why q.k then depends only on the "
+    "offset (checked), and the theta of real models.",
+)
+
+QUERY = [1.0, 2.0, 3.0, 4.0]
+KEY = [0.5, -1.0, 2.0, 1.0]
+EXAMPLE_POSITION = 2
+THETA = 10000.0
+PAIRS = [(3, 0), (5, 2), (10, 7), (50, 47), (3, 1), (10, 2)]  # (query position, key position)
+# meta-llama/Llama-3.1-8B config.json rope_scaling (theta 500000, head_dim 128)
+LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+
+
+def rotate(vector: list[float], positions: list[int], theta: float = THETA) -> torch.Tensor:
+    """`vector` placed at each position: (len(positions), head_dim) after RoPE."""
+    rope = RotaryEmbedding(len(vector), theta)
+    cos, sin = rope(torch.tensor([positions]))
+    x = torch.tensor(vector).expand(1, 1, len(positions), len(vector))
+    return apply_rope(x, cos, sin)[0, 0]
+
+
+def relative_rows() -> list[list]:
+    rows = []
+    for m, n in PAIRS:
+        q = rotate(QUERY, [m])[0]
+        k = rotate(KEY, [n])[0]
+        rows.append([m, n, m - n, float(q @ k)])
+    return rows
+
+
+def permutation_check() -> tuple[torch.Tensor, float]:
+    """Attention without positions on x and on x reversed: outputs are just reversed."""
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(8, n_heads=2)
+    x = torch.randn(1, 5, 8)
+    with torch.no_grad():
+        out = attention(x)
+        out_reversed = attention(x.flip(1))
+    return out[0], float((out_reversed.flip(1) - out).abs().max())
+
+
+def theta_rows() -> list[list]:
+    models = [("Llama-2-7B", llama2_7b()), ("Mistral-7B-v0.1", mistral_7b()),
+              ("SmolLM-135M", smollm_135m()), ("Llama-3-8B", llama3_8b()),
+              ("Qwen2.5-7B", qwen2_5_7b()), ("Qwen3-0.6B", qwen3_0_6b())]  # fmt: skip
+    rows = []
+    for name, config in models:
+        inv_freq = RotaryEmbedding(config.head_dim, config.rope_theta).inv_freq
+        rows.append([name, config.rope_theta, config.head_dim, 2 * math.pi / float(inv_freq.min())])
+    scaled = RotaryEmbedding(128, 500000.0, scaling=LLAMA31_SCALING).inv_freq
+    rows.append(["Llama-3.1-8B (llama3 scaling x8)", 500000.0, 128,
+                 2 * math.pi / float(scaled.min())])  # fmt: skip
+    return rows
+
+
+def build() -> Lesson:
+    out, permutation_error = permutation_check()
+    positions = list(range(6))
+    pair = rotate([1.0, 0.0], positions, theta=1.0)  # head_dim 2: one pair, w = 1 rad/position
+    rope = RotaryEmbedding(4, THETA)
+    with recording() as rec:
+        cos, sin = rope(torch.tensor([[EXAMPLE_POSITION]]))
+    q_rot = apply_rope(torch.tensor(QUERY).view(1, 1, 1, 4), cos, sin)[0, 0, 0]
+    moved = rotate(QUERY, [0, 1, 2, 3])
+    sections = [
+        Section(
+            "Why positions",
+            [
+                Step(
+                    "Attention compares every query with every key by dot products: nothing in "
+                    "it depends on where a token sits. Reversing the input of a real attention "
+                    "layer (no positional information) just reverses its output, so 'dog bites "
+                    "man' and 'man bites dog' would look alike.",
+                    values={"max |attn(reversed x) reversed - attn(x)|": permutation_error},
+                    decimals=8,
+                )
+            ],
+        ),
+        Section(
+            "Older approaches",
+            [
+                Step(
+                    "The original Transformer added fixed sinusoids to the embeddings; GPT-2 and "
+                    "BERT add a learned vector per position (so they cannot go beyond the "
+                    "positions seen in training). Both mix position into the token vector "
+                    "itself, and attention has to learn to untangle absolute positions into "
+                    "relative ones. Sinusoidal table for 6 positions, d = 8:",
+                    formula="PE(p, 2i) = sin(p / 10000^(2i/d)),  "
+                    "PE(p, 2i+1) = cos(p / 10000^(2i/d))",
+                    values={"sinusoidal_table(6, 8)": sinusoidal_table(6, 8)},
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "The 2D rotation",
+            [
+                Step(
+                    "RoPE instead rotates. Take a pair of features (a, b) as a point in the "
+                    "plane and rotate it by an angle proportional to the position m. The vector "
+                    "(1, 0) at positions 0..5 with frequency w = 1 radian per position:",
+                    formula="(a, b) -> (a cos(m w) - b sin(m w),  a sin(m w) + b cos(m w))",
+                    values={"rotated (1, 0)": pair},
+                )
+            ],
+        ),
+        Section(
+            "Applying to Q and K",
+            [
+                Step(
+                    "A head of size d is split into d/2 pairs, pair i rotating at frequency "
+                    "w_i = theta^(-2i/d): fast for the first pairs, very slow for the last. "
+                    "Only queries and keys are rotated (inside every attention layer), never "
+                    "the values or the residual stream. HF checkpoints pair feature i with "
+                    "i + d/2 ('rotate half'). The same query at positions 0..3 keeps its length:",
+                    formula="q'_m = R(m) q,   k'_n = R(n) k",
+                    values={
+                        "query at positions 0..3": moved,
+                        "lengths": moved.norm(dim=-1),
+                    },
+                )
+            ],
+        ),
+        Section(
+            "Why the dot product sees relative position",
+            [
+                Step(
+                    "Rotations compose: R(m)^T R(n) = R(n - m). So q'_m . k'_n = q . R(n - m) k "
+                    "depends on the positions only through the offset m - n. The same q and k "
+                    "placed at different positions, measured:",
+                    formula="(R(m) q) . (R(n) k) = q . R(n - m) k",
+                    values={
+                        "dot products": Table(
+                            ["query position m", "key position n", "m - n", "q'_m . k'_n"],
+                            relative_rows(),
+                        )
+                    },
+                    decimals=6,
+                )
+            ],
+        ),
+        Section(
+            "A small numeric example",
+            [
+                Step(
+                    f"head_dim 4, theta {THETA:g}: frequencies w = (1, 0.01). The query "
+                    f"{QUERY} at position {EXAMPLE_POSITION}: angles {EXAMPLE_POSITION} * w; "
+                    "cos and sin are laid out per feature (each frequency twice, 'half' layout), "
+                    "and q' = q * cos + rotate_half(q) * sin with rotate_half(q) = (-q2, -q3, "
+                    "q0, q1).",
+                    values={
+                        "w": rope.inv_freq,
+                        "cos": rec.get("rope_cos")[0, 0],
+                        "sin": rec.get("rope_sin")[0, 0],
+                        "q": torch.tensor(QUERY),
+                        "q'": q_rot,
+                    },
+                )
+            ],
+        ),
+        Section(
+            "Real models' theta",
+            [
+                Step(
+                    "theta sets the slowest rotation: its wavelength (2 pi / smallest w, in "
+                    "tokens) should exceed the context so that far-apart positions stay "
+                    "distinguishable. Long-context models raised theta from 10,000 to 500,000 "
+                    "or 1,000,000; Llama 3.1 also stretches its low frequencies by 8 for a "
+                    "128k context. Values from the published config.json files:",
+                    values={
+                        "rope_theta": Table(
+                            ["model", "theta", "head_dim", "longest wavelength (tokens)"],
+                            theta_rows(),
+                        )
+                    },
+                    decimals=0,
+                )
+            ],
+        ),
+    ]
+    return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

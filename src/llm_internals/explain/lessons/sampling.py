@@ -1,0 +1,297 @@
+"""Lesson "sampling": greedy, temperature, top-k, top-p and min-p on one real distribution.
+
+The distribution is real: how often each character follows " th" in the complete works of
+Shakespeare, which is exactly the next-character distribution of a count-based (trigram)
+language model of the corpus: logit = ln(count). Every kept set, renormalized probability and
+draw is what `llm_internals.inference.sampling.Sampler` recorded while sampling from it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from llm_internals.data import corpus
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import recording
+from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.sampling import Sampler, make_generator
+
+INFO = LessonInfo(
+    name="sampling",
+    title="Sampling: choosing the next token",
+    summary="Greedy, temperature, top-k, top-p and min-p on one real next-token distribution.",
+)
+
+CONTEXT = " th"  # peaked: 'e' dominates
+FLAT_CONTEXT = "the "  # flat: the first letter of the next word
+TEMPERATURES = (0.5, 1.0, 1.5)
+TOP_K = 3
+TOP_P = 0.85
+MIN_P = 0.1
+SEED = 0
+
+
+def vocabulary(text: str) -> list[str]:
+    """Every distinct character of the corpus, sorted: token id = position in this list."""
+    return sorted(set(text))
+
+
+def next_char_logits(text: str, vocab: list[str], context: str) -> tuple[torch.Tensor, list[int]]:
+    """ln(count of c after `context`) for each vocabulary character c (-inf when never seen)."""
+    counts = [0] * len(vocab)
+    index = {ch: i for i, ch in enumerate(vocab)}
+    for match in re.finditer(re.escape(context) + "(.)", text, flags=re.S):
+        counts[index[match.group(1)]] += 1
+    logits = torch.tensor([math.log(c) if c else -math.inf for c in counts])
+    return logits, counts
+
+
+def show(ch: str) -> str:
+    """A character as a reader can see it: space, newline and quotes made visible."""
+    return {" ": "' ' (space)", "\n": "'\\n'"}.get(ch, repr(ch))
+
+
+def run_sampler(logits: torch.Tensor, **params) -> tuple[int, dict[str, torch.Tensor]]:
+    """Sample once with the real Sampler (seeded) and return the token and what it recorded."""
+    params = SamplingParams(seed=SEED, **params)
+    with recording() as rec:
+        tokens = Sampler()(logits[None], [params], generators=[make_generator(params.seed)])
+    values = {name: rec.get(name) for name in rec.names() if name.startswith("sampling.")}
+    return int(tokens[0]), values
+
+
+class _Distribution:
+    def __init__(self, text: str, vocab: list[str], context: str) -> None:
+        self.vocab = vocab
+        self.context = context
+        self.logits, self.counts = next_char_logits(text, vocab, context)
+        # Candidates: every character seen after the context, most frequent first.
+        self.candidates = sorted(
+            (i for i, c in enumerate(self.counts) if c), key=lambda i: (-self.counts[i], i)
+        )
+
+    def rows(self, *columns: torch.Tensor) -> list[list]:
+        return [[show(self.vocab[i]), *(float(col[i]) for col in columns)] for i in self.candidates]
+
+
+def _distribution_section(dist: _Distribution) -> Section:
+    _, rec = run_sampler(dist.logits)
+    probs = rec["sampling.probs"][0]
+    total = sum(dist.counts)
+    table = Table(
+        ["next character", "count", "logit = ln(count)", "probability"],
+        [
+            [show(dist.vocab[i]), dist.counts[i], float(dist.logits[i]), float(probs[i])]
+            for i in dist.candidates
+        ],
+    )
+    return Section(
+        "One real next-token distribution",
+        [
+            Step(
+                f"A language model ends each step with one logit per token of its vocabulary. "
+                f"Ours: after the text {CONTEXT!r}, which character comes next in the complete "
+                f"works of Shakespeare? Counting gives the model's answer directly (a trigram "
+                f"model): logit = ln(count), so softmax turns logits back into count / total. "
+                f"The vocabulary has {len(dist.vocab)} characters; {len(dist.candidates)} ever "
+                f"follow {CONTEXT!r} (the others have logit -inf, probability 0).",
+                formula="p(c | context) = softmax(logits)_c = count(c) / sum of counts",
+                values={"occurrences of the context": total, "candidates": table},
+            )
+        ],
+    )
+
+
+def _greedy_section(dist: _Distribution) -> Section:
+    token, rec = run_sampler(dist.logits, temperature=0.0)
+    return Section(
+        "Greedy decoding",
+        [
+            Step(
+                "Greedy decoding ignores the probabilities except for their order: it takes the "
+                "most likely token every time. It is deterministic (temperature 0 in most "
+                "APIs), good for short factual answers, and prone to loops in long text "
+                "because the same context always gives the same continuation.",
+                formula="token = argmax_c logits_c",
+                values={
+                    "greedy token": show(dist.vocab[token]),
+                    "its logit": float(rec["sampling.logits"][0, token]),
+                },
+            )
+        ],
+    )
+
+
+def _temperature_section(dist: _Distribution) -> Section:
+    columns = [
+        run_sampler(dist.logits, temperature=t)[1]["sampling.probs"][0] for t in TEMPERATURES
+    ]
+    table = Table(["next character", *(f"T = {t}" for t in TEMPERATURES)], dist.rows(*columns))
+    return Section(
+        "Temperature",
+        [
+            Step(
+                "Sampling draws the next token at random with these probabilities, so rarer "
+                "continuations appear in proportion. Temperature reshapes them first: logits "
+                "are divided by T. T < 1 sharpens (the favourite gains), T > 1 flattens (rare "
+                "characters gain). With logit = ln(count), softmax(logit / T) is count^(1/T), "
+                "renormalized.",
+                formula="p_T(c) = exp(z_c / T) / sum_j exp(z_j / T)",
+                values={"probabilities by temperature": table},
+            )
+        ],
+    )
+
+
+def _kept_table(dist: _Distribution, probs: torch.Tensor, rec: dict, extra=()) -> Table:
+    kept = rec["sampling.kept"][0]
+    renormalized = rec["sampling.probs"][0]
+    names = [name for name, _ in extra]
+    rows = []
+    for i in dist.candidates:
+        rows.append(
+            [show(dist.vocab[i]), float(probs[i]), *(float(col[i]) for _, col in extra),
+             bool(kept[i]), float(renormalized[i])]
+        )  # fmt: skip
+    return Table(["next character", "probability", *names, "kept", "renormalized"], rows)
+
+
+def _top_k_section(dist: _Distribution) -> Section:
+    probs = torch.softmax(dist.logits, -1)
+    _, rec = run_sampler(dist.logits, top_k=TOP_K)
+    return Section(
+        "Top-k",
+        [
+            Step(
+                f"Top-k keeps the k most likely tokens and sets every other logit to -inf, so "
+                f"the long tail can never be drawn; softmax then renormalizes over the "
+                f"survivors. Here k = {TOP_K}. The weakness: k is fixed, whether the model is "
+                f"sure (one good option) or unsure (dozens).",
+                formula="keep c if z_c >= (k-th largest logit); p'(c) = p(c) / sum_kept p",
+                values={
+                    "k-th largest logit": float(rec["sampling.top_k_threshold"][0, 0]),
+                    "top-k": _kept_table(dist, probs, rec),
+                },
+            )
+        ],
+    )
+
+
+def _top_p_section(dist: _Distribution) -> Section:
+    probs = torch.softmax(dist.logits, -1)
+    _, rec = run_sampler(dist.logits, top_p=TOP_P)
+    mass_before = rec["sampling.top_p_mass_before"][0]
+    before = torch.zeros_like(probs)
+    before[rec["sampling.top_p_order"][0]] = mass_before
+    return Section(
+        "Top-p (nucleus)",
+        [
+            Step(
+                f"Top-p keeps the smallest set of most likely tokens whose probabilities add up "
+                f"to at least p (Holtzman et al., 2019). Walk down the sorted list and keep a "
+                f"token while the mass already kept is below p = {TOP_P}. A confident "
+                f"distribution keeps few tokens, a flat one many.",
+                formula="keep c if (sum of p over tokens ranked above c) < p",
+                values={"top-p": _kept_table(dist, probs, rec, [("mass before", before)])},
+            )
+        ],
+    )
+
+
+def _min_p_section(dist: _Distribution, flat: _Distribution) -> Section:
+    probs = torch.softmax(dist.logits, -1)
+    _, rec = run_sampler(dist.logits, min_p=MIN_P)
+    comparison = []
+    for d in (dist, flat):
+        sizes = [
+            int(run_sampler(d.logits, **setting)[1]["sampling.kept"][0].sum())
+            for setting in ({"top_k": TOP_K}, {"top_p": TOP_P}, {"min_p": MIN_P})
+        ]
+        comparison.append([repr(d.context), len(d.candidates), *sizes])
+    return Section(
+        "Min-p",
+        [
+            Step(
+                f"Min-p keeps tokens whose probability is at least min_p times that of the most "
+                f"likely token (here min_p = {MIN_P}). The bar rises when the model is "
+                f"confident and falls when it is not, without summing a sorted list.",
+                formula="keep c if p(c) >= min_p * max_j p(j)",
+                values={
+                    "threshold = min_p * max p": float(rec["sampling.min_p_threshold"][0, 0]),
+                    "min-p": _kept_table(dist, probs, rec),
+                },
+            ),
+            Step(
+                f"The same three settings on a flat distribution, the character after "
+                f"{FLAT_CONTEXT!r} (the first letter of a word): top-k still keeps {TOP_K}, "
+                f"while top-p and min-p widen to fit the uncertainty.",
+                values={
+                    "tokens kept": Table(
+                        [
+                            "context",
+                            "candidates",
+                            f"top-k {TOP_K}",
+                            f"top-p {TOP_P}",
+                            f"min-p {MIN_P}",
+                        ],
+                        comparison,
+                    )
+                },  # fmt: skip
+            ),
+        ],
+    )
+
+
+def _draw_section(dist: _Distribution) -> Section:
+    token, rec = run_sampler(dist.logits, temperature=0.8, top_p=TOP_P)
+    probs = rec["sampling.probs"][0]
+    cumulative = rec["sampling.cdf"][0]
+    rows = [
+        [show(dist.vocab[i]), float(probs[i]), float(cumulative[i])]
+        for i in range(len(dist.vocab))
+        if probs[i] > 0
+    ]
+    return Section(
+        "Drawing the token",
+        [
+            Step(
+                f"The sampler draws one number u uniformly from [0, 1) with the request's own "
+                f"generator (seed {SEED}: same seed, same text) and walks the cumulative "
+                f"probabilities in vocabulary order until they exceed u. Each token is hit "
+                f"with exactly its probability. Here: temperature 0.8, then top-p {TOP_P}.",
+                formula="token = first c with cumulative(c) > u",
+                values={
+                    "u": float(rec["sampling.uniforms"][0]),
+                    "kept tokens in vocabulary order": Table(
+                        ["next character", "probability", "cumulative"], rows
+                    ),
+                    "sampled token": show(dist.vocab[token]),
+                },
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    text = corpus("shakespeare")
+    vocab = vocabulary(text)
+    dist = _Distribution(text, vocab, CONTEXT)
+    flat = _Distribution(text, vocab, FLAT_CONTEXT)
+    return Lesson(
+        name=INFO.name,
+        title=INFO.title,
+        summary=INFO.summary,
+        sections=[
+            _distribution_section(dist),
+            _greedy_section(dist),
+            _temperature_section(dist),
+            _top_k_section(dist),
+            _top_p_section(dist),
+            _min_p_section(dist, flat),
+            _draw_section(dist),
+        ],
+    )

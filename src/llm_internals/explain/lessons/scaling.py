@@ -1,0 +1,198 @@
+"""Lesson "scaling": why attention divides scores by sqrt(d_k).
+
+Random queries and keys with unit-variance entries (what a well-initialized layer produces) go
+through the library's `scaled_dot_product_attention` three times per head size: unscaled
+(scale = 1), scaled by 1/sqrt(d_k) (the default) and over-scaled by 1/d_k. The statistics in the
+tables are computed from what the function recorded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import recording
+from llm_internals.layers.attention import scaled_dot_product_attention
+
+INFO = LessonInfo(
+    name="scaling",
+    title="Why divide by sqrt(d_k)?",
+    summary="Dot products grow with d_k; unscaled scores saturate softmax; sqrt(d_k) restores "
+    "unit variance.",
+)
+
+HEAD_SIZES = (4, 64, 512)
+ROWS = 1024  # independent queries
+KEYS = 16  # keys per query: a uniform row has entropy log2(16) = 4 bits
+SEED = 0
+
+
+def samples(d_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (ROWS, 1, 1, d_k), k and v (ROWS, 1, KEYS, d_k) with i.i.d. N(0, 1) entries."""
+    generator = torch.Generator().manual_seed(SEED + d_k)
+    q = torch.randn(ROWS, 1, 1, d_k, generator=generator)
+    k = torch.randn(ROWS, 1, KEYS, d_k, generator=generator)
+    v = torch.randn(ROWS, 1, KEYS, d_k, generator=generator)
+    return q, k, v
+
+
+def attend(d_k: int, scale: float) -> dict[str, torch.Tensor]:
+    """Run the library's attention on the samples; return its recorded scores and weights."""
+    q, k, v = samples(d_k)
+    with recording() as rec:
+        scaled_dot_product_attention(q, k, v, scale=scale)
+    return {
+        "scores": rec.get("scores").flatten(0, 2),  # (ROWS, KEYS)
+        "scaled": rec.get("scaled_scores").flatten(0, 2),
+        "weights": rec.get("weights").flatten(0, 2),
+    }
+
+
+def entropy_bits(weights: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy in bits (0 log 0 = 0)."""
+    logs = torch.where(weights > 0, torch.log2(weights), torch.zeros_like(weights))
+    return -(weights * logs).sum(dim=-1)
+
+
+def statistics() -> dict[int, dict[str, dict[str, torch.Tensor]]]:
+    """For each d_k: the recordings with no scaling, 1/sqrt(d_k) and 1/d_k."""
+    return {
+        d: {
+            "none": attend(d, 1.0),
+            "sqrt": attend(d, 1.0 / math.sqrt(d)),
+            "linear": attend(d, 1.0 / d),
+        }
+        for d in HEAD_SIZES
+    }
+
+
+def _row(d: int, runs: dict[str, dict[str, torch.Tensor]], kind: str) -> list:
+    weights = runs[kind]["weights"]
+    return [
+        d,
+        float(runs[kind]["scaled"].var()),
+        float(weights.max(dim=-1).values.mean()),
+        float(entropy_bits(weights).mean()),
+    ]
+
+
+def build() -> Lesson:
+    stats = statistics()
+    big = HEAD_SIZES[-1]
+    example = {kind: stats[big][kind] for kind in ("none", "sqrt")}
+    columns = ["d_k", "var(score)", "mean max weight", "mean entropy (bits)"]
+    sections = [
+        Section(
+            "The formula",
+            [
+                Step(
+                    "Attention divides the query-key dot products by sqrt(d_k), the size of one "
+                    "head, before the softmax. This lesson shows what goes wrong without it and "
+                    "why exactly sqrt(d_k).",
+                    formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
+                )
+            ],
+        ),
+        Section(
+            "Without scaling",
+            [
+                Step(
+                    f"One query against {KEYS} keys with d_k = {big} and unit-variance entries. "
+                    "Unscaled, the scores spread over tens of units, and softmax puts almost all "
+                    "weight on the single largest score: the query copies one value vector and "
+                    "the gradient to every other key nearly vanishes.",
+                    values={
+                        "scores (unscaled)": example["none"]["scaled"][0],
+                        "weights (unscaled)": example["none"]["weights"][0],
+                    },
+                    decimals=3,
+                ),
+                Step(
+                    f"The same row divided by sqrt({big}) = {math.sqrt(big):.2f}: the weights "
+                    "are spread over several keys, and each receives gradient.",
+                    values={
+                        "scores / sqrt(d_k)": example["sqrt"]["scaled"][0],
+                        "weights (scaled)": example["sqrt"]["weights"][0],
+                    },
+                    decimals=3,
+                ),
+            ],
+        ),
+        Section(
+            "Why dot products grow with d_k",
+            [
+                Step(
+                    "q . k adds d_k products q_i k_i. With independent entries of mean 0 and "
+                    "variance 1, each product has mean 0 and variance E[q_i^2] E[k_i^2] = 1, and "
+                    "variances of independent terms add.",
+                    formula="Var(q . k) = sum_i Var(q_i k_i) = d_k * 1 * 1 = d_k;  "
+                    "std(q . k) = sqrt(d_k)",
+                )
+            ],
+        ),
+        Section(
+            "Checking Var(q . k) = d_k",
+            [
+                Step(
+                    f"Measured over {ROWS * KEYS:,} random query-key pairs per head size "
+                    "(the unscaled scores the function recorded).",
+                    values={
+                        "variance of q . k": Table(
+                            ["d_k", "derived Var = d_k", "measured Var", "measured / derived"],
+                            [
+                                [
+                                    d,
+                                    d,
+                                    float(stats[d]["none"]["scores"].var()),
+                                    float(stats[d]["none"]["scores"].var()) / d,
+                                ]
+                                for d in HEAD_SIZES
+                            ],
+                        )
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "What large scores do to softmax",
+            [
+                Step(
+                    f"Averaged over {ROWS} rows of {KEYS} keys. Uniform weights would give max "
+                    f"weight 1/{KEYS} = {1 / KEYS:.4f} and entropy log2({KEYS}) = "
+                    f"{math.log2(KEYS):.0f} bits; one-hot gives 1 and 0 bits. Unscaled, attention "
+                    "becomes more one-hot the larger the head.",
+                    values={
+                        "unscaled": Table(columns, [_row(d, stats[d], "none") for d in HEAD_SIZES]),
+                        "scaled by 1/sqrt(d_k)": Table(
+                            columns, [_row(d, stats[d], "sqrt") for d in HEAD_SIZES]
+                        ),
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "Why sqrt(d_k) is right",
+            [
+                Step(
+                    "Dividing a random variable by c divides its variance by c^2. Dividing by "
+                    "sqrt(d_k) brings Var(q . k) = d_k back to 1 for every head size, so softmax "
+                    "sees the same spread of scores whatever d_k is. Dividing by d_k "
+                    "over-corrects: the variance falls to 1/d_k and large heads attend almost "
+                    "uniformly.",
+                    formula="Var(q . k / sqrt(d_k)) = d_k / d_k = 1;   Var(q . k / d_k) = 1 / d_k",
+                    values={
+                        "scaled by 1/d_k (too much)": Table(
+                            columns, [_row(d, stats[d], "linear") for d in HEAD_SIZES]
+                        ),
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+    ]
+    return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

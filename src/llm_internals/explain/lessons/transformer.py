@@ -1,0 +1,295 @@
+"""Lesson "transformer": the architecture end to end, with the shape of every step.
+
+A BPE tokenizer is trained on one line of Hamlet; a tiny GPT-2-style `DecoderLM` (2 layers,
+d_model 16, 4 heads) and a tiny post-norm `Seq2SeqLM` run under a recorder, and the lesson lists
+what they recorded with its shape. Parameter counts of real published configs come from
+`models.params.count_parameters` (decoders) and `models.published_configs` (BERT, T5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.trace import Recording, recording
+from llm_internals.models.config import ModelConfig
+from llm_internals.models.decoder import DecoderLM
+from llm_internals.models.presets import gpt2_124m, llama3_8b
+from llm_internals.models.published_configs import (
+    bert_base,
+    count_bert_parameters,
+    count_decoder_parameters,
+    count_t5_parameters,
+    t5_base,
+)
+from llm_internals.models.seq2seq import Seq2SeqLM
+from llm_internals.tokenizer import Tokenizer, train_bpe
+
+INFO = LessonInfo(
+    name="transformer",
+    title="The Transformer, end to end",
+    summary="Tokens to logits through a tiny real model, shape by shape; encoder, decoder and "
+    "the three families with real parameter counts.",
+)
+
+TRAINING_TEXT = "To be, or not to be, that is the question. " * 20
+PROMPT = "To be, or not to be"
+SOURCE = "that is the question"
+VOCAB_SIZE = 280
+SEED = 0
+
+# The recorded names the data-flow table shows, with what each step is.
+FLOW = {
+    "token_embedding": "token embedding lookup",
+    "embedding": "+ learned position embedding",
+    "norm_output": "LayerNorm",
+    "q": "queries, split into heads",
+    "k": "keys",
+    "v": "values",
+    "scores": "Q K^T per head",
+    "weights": "softmax (causal)",
+    "output": "weights V per head",
+    "attention_output": "heads concatenated, W_o",
+    "residual_after_attention": "residual add",
+    "ffn_up": "FFN expand",
+    "ffn_activated": "GELU",
+    "ffn_output": "FFN contract",
+    "block_output": "residual add = block output",
+    "logits": "output head: one score per vocabulary token",
+}
+
+
+def tiny_decoder_config() -> ModelConfig:
+    """A GPT-2-shaped decoder small enough to print."""
+    return ModelConfig(
+        vocab_size=VOCAB_SIZE, d_model=16, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32,
+        position="learned", norm="layernorm", norm_eps=1e-5, ffn="mlp", activation="gelu",
+        qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
+    )  # fmt: skip
+
+
+def tiny_seq2seq_config() -> ModelConfig:
+    """The original Transformer's layout (post-norm, sinusoidal, ReLU), tiny."""
+    return ModelConfig(
+        vocab_size=VOCAB_SIZE, d_model=16, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32,
+        position="sinusoidal", norm="layernorm", norm_eps=1e-5, norm_position="post", ffn="mlp",
+        activation="relu", qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
+    )  # fmt: skip
+
+
+def tokenizer() -> Tokenizer:
+    return train_bpe(TRAINING_TEXT, vocab_size=VOCAB_SIZE)
+
+
+def run_decoder(ids: list[int]) -> tuple[DecoderLM, Recording]:
+    torch.manual_seed(SEED)
+    model = DecoderLM(tiny_decoder_config()).eval()
+    with recording() as rec, torch.no_grad():
+        model(torch.tensor([ids]))
+    return model, rec
+
+
+def run_seq2seq(src: list[int], tgt: list[int]) -> Recording:
+    torch.manual_seed(SEED)
+    model = Seq2SeqLM(tiny_seq2seq_config()).eval()
+    with recording() as rec, torch.no_grad():
+        model(torch.tensor([src]), torch.tensor([tgt]))
+    return rec
+
+
+def data_flow(rec: Recording, n_layers: int) -> list[list]:
+    """(step, recorded name, shape): layer 1 in full, later layers by their output only."""
+    rows, blocks_done = [], 0
+    for record in rec.records:
+        if record.name not in FLOW:
+            continue
+        if record.name == "logits" and record.value.shape[-1] != VOCAB_SIZE:
+            continue  # softmax records its input as "logits" too
+        shape = str(tuple(record.value.shape))
+        if record.name == "block_output":
+            blocks_done += 1
+            rows.append([f"{FLOW[record.name]} (layer {blocks_done})", record.name, shape])
+        elif blocks_done == 0 or record.name == "logits":
+            rows.append([FLOW[record.name], record.name, shape])
+        elif blocks_done == n_layers and record.name == "norm_output":
+            rows.append(["final LayerNorm", record.name, shape])
+    return rows
+
+
+def family_counts() -> list[list]:
+    models = [
+        ("BERT-base", "encoder-only", count_bert_parameters(bert_base())),
+        ("GPT-2 (124M)", "decoder-only", count_decoder_parameters(gpt2_124m())),
+        ("Llama-3-8B", "decoder-only", count_decoder_parameters(llama3_8b())),
+        ("T5-base", "encoder-decoder", count_t5_parameters(t5_base())),
+    ]
+    return [
+        [
+            name,
+            family,
+            *(
+                c[k]
+                for k in ("embeddings", "attention", "ffn", "norms", "lm_head", "other", "total")
+            ),
+        ]  # fmt: skip
+        for name, family, c in models
+    ]
+
+
+def build() -> Lesson:
+    tok = tokenizer()
+    ids = tok.encode(PROMPT)
+    pieces = [tok.decode([i]) for i in ids]
+    model, rec = run_decoder(ids)
+    config = model.config
+    seq_rec = run_seq2seq(tok.encode(SOURCE), ids)
+    cross_weights = seq_rec.all("weights")[-1]  # the decoder's last attention is cross-attention
+    self_weights = seq_rec.all("weights")[-2]
+    sections = [
+        Section(
+            "Why it was needed",
+            [
+                Step(
+                    "Recurrent networks read a sentence one token at a time, carrying one state "
+                    "vector forward: training cannot run the positions in parallel, and "
+                    "information from far back must survive many updates. The Transformer "
+                    "(Vaswani et al., 2017) drops recurrence: attention lets every position read "
+                    "every other position directly, and all positions are computed at once."
+                )
+            ],
+        ),
+        Section(
+            "The two halves",
+            [
+                Step(
+                    "The original model translates. An encoder reads the whole source sentence "
+                    "(bidirectional attention); a decoder writes the target one token at a time "
+                    "(causal self-attention) and reads the encoder's output through "
+                    "cross-attention. Both are stacks of identical blocks: attention, then a "
+                    "feed-forward network, each wrapped in a residual connection and a norm."
+                )
+            ],
+        ),
+        Section(
+            "Tokenization, embedding, positional encoding",
+            [
+                Step(
+                    f"A byte-level BPE tokenizer (trained here on one repeated line, vocabulary "
+                    f"{VOCAB_SIZE}) cuts the text into tokens and maps them to ids.",
+                    values={
+                        "text": PROMPT,
+                        "tokens": Table(
+                            ["piece", "id"],
+                            [[repr(p), i] for p, i in zip(pieces, ids, strict=True)],
+                        ),  # fmt: skip
+                    },
+                ),
+                Step(
+                    f"Each id selects a row of the embedding table ({config.vocab_size} x "
+                    f"{config.d_model}). Attention itself ignores order, so a position vector is "
+                    "added (learned here as in GPT-2; sinusoidal in the original; rotations of "
+                    "q and k in Llama, see 'rope').",
+                    formula="h_0 = E_tok[ids] + E_pos[0..T-1]",
+                    values={"h_0": rec.get("embedding")[0]},
+                    decimals=3,
+                ),
+            ],
+        ),
+        Section(
+            "Attention and multi-head",
+            [
+                Step(
+                    f"d_model = {config.d_model} is split into {config.n_heads} heads of "
+                    f"{config.head_dim}: each head has its own Q, K, V projections and attends "
+                    "independently, so different heads can follow different relations. Head "
+                    "outputs are concatenated and mixed by W_o. Layer 1's weights per head: the "
+                    "model is untrained (GPT-2's init, std 0.02), so they are nearly uniform "
+                    "over the visible tokens; training is what makes them selective.",
+                    values={
+                        f"head {h} weights": rec.all("weights")[0][0, h]
+                        for h in range(config.n_heads)
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "FFN, residuals, layer norm",
+            [
+                Step(
+                    "After attention each position goes through the same two-layer MLP on its "
+                    f"own ({config.d_model} -> {config.d_ff} -> {config.d_model}). Each sublayer "
+                    "adds its result to its input (the residual stream), so a block refines "
+                    "rather than replaces, and gradients flow straight through the additions. "
+                    "A norm keeps the scale of the stream under control (pre-norm in GPT-2).",
+                    formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
+                )
+            ],
+        ),
+        Section(
+            "Encoder and decoder",
+            [
+                Step(
+                    f"A tiny encoder-decoder (post-norm, sinusoidal positions, ReLU) translating "
+                    f"'{SOURCE}' to '{PROMPT}': the decoder's self-attention is causal "
+                    "(target x target, zeros above the diagonal), its cross-attention is "
+                    "target x source with no mask: every target token may read the whole "
+                    "source.",
+                    values={
+                        "encoder output shape": str(tuple(seq_rec.get("encoder_output").shape)),
+                        "decoder self-attention (head 0)": self_weights[0, 0],
+                        "cross-attention (head 0)": cross_weights[0, 0],
+                    },
+                    decimals=3,
+                )
+            ],
+        ),
+        Section(
+            "The data flow, shape by shape",
+            [
+                Step(
+                    f"What the tiny decoder recorded for a batch of 1 x {len(ids)} tokens: "
+                    "(batch, tokens, d_model) between steps, (batch, heads, tokens, head_dim) "
+                    "and (batch, heads, tokens, tokens) inside attention. Layer 2 repeats "
+                    "layer 1; the final LayerNorm and the tied output head give one logit per "
+                    "vocabulary entry at every position.",
+                    values={
+                        "steps": Table(
+                            ["step", "recorded as", "shape"], data_flow(rec, config.n_layers)
+                        )
+                    },
+                )
+            ],
+        ),
+        Section(
+            "The three variants",
+            [
+                Step(
+                    "Encoder-only (BERT: bidirectional, for understanding and embeddings), "
+                    "decoder-only (GPT, Llama: causal, for generation; today's LLMs), "
+                    "encoder-decoder (T5, the original: for input-to-output tasks such as "
+                    "translation). Parameter counts from the published configs; 'other' is "
+                    "BERT's pooler and T5's relative-position tables; a head of 0 is tied to "
+                    "the embedding.",
+                    values={
+                        "parameters": Table(
+                            [
+                                "model",
+                                "family",
+                                "embeddings",
+                                "attention",
+                                "ffn",
+                                "norms",
+                                "lm_head",
+                                "other",
+                                "total",
+                            ],  # fmt: skip
+                            family_counts(),
+                        )
+                    },
+                )
+            ],
+        ),
+    ]
+    return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

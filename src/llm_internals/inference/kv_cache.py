@@ -1,0 +1,140 @@
+"""The contiguous KV cache: keys and values of past tokens, kept so each decode step is O(1) work.
+
+Generating token t+1 needs attention of the new query over the keys and values of all t earlier
+tokens. Those keys and values do not change once computed (a causal model never lets an earlier
+token see a later one), so they are stored instead of recomputed:
+
+    per layer:  K, V  of shape (batch, n_kv_heads, max_len, head_dim), allocated once
+    prefill:    the prompt's k, v go to positions [0, T)
+    decode:     each step writes one position, T, T+1, ...
+    attention:  reads K[:, :, :length] (a view: no copy), the filled part only
+
+Queries are not cached: a past query was only needed to produce its own token's output, which
+is already done. Every row of the batch shares one `length` (the column count); rows with shorter
+prompts carry padding columns that the caller's attention_mask marks as 0 (left padding puts
+them first, right padding in the middle), and the model derives positions from that mask. This
+object implements the attention-cache protocol of layers/multihead.py; `update` returns mask None
+so the model's causal-plus-padding mask applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.explain.trace import is_recording, record
+
+
+class ContiguousKVCache:
+    """Preallocated per-layer K/V buffers that grow along the sequence axis."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (("n_layers", n_layers), ("batch", batch), ("n_kv_heads", n_kv_heads),
+                            ("max_len", max_len), ("head_dim", head_dim)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise LLMInternalsError(
+                    f"KV cache: {name} must be a positive integer, got {value!r}"
+                )
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        # Filled positions per layer. During a forward, layers before the current one are already
+        # one step ahead; past_length() reports the last layer, i.e. the length before the forward.
+        self.lengths = [0] * n_layers
+
+    @classmethod
+    def for_model(
+        cls, model: torch.nn.Module, batch: int, max_len: int, dtype: torch.dtype | None = None
+    ) -> ContiguousKVCache:
+        """A cache shaped for `model` (anything with a ModelConfig in `.config`)."""
+        config = model.config
+        weight = next(model.parameters())
+        return cls(
+            config.n_layers,
+            batch,
+            config.n_kv_heads,
+            max_len,
+            config.head_dim,
+            dtype=weight.dtype if dtype is None else dtype,
+            device=weight.device,
+        )
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+    def past_length(self) -> int:
+        """Positions stored before the current forward (all layers agree between forwards)."""
+        return self.lengths[-1]
+
+    def nbytes(self) -> int:
+        """Bytes allocated for K and V in all layers (the full max_len, filled or not)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def update(
+        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Append k, v (batch, n_kv_heads, new, head_dim) to layer `layer_idx`; return the
+        filled keys and values (views of the buffers) and None (use the model's mask)."""
+        start = self.lengths[layer_idx]
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise LLMInternalsError(
+                f"KV cache is full: {start} positions stored, {k.shape[2]} more do not fit in "
+                f"max_len={self.max_len}",
+                hint="allocate the cache with max_len >= prompt length + new tokens",
+            )
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if k.shape[0] != keys.shape[0] or k.shape[1] != keys.shape[1] or (
+            k.shape[3] != keys.shape[3]
+        ):  # fmt: skip
+            raise LLMInternalsError(
+                f"KV cache holds (batch, kv_heads, _, head_dim) = ({keys.shape[0]}, "
+                f"{keys.shape[1]}, _, {keys.shape[3]}), got new keys of shape {tuple(k.shape)}"
+            )
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.lengths[layer_idx] = end
+        if is_recording():
+            where = f"layer {layer_idx}: positions {start}..{end - 1}"
+            record("kv_cache.new_k", k, note=f"{where} written")
+            record("kv_cache.keys", keys[:, :, :end], note=f"layer {layer_idx}: all stored keys")
+        return keys[:, :, :end], values[:, :, :end], None
+
+    def select_rows(self, rows: Sequence[int] | torch.Tensor) -> None:
+        """Keep only these batch rows, in this order (drop sequences that finished)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.keys[0].device)
+        if index.numel() == 0:
+            raise LLMInternalsError("KV cache: select_rows needs at least one row")
+        if int(index.min()) < 0 or int(index.max()) >= self.batch:
+            raise LLMInternalsError(
+                f"KV cache: row index out of range for a batch of {self.batch}: {index.tolist()}"
+            )
+        length = self.past_length()
+        for store in (self.keys, self.values):
+            for i, buffer in enumerate(store):
+                kept = torch.empty(
+                    (len(index), *buffer.shape[1:]), dtype=buffer.dtype, device=buffer.device
+                )
+                kept[:, :, :length] = buffer[index, :, :length]  # copy only the filled part
+                store[i] = kept
+
+    def reset(self) -> None:
+        """Forget everything stored (the buffers are reused)."""
+        self.lengths = [0] * self.n_layers

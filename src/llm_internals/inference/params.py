@@ -1,0 +1,133 @@
+"""What a request asks of the sampler: `SamplingParams`, validated when it is made.
+
+The defaults sample from the model's distribution unchanged (temperature 1, no truncation, no
+penalties). `temperature=0` means greedy decoding (argmax). Ranges follow the conventions users
+already know: HF transformers for `repetition_penalty` (> 0, 1 = off) and `top_k`/`top_p`/`min_p`,
+the OpenAI API for `frequency_penalty` and `presence_penalty` (each in [-2, 2], 0 = off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from llm_internals.errors import LLMInternalsError
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings; invalid values raise LLMInternalsError naming the field.
+
+    temperature: >= 0; logits are divided by it (0 = greedy, take the argmax).
+    top_k: keep the k most likely tokens (ties with the k-th are kept too); 0 = off.
+    top_p: keep the smallest set of most likely tokens whose mass reaches top_p; in (0, 1].
+    min_p: keep tokens with probability >= min_p * (probability of the most likely); in [0, 1].
+    repetition_penalty: HF/CTRL style, on every token seen in prompt or output; > 0, 1 = off.
+    frequency_penalty, presence_penalty: OpenAI style, on output tokens; in [-2, 2], 0 = off.
+    seed: seeds this request's own torch.Generator, so its draws do not depend on the batch.
+    stop_token_ids: generation ends when one of these is sampled (it is not part of the text).
+    stop: strings that end generation when they appear in the decoded output, even across token
+      boundaries; the output is cut just before the stop string.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _number(self, "temperature", low=0.0, hint="0 means greedy decoding; 1 leaves logits as is")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise LLMInternalsError(
+                f"sampling parameter top_k must be an integer >= 0, got {self.top_k!r}",
+                hint="0 turns top-k off",
+            )
+        _number(self, "top_p", low=0.0, high=1.0, low_open=True, hint="1 turns top-p off")
+        _number(self, "min_p", low=0.0, high=1.0, hint="0 turns min-p off")
+        _number(self, "repetition_penalty", low=0.0, low_open=True, hint="1 turns it off")
+        _number(self, "frequency_penalty", low=-2.0, high=2.0, hint="0 turns it off")
+        _number(self, "presence_penalty", low=-2.0, high=2.0, hint="0 turns it off")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):  # fmt: skip
+            raise LLMInternalsError(
+                f"sampling parameter seed must be an integer in [0, 2**64 - 1] or None, "
+                f"got {self.seed!r}"
+            )
+        object.__setattr__(self, "stop_token_ids", _token_ids(self.stop_token_ids))
+        object.__setattr__(self, "stop", _stop_strings(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: always take the most likely token, no randomness."""
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+
+def _number(
+    params: SamplingParams,
+    name: str,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    hint: str | None = None,
+) -> None:
+    value = getattr(params, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        low_bracket = "(" if low_open else "["
+        high_text = "inf)" if high == math.inf else f"{high:g}]"
+        raise LLMInternalsError(
+            f"sampling parameter {name} must be a number in {low_bracket}{low:g}, {high_text}, "
+            f"got {value!r}",
+            hint=hint,
+        )
+    object.__setattr__(params, name, float(value))
+
+
+def _token_ids(value: Any) -> tuple[int, ...]:
+    items = [value] if isinstance(value, int) else _iterable(value, "stop_token_ids")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise LLMInternalsError(
+                f"sampling parameter stop_token_ids must hold integers >= 0, got {item!r}"
+            )
+    return tuple(items)
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else _iterable(value, "stop")
+    for item in items:
+        if not isinstance(item, str) or item == "":
+            raise LLMInternalsError(
+                f"sampling parameter stop must hold non-empty strings, got {item!r}"
+            )
+    return tuple(items)
+
+
+def _iterable(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, Iterable):
+        raise LLMInternalsError(
+            f"sampling parameter {name} must be a list, got {type(value).__name__}"
+        )
+    return list(value)

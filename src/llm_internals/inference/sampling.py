@@ -1,0 +1,288 @@
+"""From next-token logits to a token id: penalties, temperature, top-k, top-p, min-p, a draw.
+
+For each row of a (batch, vocab) logits tensor, with that row's `SamplingParams`:
+
+    z  = penalties(logits)                   (penalties.py: repetition, frequency, presence)
+    z  = z / T                               temperature; T = 0 means greedy: argmax(z)
+    keep only the top-k, then the top-p nucleus, then the min-p survivors (others -> -inf)
+    p  = softmax(z)                          renormalized over the kept tokens
+    token = the first index whose cumulative probability exceeds u ~ Uniform[0, 1)
+
+The order (temperature, top-k, top-p, min-p) is the one HF transformers uses. The last step is
+inverse-transform sampling: one uniform number per row, drawn from the request's own
+`torch.Generator` when it has a seed, so a seeded request draws the same tokens whatever else is
+in the batch. Each filter returns a boolean "kept" mask; all steps are recorded for the explain
+path under the names "sampling.<step>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.explain.trace import is_recording, record
+from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.penalties import (
+    apply_frequency_presence_penalty,
+    apply_repetition_penalty,
+    token_counts,
+)
+from llm_internals.layers.softmax import softmax
+
+
+def make_generator(seed: int | None) -> torch.Generator | None:
+    """A CPU generator seeded with `seed`, or None (use the sampler's shared generator)."""
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(seed)
+
+
+def _per_row(values: torch.Tensor | float | int, logits: torch.Tensor) -> torch.Tensor:
+    """A parameter as a (batch, 1) column matching logits (a scalar is broadcast)."""
+    column = torch.as_tensor(values, device=logits.device)
+    return column.reshape(-1, 1).expand(logits.shape[0], 1)
+
+
+def top_k_mask(logits: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """Tokens kept by top-k: logit >= the k-th largest logit of the row (k = 0 keeps all).
+
+    Tokens tied with the k-th are all kept, as in HF's TopKLogitsWarper, so the result never
+    depends on how a sort orders equal values.
+    """
+    vocab = logits.shape[-1]
+    k = _per_row(k, logits).long()
+    k = torch.where(k > 0, k.clamp(max=vocab), torch.full_like(k, vocab))
+    largest = logits.topk(int(k.max()), dim=-1).values  # sorted, largest first
+    kth_largest = largest.gather(-1, k - 1)
+    keep = (logits >= kth_largest) & (logits > float("-inf"))
+    record("sampling.top_k_threshold", kth_largest, note="the k-th largest logit of each row")
+    return keep
+
+
+def top_p_mask(logits: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
+    """Tokens kept by top-p (nucleus): the smallest most-likely set whose mass reaches p.
+
+    Sorted by probability, a token is kept when the mass of the tokens before it is still below
+    p; so the most likely token is always kept and p = 1 keeps every token with nonzero
+    probability. Tokens tied with the least likely kept token are kept too (HF keeps whichever
+    of them its sort happens to put first).
+    """
+    p = _per_row(p, logits).to(logits.dtype)
+    probs = softmax(logits, dim=-1)
+    if is_recording():  # the full list, ties in vocabulary order, for the lesson to show
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    else:
+        # Only tokens with nonzero probability can be kept, so after top-k only the few
+        # survivors need sorting: topk(m) is O(vocab), a full sort O(vocab log vocab). The kept
+        # set does not depend on how ties are ordered.
+        most = int((probs > 0).sum(dim=-1).max())
+        sorted_probs, order = probs.topk(most, dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    in_nucleus = (mass_before < p) & (sorted_probs > 0)
+    smallest_kept = torch.where(in_nucleus, sorted_probs, torch.ones_like(sorted_probs)).amin(
+        dim=-1, keepdim=True
+    )
+    if is_recording():
+        record("sampling.top_p_order", order, note="token ids, most likely first (ties: lower id)")
+        record("sampling.top_p_sorted_probs", sorted_probs, note="probabilities, largest first")
+        record("sampling.top_p_mass_before", mass_before, note="mass of the tokens ranked above")
+    return (probs >= smallest_kept) & (probs > 0)
+
+
+def min_p_mask(logits: torch.Tensor, min_p: torch.Tensor | float) -> torch.Tensor:
+    """Tokens kept by min-p: probability >= min_p * (largest probability of the row)."""
+    min_p = _per_row(min_p, logits).to(logits.dtype)
+    probs = softmax(logits, dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    record("sampling.min_p_threshold", threshold, note="min_p * max probability")
+    return (probs >= threshold) & (probs > 0)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf[i-1] <= u * total < cdf[i], for each row: P(i) = probs[i] / total.
+
+    The cumulative sum runs in float64 so that rounding cannot shift mass between tokens, and a
+    token of probability 0 can never be chosen (its cdf step has zero width). After top-k/top-p
+    only a few tokens have probability, so (outside a recording) the sum runs over just those,
+    kept in vocabulary order: adding the zeros in between changes no partial sum, so the same u
+    picks the same token as the full sum would.
+    """
+    support = int((probs > 0).sum(dim=-1).max())
+    if support * 2 < probs.shape[-1] and not is_recording():
+        token_ids = probs.topk(support, dim=-1).indices.sort(dim=-1).values
+        chosen = _inverse_cdf(probs.gather(-1, token_ids), uniforms)
+        return token_ids.gather(-1, chosen[:, None]).squeeze(-1)
+    return _inverse_cdf(probs, uniforms)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    cdf = probs.double().cumsum(dim=-1)
+    record("sampling.cdf", cdf, note="cumulative probabilities in vocabulary order")
+    targets = (uniforms.double().to(probs.device) * cdf[:, -1])[:, None]
+    chosen = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    # u * total can round up to total itself (u just below 1): then step back to the last token
+    # that has probability, which is where the cumulative sum reached total.
+    impossible = probs.gather(-1, chosen[:, None]).squeeze(-1) == 0
+    if impossible.any():
+        last_possible = cdf.argmax(dim=-1)  # first index where cdf reaches its maximum
+        chosen = torch.where(impossible, last_possible, chosen)
+    return chosen
+
+
+class Sampler:
+    """Samples one token per row of a logits batch, each row with its own SamplingParams.
+
+    `generator` is the shared generator for rows without a seeded generator of their own (None:
+    torch's global generator).
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None] | None = None,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        output_ids: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        """Token ids, int64 of shape (batch,).
+
+        generators[i] (e.g. from `make_generator(params[i].seed)`) must persist across the
+        steps of request i for its draws to be reproducible. prompt_ids / output_ids are needed
+        only when some row uses a penalty.
+        """
+        logits = self._check(logits, params, generators)
+        batch, vocab = logits.shape
+        record("sampling.logits", logits)
+        logits = self._penalize(logits, params, prompt_ids, output_ids)
+
+        column = torch.tensor([[p.temperature] for p in params], dtype=logits.dtype)
+        greedy_rows = torch.tensor([p.greedy for p in params], device=logits.device)
+        logits = logits / torch.where(column > 0, column, 1.0).to(logits.device)
+        record("sampling.tempered", logits, note="logits / temperature (greedy rows: / 1)")
+
+        keep = torch.ones_like(logits, dtype=torch.bool)
+        for name, values, active, mask_fn in (
+            ("top_k", [p.top_k for p in params], lambda v: v > 0, top_k_mask),
+            ("top_p", [p.top_p for p in params], lambda v: v < 1.0, top_p_mask),
+            ("min_p", [p.min_p for p in params], lambda v: v > 0.0, min_p_mask),
+        ):
+            if any(active(v) for v in values):
+                kept = mask_fn(logits, torch.tensor(values, device=logits.device))
+                record(f"sampling.{name}_kept", kept)
+                keep &= kept
+                logits = logits.masked_fill(~kept, float("-inf"))
+        record("sampling.kept", keep, note="tokens that survived every filter")
+
+        probs = softmax(logits, dim=-1)
+        record("sampling.probs", probs, note="renormalized over the kept tokens")
+        tokens = logits.argmax(dim=-1)
+        sampled_rows = (~greedy_rows).nonzero().flatten().tolist()
+        if sampled_rows:
+            uniforms = self._uniforms(sampled_rows, generators)
+            record("sampling.uniforms", uniforms, note="one Uniform[0, 1) draw per sampled row")
+            tokens[sampled_rows] = inverse_cdf_sample(probs[sampled_rows], uniforms)
+        record("sampling.tokens", tokens)
+        return tokens
+
+    def _check(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None] | None,
+    ) -> torch.Tensor:
+        if logits.dim() != 2:
+            raise LLMInternalsError(
+                f"sampler expects logits of shape (batch, vocab), got {tuple(logits.shape)}",
+                hint="take the last position: logits[:, -1, :]",
+            )
+        if len(params) != logits.shape[0]:
+            raise LLMInternalsError(
+                f"sampler got {len(params)} SamplingParams for a batch of {logits.shape[0]} rows"
+            )
+        if generators is not None and len(generators) != logits.shape[0]:
+            raise LLMInternalsError(
+                f"sampler got {len(generators)} generators for a batch of {logits.shape[0]} rows"
+            )
+        logits = logits.float()  # half-precision logits lose too much in exp and cumsum
+        bad_rows = (torch.isnan(logits).any(-1) | ~(logits > float("-inf")).any(-1)).nonzero()
+        if len(bad_rows):
+            raise LLMInternalsError(
+                f"logits row {int(bad_rows[0])} has NaN or no finite value: nothing to sample",
+                hint="the model produced invalid logits (check for overflow or a broken mask)",
+            )
+        return logits
+
+    def _penalize(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        prompt_ids: Sequence[Sequence[int]] | None,
+        output_ids: Sequence[Sequence[int]] | None,
+    ) -> torch.Tensor:
+        if not any(p.uses_penalties for p in params):
+            return logits
+        batch, vocab = logits.shape
+        if output_ids is None or prompt_ids is None:
+            raise LLMInternalsError(
+                "sampling penalties need prompt_ids and output_ids for every row",
+                hint="pass the token ids seen so far, or set the penalties to their defaults",
+            )
+        if len(prompt_ids) != batch or len(output_ids) != batch:
+            raise LLMInternalsError(
+                f"sampler got {len(prompt_ids)} prompt_ids and {len(output_ids)} output_ids "
+                f"for a batch of {batch} rows"
+            )
+        output_counts = token_counts(output_ids, vocab, logits.device)
+        seen = (token_counts(prompt_ids, vocab, logits.device) + output_counts) > 0
+
+        def column(name: str) -> torch.Tensor:
+            return torch.tensor([getattr(p, name) for p in params], device=logits.device)
+
+        if any(p.repetition_penalty != 1.0 for p in params):
+            logits = apply_repetition_penalty(logits, seen, column("repetition_penalty"))
+        if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
+            logits = apply_frequency_presence_penalty(
+                logits, output_counts, column("frequency_penalty"), column("presence_penalty")
+            )
+        record("sampling.penalized", logits, note="after repetition/frequency/presence penalties")
+        return logits
+
+    def _uniforms(
+        self, rows: list[int], generators: Sequence[torch.Generator | None] | None
+    ) -> torch.Tensor:
+        """One float64 Uniform[0, 1) per row: from the row's generator, else the shared one."""
+        uniforms = torch.empty(len(rows), dtype=torch.float64)
+        shared = [i for i, row in enumerate(rows) if generators is None or generators[row] is None]
+        if shared:
+            uniforms[shared] = torch.rand(
+                len(shared), dtype=torch.float64, generator=self.generator
+            )
+        for i, row in enumerate(rows):
+            if generators is not None and generators[row] is not None:
+                uniforms[i] = torch.rand((), dtype=torch.float64, generator=generators[row])
+        return uniforms
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    prompt_ids: Sequence[int] = (),
+    output_ids: Sequence[int] = (),
+) -> int:
+    """Sample one token from a single distribution (logits of shape (vocab,))."""
+    params = params or SamplingParams()
+    if logits.dim() != 1:
+        raise LLMInternalsError(
+            f"sample() expects logits of shape (vocab,), got {tuple(logits.shape)}",
+            hint="use Sampler for a batch",
+        )
+    tokens = Sampler(generator)(
+        logits[None], [params], prompt_ids=[list(prompt_ids)], output_ids=[list(output_ids)]
+    )
+    return int(tokens[0])

@@ -1,0 +1,213 @@
+"""One configuration dataclass for every model variant, validated on construction.
+
+A GPT-2 and a Llama differ only in choices this config names: learned positions or RoPE,
+LayerNorm or RMSNorm, a GELU MLP or SwiGLU, biases, how many key/value heads, tied embeddings.
+The model classes read these fields; there is no subclass per family. `family` records where a
+config came from (and how to export it to HF); it does not change behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.layers.activations import ACTIVATIONS
+
+FAMILIES = ("custom", "gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "marian")
+POSITIONS = ("learned", "rope", "sinusoidal", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+FFNS = ("mlp", "gated")
+ATTN_IMPLS = ("scratch", "sdpa")
+ROPE_LAYOUTS = ("half", "interleaved")
+ROPE_TYPES = ("default", "llama3")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and architecture of a transformer. Defaults describe a small Llama-style decoder.
+
+    head_dim defaults to d_model // n_heads, n_kv_heads to n_heads, d_ff to 4 * d_model.
+    rope_scaling is None or {"rope_type": "llama3", "factor", "low_freq_factor",
+    "high_freq_factor", "original_max_position_embeddings"}. attn_impl "scratch" runs attention
+    as its recorded steps; "sdpa" calls torch's fused kernel. fused_ops swaps the written-out
+    norms and activations for torch's single kernels. Scratch without fused_ops is what lessons
+    show; sdpa with fused_ops is the fast path.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 1024
+    family: str = "custom"
+    position: str = "rope"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    norm_position: str = "pre"
+    ffn: str = "gated"
+    activation: str = "silu"
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    rope_layout: str = "half"
+    sliding_window: int | None = None
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+    attn_impl: str = "scratch"
+    fused_ops: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            _positive_int(self, "d_model")
+            _positive_int(self, "n_heads")
+            if self.d_model % self.n_heads != 0:
+                raise LLMInternalsError(
+                    f"model config: d_model={self.d_model} is not divisible by "
+                    f"n_heads={self.n_heads}",
+                    hint="change one of them, or give head_dim explicitly",
+                )
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise LLMInternalsError naming the first field with an impossible value."""
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+            _positive_int(self, name)
+        for name in ("d_ff", "max_seq_len"):
+            _positive_int(self, name)
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads != 0:
+            raise LLMInternalsError(
+                f"model config: n_heads={self.n_heads} is not a multiple of "
+                f"n_kv_heads={self.n_kv_heads}",
+                hint="each key/value head must serve a whole group of query heads",
+            )
+        _one_of(self, "family", FAMILIES)
+        _one_of(self, "position", POSITIONS)
+        _one_of(self, "norm", NORMS)
+        _one_of(self, "norm_position", NORM_POSITIONS)
+        _one_of(self, "ffn", FFNS)
+        _one_of(self, "activation", tuple(ACTIVATIONS))
+        _one_of(self, "attn_impl", ATTN_IMPLS)
+        _one_of(self, "rope_layout", ROPE_LAYOUTS)
+        for name in ("qkv_bias", "attn_out_bias", "mlp_bias", "qk_norm", "tie_embeddings",
+                     "fused_ops"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise LLMInternalsError(
+                    f"model config: {name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise LLMInternalsError(f"model config: norm_eps must be > 0, got {self.norm_eps!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise LLMInternalsError(
+                f"model config: dropout must be in [0, 1), got {self.dropout!r}"
+            )
+        if self.position == "rope":
+            if self.head_dim % 2 != 0:
+                raise LLMInternalsError(
+                    f"model config: RoPE needs an even head_dim, got {self.head_dim}"
+                )
+            if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
+                raise LLMInternalsError(
+                    f"model config: rope_theta must be > 0, got {self.rope_theta!r}"
+                )
+        if self.rope_scaling is not None:
+            _validate_rope_scaling(self.rope_scaling)
+        if self.sliding_window is not None and not (
+            isinstance(self.sliding_window, int) and self.sliding_window > 0
+        ):
+            raise LLMInternalsError(
+                f"model config: sliding_window must be a positive int or null, "
+                f"got {self.sliding_window!r}"
+            )
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (1 for MHA, n_heads for MQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model config") -> ModelConfig:
+        """Build from a dict; unknown or missing fields are named in the error."""
+        if not isinstance(data, dict):
+            raise LLMInternalsError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LLMInternalsError(
+                f"{source}: unknown field(s) {', '.join(unknown)}",
+                hint=f"known fields: {', '.join(sorted(known))}",
+            )
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise LLMInternalsError(f"{source}: missing field(s) {', '.join(missing)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON (atomically: temp file, then rename)."""
+        from llm_internals.models.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LLMInternalsError(f"model config file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise LLMInternalsError(f"{path}: invalid JSON ({err})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _positive_int(config: ModelConfig, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LLMInternalsError(f"model config: {name} must be a positive integer, got {value!r}")
+
+
+def _one_of(config: ModelConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in allowed:
+        raise LLMInternalsError(
+            f"model config: unknown {name} {value!r}", hint=f"use one of {', '.join(allowed)}"
+        )
+
+
+def _validate_rope_scaling(scaling: dict[str, Any]) -> None:
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type not in ROPE_TYPES:
+        raise LLMInternalsError(
+            f"model config: rope_scaling type {rope_type!r} is not supported",
+            hint=f"supported: {', '.join(ROPE_TYPES)}",
+        )
+    if rope_type == "llama3":
+        missing = [key for key in LLAMA3_KEYS if key not in scaling]
+        if missing:
+            raise LLMInternalsError(f"model config: llama3 rope_scaling lacks {', '.join(missing)}")

@@ -1,0 +1,151 @@
+"""Load and save Hugging Face checkpoint directories (and our own, through the same entry point).
+
+`load_pretrained(path)` reads `config.json`, picks the converter for its `model_type`, builds our
+model, reads `model.safetensors` (or the shards of `model.safetensors.index.json`), renames and
+reshapes every tensor, and names each missing, unexpected or mis-shaped tensor in one error.
+`save_pretrained(model, path)` writes the files back under HF names, loadable by `transformers`.
+Nothing is ever unpickled.
+
+A converter (see hf_decoder.py) supplies `config_from_hf`, `config_to_hf`, `tensor_maps` and
+`normalize_hf_names`; encoder and encoder-decoder families register theirs in `CONVERTERS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.models import hf_bert, hf_decoder, hf_marian
+from llm_internals.models.checkpoint import (
+    check_tensors,
+    is_own_checkpoint,
+    load_checkpoint,
+    read_json,
+    read_weights,
+    write_json,
+    write_weights,
+)
+from llm_internals.models.config import ModelConfig
+from llm_internals.models.decoder import DecoderLM
+from llm_internals.models.encoder import EncoderLM
+from llm_internals.models.seq2seq import Seq2SeqLM
+
+
+@dataclass(frozen=True)
+class Converter:
+    """How one group of HF model types maps onto one of our model classes."""
+
+    model_types: tuple[str, ...]
+    model_class: type[nn.Module]
+    names: ModuleType  # a module with config_from_hf, config_to_hf, tensor_maps, normalize_hf_names
+
+
+CONVERTERS: list[Converter] = [
+    Converter(("gpt2", "llama", "mistral", "qwen2", "qwen3"), DecoderLM, hf_decoder),
+    Converter(("bert",), EncoderLM, hf_bert),
+    Converter(("marian",), Seq2SeqLM, hf_marian),
+]
+
+
+def _converter_for_type(model_type: str | None, source: str) -> Converter:
+    for converter in CONVERTERS:
+        if model_type in converter.model_types:
+            return converter
+    known = sorted(t for c in CONVERTERS for t in c.model_types)
+    raise LLMInternalsError(
+        f"{source}: model_type {model_type!r} is not supported",
+        hint=f"supported: {', '.join(known)}",
+    )
+
+
+def _converter_for_model(model: nn.Module) -> Converter:
+    for converter in CONVERTERS:
+        if isinstance(model, converter.model_class):
+            return converter
+    raise LLMInternalsError(f"no HF format is known for {type(model).__name__}")
+
+
+def load_pretrained(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_impl: str = "scratch",
+    fused_ops: bool = False,
+) -> nn.Module:
+    """Our model with the weights of the HF (or own-format) checkpoint directory `path`.
+
+    attn_impl/fused_ops choose the written-out steps ("scratch", False: what lessons record) or
+    torch's fused kernels ("sdpa", True: the fast path).
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise LLMInternalsError(f"checkpoint directory {directory} does not exist")
+    config_path = directory / "config.json"
+    hf_config = read_json(config_path)
+    if is_own_checkpoint(hf_config):
+        model = load_checkpoint(directory, dtype=dtype)
+        if hasattr(model, "set_attn_impl"):
+            model.set_attn_impl(attn_impl)
+            model.set_fused_ops(fused_ops)
+        return model
+    converter = _converter_for_type(hf_config.get("model_type"), str(config_path))
+    config = converter.names.config_from_hf(hf_config, str(config_path))
+    config = config.replace(attn_impl=attn_impl, fused_ops=fused_ops)
+    with torch.device("meta"):  # no time spent on random init of weights about to be replaced
+        model = converter.model_class(config)
+    tensors = converter.names.normalize_hf_names(read_weights(directory), config)
+    maps = converter.names.tensor_maps(config)
+    ours = dict(model.state_dict())
+    expected = {m.hf_name: _hf_shape(m, ours) for m in maps}
+    check_tensors(expected, tensors, str(directory))
+    state = {}
+    for m in maps:
+        for name, tensor in zip(m.ours, m.to_ours(tensors[m.hf_name]), strict=True):
+            state[name] = tensor.to(dtype).contiguous()
+    model.load_state_dict(state, strict=False, assign=True)
+    _materialize_buffers(model, config)
+    if config.tie_embeddings and hasattr(model, "lm_head"):
+        model.lm_head.tie_to(model.tok_emb)
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:  # a converter bug, not a user error: every parameter must come from the file
+        raise RuntimeError(f"parameters not loaded: {missing}")
+    return model.eval()
+
+
+def _hf_shape(m: hf_decoder.TensorMap, ours: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """The shape the HF tensor must have, derived from our parameters' shapes."""
+    parts = [torch.empty(ours[name].shape, device="meta") for name in m.ours]
+    return tuple(m.to_hf(*parts).shape)
+
+
+def _materialize_buffers(model: nn.Module, config: ModelConfig) -> None:
+    """Rebuild the non-persistent buffers (RoPE frequencies, sinusoid tables) on the CPU."""
+    meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
+    if not meta_buffers:
+        return
+    with torch.device("cpu"):  # a one-layer, one-token copy computes the same tables cheaply
+        fresh = dict(type(model)(config.replace(n_layers=1, vocab_size=1)).named_buffers())
+    for name in meta_buffers:
+        module_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(module_name) if module_name else model
+        setattr(owner, attr, fresh[name])
+
+
+def save_pretrained(model: nn.Module, path: str | Path, max_shard_bytes: int | None = None) -> None:
+    """Write `model` as an HF checkpoint directory: config.json plus safetensors (sharded when
+    larger than `max_shard_bytes`)."""
+    directory = Path(path)
+    converter = _converter_for_model(model)
+    config = model.config
+    hf_config = converter.names.config_to_hf(config)
+    ours = model.state_dict()
+    tensors = {
+        m.hf_name: m.to_hf(*(ours[name] for name in m.ours))
+        for m in converter.names.tensor_maps(config)
+    }
+    write_weights(directory, tensors, max_shard_bytes=max_shard_bytes)
+    write_json(directory / "config.json", hf_config)

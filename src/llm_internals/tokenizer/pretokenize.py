@@ -1,0 +1,110 @@
+"""Pre-tokenization: cut text into chunks that BPE never merges across.
+
+Byte-level BPE runs inside each chunk separately, so a token can never span a chunk boundary:
+"dog." and "dog!" share the token " dog" instead of learning " dog." and " dog!". The cut is a
+regular expression (run with the `regex` module, which knows Unicode classes such as \\p{L}):
+
+- "gpt2": the GPT-2 pattern (also HF `tokenizers`' ByteLevel pre-tokenizer): contractions,
+  an optional space plus letters, an optional space plus digits, an optional space plus other
+  symbols, and whitespace (a run of spaces keeps its last space for the following word).
+- "gpt4" (alias "cl100k"): the cl100k_base pattern of tiktoken: case-insensitive contractions,
+  at most 3 digits per chunk, newlines grouped separately from spaces.
+- any other string is compiled as a custom pattern.
+
+Speed: for text that is pure ASCII, each named pattern has a twin written with ASCII classes
+for the standard library `re` engine (about 2.5x faster here). `\\p{L}` becomes `[A-Za-z]`,
+`\\p{N}` becomes `[0-9]`, and `\\s` becomes `[\\t-\\r ]` (Unicode White_Space within ASCII; `re`'s
+own `\\s` would also match \\x1c-\\x1f). The twins give identical chunks on ASCII text (tested).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import regex
+
+from llm_internals.errors import LLMInternalsError
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+_GPT2_ASCII = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t-\r A-Za-z0-9]+"""
+    r"""|[\t-\r ]+(?![^\t-\r ])|[\t-\r ]+"""
+)
+_GPT4_ASCII = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?+[A-Za-z]++|[0-9]{1,3}+"""
+    r"""| ?[^\t-\r A-Za-z0-9]++[\r\n]*+|[\t-\r ]++$|[\t-\r ]*[\r\n]"""
+    r"""|[\t-\r ]+(?![^\t-\r ])|[\t-\r ]"""
+)
+
+PATTERNS: dict[str, str] = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "cl100k": GPT4_PATTERN}
+_ASCII_TWINS: dict[str, str] = {GPT2_PATTERN: _GPT2_ASCII, GPT4_PATTERN: _GPT4_ASCII}
+
+
+def resolve_pattern(pattern: str) -> str:
+    """The regular expression for a pattern name ("gpt2", "gpt4", "cl100k") or a custom string."""
+    return PATTERNS.get(pattern, pattern)
+
+
+def pattern_name(pattern: str) -> str | None:
+    """The short name of a named pattern string (None for custom patterns)."""
+    for name, value in PATTERNS.items():
+        if value == pattern:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Pretokenizer:
+    """A compiled pre-tokenization pattern with its ASCII fast path, if it has one."""
+
+    pattern: str
+    unicode_regex: regex.Pattern
+    ascii_regex: re.Pattern | regex.Pattern | None
+
+    def split(self, text: str) -> list[str]:
+        """All chunks of `text`, in order; joined they give `text` back only if the pattern
+        matches everywhere (the named patterns do)."""
+        if self.ascii_regex is not None and text.isascii():
+            return self.ascii_regex.findall(text)
+        return self.unicode_regex.findall(text)
+
+    def split_many(self, texts: Iterable[str]) -> list[list[str]]:
+        """`split` of each text; all-ASCII batches run the fast regex over the list in C."""
+        texts = texts if isinstance(texts, list) else list(texts)
+        if self.ascii_regex is not None and all(map(str.isascii, texts)):
+            return list(map(self.ascii_regex.findall, texts))
+        return list(map(self.split, texts))
+
+
+@lru_cache(maxsize=32)
+def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
+    """Compile a pattern (name or custom string) once; a bad custom pattern is a clear error."""
+    source = resolve_pattern(pattern)
+    try:
+        compiled = regex.compile(source)
+    except regex.error as e:
+        raise LLMInternalsError(
+            f"pre-tokenization pattern {pattern!r} is not a valid regular expression: {e}",
+            hint=f"use one of {', '.join(PATTERNS)} or a valid `regex` pattern",
+        ) from e
+    ascii_compiled = None
+    twin = _ASCII_TWINS.get(source)
+    if twin is not None:
+        try:
+            ascii_compiled = re.compile(twin)
+        except re.error:  # possessive quantifiers need Python 3.11's re; `regex` always has them
+            ascii_compiled = regex.compile(twin)
+    return Pretokenizer(source, compiled, ascii_compiled)
+
+
+def split_text(text: str, pattern: str = "gpt2") -> list[str]:
+    """Pre-tokenize `text` with a named or custom pattern."""
+    return get_pretokenizer(pattern).split(text)

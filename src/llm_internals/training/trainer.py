@@ -1,0 +1,358 @@
+"""The training loop: batches in, loss down, with everything a real run needs around it.
+
+One optimizer step:
+
+    lr = schedule(step)                         linear warmup, cosine decay to min_lr
+    for each of grad_accum micro-batches:       gradients add up over micro-batches
+        loss_j = cross_entropy(model(x_j), y_j) / grad_accum ;  loss_j.backward()
+    clip the global gradient norm to grad_clip
+    optimizer.step()                            our AdamW, or Muon + AdamW by parameter role
+
+Around it: a progress bar (step, loss, lr, tokens/s, time left), periodic train/validation loss
+on fixed batches, sample generations, a JSONL log, checkpoints, exact resume, and DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from llm_internals.console import console as default_console
+from llm_internals.console import progress
+from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.models.checkpoint import atomic_write_text
+from llm_internals.training.adamw import AdamW
+from llm_internals.training.checkpoint import (
+    decode_rng,
+    encode_rng,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from llm_internals.training.config import TrainConfig
+from llm_internals.training.data import BatchSampler, TokenSplits
+from llm_internals.training.distributed import DistributedContext, wrap_model
+from llm_internals.training.gradients import clip_grad_norm
+from llm_internals.training.loss import cross_entropy_fast
+from llm_internals.training.muon_adamw import MuonWithAdamW
+from llm_internals.training.preview import generate_preview
+from llm_internals.training.schedule import WarmupCosine, set_lr
+
+LOG_FILE = "log.jsonl"
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> DecoderLM:
+    """The DecoderLM described by config.model (context defaults to block_size), seeded."""
+    fields = {"max_seq_len": config.block_size, **config.model, "vocab_size": vocab_size}
+    if config.fast:
+        fields.update(attn_impl="sdpa", fused_ops=True)
+    torch.manual_seed(config.seed)
+    return DecoderLM(ModelConfig.from_dict(fields, source="train config [model]"))
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[Any, list[float]]:
+    """The optimizer and each param group's peak lr (the schedule scales them together).
+
+    AdamW: weight decay on matrices only (norm gains and biases are not decayed, as in GPT-2
+    and nanoGPT). Muon: hidden matrices get Muon at muon_lr, the rest AdamW at lr.
+    """
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        optimizer = MuonWithAdamW(
+            model,
+            muon_lr=config.muon_lr,
+            adamw_lr=config.lr,
+            muon_kwargs={"weight_decay": config.weight_decay},
+            adamw_kwargs={"betas": betas, "weight_decay": 0.0},
+        )
+        base_lrs = [
+            config.muon_lr if opt is optimizer.muon else config.lr
+            for opt in optimizer.optimizers
+            for _ in opt.param_groups
+        ]
+        return optimizer, base_lrs
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return AdamW(groups, lr=config.lr, betas=betas), [config.lr, config.lr]
+
+
+@dataclass
+class TrainResult:
+    """What a run measured. history holds every logged record (as written to the JSONL log)."""
+
+    steps: int
+    final_loss: float
+    final_val_loss: float | None
+    elapsed_s: float
+    tokens_per_s: float
+    step_losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains `model` on `splits` with `config`; rank 0 writes logs and checkpoints to run_dir."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: DecoderLM,
+        tokenizer: Any,
+        splits: TokenSplits,
+        run_dir: str | Path | None = None,
+        console: Console | None = None,
+        dist_ctx: DistributedContext | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.splits = splits
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.console = console or default_console
+        self.dist = dist_ctx or DistributedContext()
+        self.show_progress = show_progress and self.dist.is_main
+        self.train_model = wrap_model(model, self.dist)
+        self.optimizer, self.base_lrs = build_optimizer(model, config)
+        self.schedule = WarmupCosine(
+            config.lr, config.min_lr, min(config.warmup_steps, config.max_steps), config.max_steps
+        )
+        self.batches = BatchSampler(
+            splits.train, config.batch_size * config.grad_accum, config.block_size, config.seed
+        )
+        self.step = 0
+        self.step_losses: list[float] = []
+        self.history: list[dict[str, Any]] = []
+        self.samples: list[str] = []
+        self._last_val: float | None = None
+
+    # ----- resume ------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, splits: TokenSplits, config: TrainConfig | None = None, **kwargs: Any
+    ) -> Trainer:
+        """Continue a run: model, optimizer, RNG states, data position and log as saved.
+
+        `config` may change fields that do not alter the run's past (max_steps, intervals).
+        """
+        from llm_internals.training.checkpoint import load_tokenizer
+
+        ckpt = load_training_checkpoint(path)
+        config = config or ckpt.config
+        tokenizer = load_tokenizer(ckpt.directory / "tokenizer.json")
+        model = ckpt.model
+        if config.fast:
+            model.set_attn_impl("sdpa")
+            model.set_fused_ops(True)
+        trainer = cls(config, model, tokenizer, splits, **kwargs)
+        trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+        trainer.step = ckpt.step
+        state = ckpt.state
+        trainer.batches.load_state_dict(
+            {
+                "generator": decode_rng(state["rng"]["batches"]),
+                "batches_drawn": state["data"]["batches_drawn"],
+            }
+        )
+        torch.set_rng_state(decode_rng(state["rng"]["torch"]))
+        trainer.step_losses = list(state.get("step_losses", []))
+        trainer.history = [r for r in state.get("history", []) if r["step"] <= ckpt.step]
+        trainer._rewrite_log()
+        return trainer
+
+    def save_checkpoint(self) -> Path | None:
+        if self.run_dir is None or not self.dist.is_main:
+            return None
+        state = {
+            "rng": {
+                "batches": encode_rng(self.batches.generator.get_state()),
+                "torch": encode_rng(torch.get_rng_state()),
+            },
+            "data": {"batches_drawn": self.batches.batches_drawn},
+            "step_losses": self.step_losses,
+            "history": self.history,
+            "world_size": self.dist.world_size,
+        }
+        return save_training_checkpoint(
+            self.run_dir, self.step, self.model, self.optimizer, self.config, self.tokenizer, state
+        )
+
+    # ----- one step ----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.dtype == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = model(x)
+        return cross_entropy_fast(logits.float(), y)
+
+    def train_step(self) -> float:
+        """One optimizer step; returns the mean loss over its micro-batches (and processes)."""
+        cfg = self.config
+        lr = set_lr(self.optimizer, self.schedule, self.step, self.base_lrs)
+        x, y = self.batches.next_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        micro_x, micro_y = x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)
+        for j, (mx, my) in enumerate(zip(micro_x, micro_y, strict=True)):
+            last = j == cfg.grad_accum - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not self.dist.enabled
+                else self.train_model.no_sync()
+            )
+            with sync:
+                loss = self._loss(self.train_model, self.dist.shard(mx), self.dist.shard(my))
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach()
+        grad_norm = (
+            clip_grad_norm(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        )
+        self.optimizer.step()
+        self.step += 1
+        mean_loss = float(self.dist.mean(total / cfg.grad_accum))
+        self.step_losses.append(mean_loss)
+        self._last_lr, self._last_grad_norm = lr, None if grad_norm is None else float(grad_norm)
+        return mean_loss
+
+    # ----- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_loss(self, tokens: np.ndarray) -> float:
+        """Mean loss over eval_iters batches drawn with a fixed seed (the same at every eval,
+        so successive estimates differ only because the model changed)."""
+        cfg = self.config
+        sampler = BatchSampler(tokens, cfg.batch_size, cfg.block_size, seed=cfg.seed + 1)
+        self.model.eval()
+        losses = []
+        for _ in range(cfg.eval_iters):
+            x, y = sampler.next_batch()
+            losses.append(self._loss(self.model, self.dist.shard(x), self.dist.shard(y)))
+        self.model.train()
+        return float(self.dist.mean(torch.stack(losses).mean()))
+
+    def evaluate(self) -> dict[str, Any]:
+        record = {
+            "step": self.step,
+            "train_loss": self.estimate_loss(self.splits.train),
+            "val_loss": self.estimate_loss(self.splits.val),
+        }
+        self._last_val = record["val_loss"]
+        self._log(record)
+        return record
+
+    def sample(self) -> str:
+        text = generate_preview(
+            self.model,
+            self.tokenizer,
+            self.config.sample_prompt,
+            self.config.sample_tokens,
+            seed=self.config.seed + self.step,
+        )
+        self.samples.append(text)
+        return text
+
+    # ----- logging -----------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / LOG_FILE, "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def _rewrite_log(self) -> None:
+        """After a resume, the log holds exactly the records up to the checkpoint's step."""
+        if self.run_dir is not None and self.dist.is_main:
+            lines = "".join(json.dumps(r) + "\n" for r in self.history)
+            atomic_write_text(self.run_dir / LOG_FILE, lines)
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> TrainResult:
+        """Run from the current step to max_steps (or stop after step `until`, as an interrupted
+        run would); returns what was measured."""
+        cfg = self.config
+        last_step = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        tokens_per_step = cfg.tokens_per_step
+        started = time.perf_counter()
+        window_start, window_steps = started, 0
+        first_step = self.step
+        bar = progress() if self.show_progress else None
+        task = bar.add_task("training", total=cfg.max_steps, completed=self.step) if bar else None
+        with bar if bar is not None else contextlib.nullcontext():
+            while self.step < last_step:
+                loss = self.train_step()
+                window_steps += 1
+                if not math.isfinite(loss):
+                    self.console.print(f"[red]loss is {loss} at step {self.step}: stopping[/red]")
+                    break
+                if self.step % max(cfg.log_interval, 1) == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    tps = tokens_per_step * window_steps / max(now - window_start, 1e-9)
+                    window_start, window_steps = now, 0
+                    self._log(
+                        {
+                            "step": self.step,
+                            "loss": loss,
+                            "lr": self._last_lr,
+                            "grad_norm": self._last_grad_norm,
+                            "tokens_per_s": tps,
+                            "elapsed_s": now - started,
+                        }
+                    )
+                    if bar is not None:
+                        bar.update(
+                            task,
+                            description=f"loss {loss:.4f} lr {self._last_lr:.2e} {tps:,.0f} tok/s",
+                        )
+                if bar is not None:
+                    bar.update(task, completed=self.step)
+                out_of_time = cfg.max_minutes > 0 and (
+                    time.perf_counter() - started >= 60 * cfg.max_minutes
+                )
+                if self.dist.enabled:  # every process must stop at the same step
+                    out_of_time = float(self.dist.mean(torch.tensor(float(out_of_time)))) > 0
+                self._periodic(self.step == cfg.max_steps or out_of_time)
+                if out_of_time:
+                    break
+        elapsed = time.perf_counter() - started
+        steps_run = self.step - first_step
+        return TrainResult(
+            steps=self.step,
+            final_loss=self.step_losses[-1] if self.step_losses else float("nan"),
+            final_val_loss=self._last_val,
+            elapsed_s=elapsed,
+            tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
+            step_losses=list(self.step_losses),
+            history=list(self.history),
+            samples=list(self.samples),
+        )
+
+    def _periodic(self, final: bool) -> None:
+        cfg = self.config
+        if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or final:
+            record = self.evaluate()
+            if self.dist.is_main:
+                self.console.print(
+                    f"step {self.step:>6}: train loss {record['train_loss']:.4f}, "
+                    f"val loss {record['val_loss']:.4f}"
+                )
+        if cfg.sample_interval and (self.step % cfg.sample_interval == 0 or final):
+            text = self.sample()
+            if self.dist.is_main and self.show_progress:
+                self.console.rule(f"sample at step {self.step}")
+                self.console.print(text, markup=False, highlight=False)
+                self.console.rule()
+        if (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0) or final:
+            self.save_checkpoint()

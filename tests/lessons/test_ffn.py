@@ -1,0 +1,105 @@
+"""The ffn lesson's numbers, recomputed with torch.nn.functional and HF models on the meta
+device."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from llm_internals.explain.lessons import ffn as lesson_module
+
+
+@pytest.fixture(scope="module")
+def steps():
+    lesson = lesson_module.build()
+    return {s.title: s.steps for s in lesson.sections}
+
+
+def test_mlp_and_swiglu_steps_match_functional(steps):
+    mlp, gated = lesson_module.make_layers()
+    x = lesson_module.token()
+    plain, swiglu = steps["Step by step"]
+    with torch.no_grad():
+        up = F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)
+        act = F.gelu(up)
+        out = F.linear(act, mlp.down_proj.weight, mlp.down_proj.bias)
+        gate = F.silu(F.linear(x, gated.gate_proj.weight))
+        up2 = F.linear(x, gated.up_proj.weight)
+        out2 = F.linear(gate * up2, gated.down_proj.weight)
+    assert torch.equal(plain.values["x"], x[0])
+    assert torch.allclose(plain.values["W_up x + b_up"], up[0], atol=1e-6)
+    assert torch.allclose(plain.values["GELU(...)"], act[0], atol=1e-6)
+    assert torch.allclose(plain.values["W_down (...) + b_down"], out[0], atol=1e-6)
+    assert torch.allclose(swiglu.values["silu(W_gate x)"], gate[0], atol=1e-6)
+    assert torch.allclose(swiglu.values["W_up x"], up2[0], atol=1e-6)
+    assert torch.allclose(swiglu.values["gate * up"], (gate * up2)[0], atol=1e-6)
+    assert torch.allclose(swiglu.values["output"], out2[0], atol=1e-6)
+
+
+def test_activation_table_matches_torch(steps):
+    table = steps["Activations"][0].values["library activations"]
+    for x, r, g, t, s in table.rows:
+        v = torch.tensor(x)
+        assert math.isclose(r, max(x, 0.0))
+        assert math.isclose(g, F.gelu(v).item(), abs_tol=1e-6)
+        assert math.isclose(t, F.gelu(v, approximate="tanh").item(), abs_tol=1e-6)
+        assert math.isclose(s, F.silu(v).item(), abs_tol=1e-6)
+
+
+def _hf_ffn_and_total(model_cls, config, ffn_markers):
+    with torch.device("meta"):
+        model = model_cls(config)
+    ffn = sum(p.numel() for n, p in model.named_parameters()
+              if any(m in n for m in ffn_markers) and "attention" not in n)  # fmt: skip
+    return ffn, sum(p.numel() for p in model.parameters())
+
+
+def test_ffn_shares_match_hf_models(steps):
+    table = steps["Share of the parameters"][0].values["FFN parameters"]
+    rows = {row[0]: row for row in table.rows}
+    llama = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)  # fmt: skip
+    references = {
+        "BERT-base": (transformers.BertModel, transformers.BertConfig(),
+                      ("intermediate.dense", "output.dense")),
+        "GPT-2 (124M)": (transformers.GPT2LMHeadModel, transformers.GPT2Config(), (".mlp.",)),
+        "Llama-3-8B": (transformers.LlamaForCausalLM, transformers.LlamaConfig(**llama),
+                       (".mlp.",)),
+        "SmolLM-135M": (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True), (".mlp.",)),
+    }  # fmt: skip
+    for name, (cls, config, markers) in references.items():
+        ffn, total = _hf_ffn_and_total(cls, config, markers)
+        _, shown_ffn, shown_total, pct, _ = rows[name]
+        assert (shown_ffn, shown_total) == (ffn, total), name
+        assert math.isclose(pct, 100 * ffn / total)
+    qwen3 = transformers.Qwen3Config(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+    )  # fmt: skip
+    ffn, total = _hf_ffn_and_total(transformers.Qwen3ForCausalLM, qwen3, (".mlp.",))
+    assert rows["Qwen3-0.6B"][1:3] == [ffn, total]
+    # Llama-3-70B by hand: 80 layers of 3 x 8192 x 28672.
+    assert rows["Llama-3-70B"][1] == 80 * 3 * 8192 * 28672
+
+
+def test_expand_contract_shapes(steps):
+    values = steps["Expand then contract"][0].values
+    assert values["shapes here"] == "x (1, 4) -> (1, 16) -> (1, 4)"
+    published = {"GPT-2 (124M)": (768, 3072, "mlp", "gelu_tanh"),
+                 "Llama-3-8B": (4096, 14336, "gated", "silu"),
+                 "Llama-3-70B": (8192, 28672, "gated", "silu")}  # fmt: skip
+    for name, d, f, ratio, kind, act in values["real models"].rows:
+        assert (d, f, kind, act) == published[name] and ratio == f / d
+
+
+def test_moe_rows():
+    (_, dense_ffn, dense_total, _), (_, experts, total, active) = lesson_module.moe_rows()
+    assert dense_ffn == 32 * 3 * 4096 * 14336
+    assert experts == 8 * dense_ffn
+    assert total == dense_total + 7 * dense_ffn
+    assert active == dense_total + dense_ffn
+    assert 46.6e9 < total < 46.8e9 and 12.8e9 < active < 13.0e9  # Mixtral's published 46.7B/12.9B

@@ -1,0 +1,53 @@
+"""The train-tokenizer and tokenize commands, run through the real CLI entry point."""
+
+import json
+
+from llm_internals.cli import main
+from llm_internals.tokenizer import Tokenizer
+
+
+def test_train_then_tokenize(tmp_path, shakespeare_slice, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_slice[:100_000])
+    out = tmp_path / "tok.json"
+    rc = main(
+        ["train-tokenizer", "--corpus", str(corpus), "--vocab-size", "600", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "bytes per token" in printed and "longest tokens" in printed
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 600 and "<|endoftext|>" in tok.special_tokens
+    rc = main(["tokenize", "--tokenizer", str(out), "To be, or not to be"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    ids = tok.encode("To be, or not to be")
+    assert "ids: " + " ".join(map(str, ids)) in printed
+    assert f"{len(ids)} tokens" in printed
+
+
+def test_hf_and_tiktoken_outputs_and_errors(tmp_path, shakespeare_slice, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_slice[:50_000])
+    hf_out = tmp_path / "tokenizer.json"
+    common = ["train-tokenizer", "--corpus", str(corpus), "--vocab-size", "400"]
+    assert main([*common, "--out", str(hf_out), "--format", "hf"]) == 0
+    assert json.loads(hf_out.read_text())["model"]["type"] == "BPE"
+    tt_out = tmp_path / "tok.tiktoken"
+    assert main([*common, "--out", str(tt_out), "--format", "tiktoken", "--special", "<|x|>"]) == 0
+    capsys.readouterr()
+    assert main(["tokenize", "--tokenizer", str(tt_out), "--pattern", "gpt2", "hello"]) == 0
+    assert main(["train-tokenizer", "--corpus", str(corpus), "--vocab-size", "100"]) == 2
+    assert "vocab size 100 is too small" in capsys.readouterr().out
+    assert main(["tokenize", "--tokenizer", str(hf_out), "a<|endoftext|>"]) == 2
+    assert "not allowed" in capsys.readouterr().out
+    assert main(["tokenize", "--tokenizer", str(hf_out), "--allow-special", "a<|endoftext|>"]) == 0
+
+
+def test_empty_corpus_file_is_named_in_the_error(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["train-tokenizer", "--corpus", str(empty), "--out", str(tmp_path / "t.json")]) == 2
+    printed = capsys.readouterr().out
+    assert "empty" in printed and "empty.txt" in printed
+    assert not (tmp_path / "t.json").exists()

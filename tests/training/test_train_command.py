@@ -1,0 +1,136 @@
+"""`llm-internals train` end to end (config file, flag and --set overrides, --resume), and the
+tour's "model" and "training" stages on a small text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+import llm_internals.tour.model as tour_model
+import llm_internals.tour.training as tour_training
+from llm_internals.cli import main
+from llm_internals.tour import TourContext
+from llm_internals.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a CPU shared with other work
+    spinning threads make each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shipped_configs_load_and_the_tour_config_matches_its_file():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        TrainConfig.load(path)
+    assert TrainConfig.load(ROOT / "configs" / "tour.toml") == tour_training.TOUR_CONFIG
+    char = TrainConfig.load(ROOT / "configs" / "shakespeare-char.toml")
+    assert (char.batch_size, char.block_size, char.max_steps, char.lr) == (12, 64, 2000, 1e-3)
+    assert {k: char.model[k] for k in ("n_layers", "n_heads", "d_model", "dropout")} == {
+        "n_layers": 4,
+        "n_heads": 4,
+        "d_model": 128,
+        "dropout": 0.0,
+    }
+
+
+def test_train_command_with_overrides_then_resume(tmp_path, shakespeare_text, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20_000])
+    config = tmp_path / "run.toml"
+    config.write_text(f'corpus = "{corpus}"\nmax_steps = 50\n[model]\nd_model = 32\nn_heads = 2\n')
+    out = tmp_path / "out"
+    args = [
+        "train",
+        "--config",
+        str(config),
+        "--out-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--eval-interval",
+        "2",
+        "--eval-iters",
+        "1",
+        "--log-interval",
+        "1",
+        "--checkpoint-interval",
+        "2",
+        "--set",
+        "model.n_layers=1",
+        "--no-fast",
+    ]
+    assert main(args) == 0
+    saved = json.loads((out / "step-00000004" / "trainer_state.json").read_text())
+    cfg = saved["train_config"]
+    assert cfg["max_steps"] == 4 and cfg["fast"] is False
+    assert cfg["model"] == {"d_model": 32, "n_heads": 2, "n_layers": 1}
+    assert main(["train", "--resume", str(out), "--max-steps", "6"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert "Resuming" in capsys.readouterr().out
+
+
+def test_train_command_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("batch_size = 0\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "batch_size must be a positive integer, got 0" in capsys.readouterr().out
+
+
+def test_unigram_baselines_match_a_direct_count():
+    train = np.array([0, 0, 1, 2, 2, 2], dtype=np.uint16)
+    val = np.array([0, 3], dtype=np.uint16)
+    entropy, val_ce = tour_training.unigram_baselines(train, val, vocab_size=4)
+    counts = {0: 3, 1: 2, 2: 4, 3: 1}  # add-one smoothed
+    p = {k: c / 10 for k, c in counts.items()}
+    assert entropy == pytest.approx(-sum(q * np.log(q) for q in p.values()))
+    assert val_ce == pytest.approx(-(np.log(p[0]) + np.log(p[3])) / 2)
+
+
+def test_tour_model_and_training_stages(tmp_path, shakespeare_text, monkeypatch):
+    small_model = {**tour_training.TOUR_CONFIG.model, "d_model": 32, "n_layers": 1}
+    quick = tour_training.TOUR_CONFIG.replace(
+        model=small_model,
+        max_steps=4,
+        batch_size=4,
+        block_size=32,
+        eval_interval=2,
+        eval_iters=1,
+        sample_tokens=5,
+        dtype="float32",
+    )
+    monkeypatch.setattr(tour_training, "TOUR_CONFIG", quick)
+    monkeypatch.setattr(tour_model, "TOUR_CONFIG", quick)
+    monkeypatch.setattr(tour_training, "FALLBACK_VOCAB", 300)
+    monkeypatch.setattr(tour_model, "FALLBACK_VOCAB", 300)
+    text = shakespeare_text[:30_000]
+    console = Console(record=True, width=120)
+    ctx = TourContext(
+        console=console,
+        workdir=tmp_path,
+        corpus_source="test",
+        text=text,
+        train_text=text[:27_000],
+        val_text=text[27_000:],
+    )
+    tour_model.run(ctx)
+    untrained = ctx.artifacts["model"]
+    tour_training.run(ctx)
+    shown = console.export_text()
+    assert "parameters by component" in shown and "unigram entropy" in shown
+    assert ctx.artifacts["model"] is untrained  # the stage trained the model it was handed
+    assert ctx.artifacts["model"].config.vocab_size == 300
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    evals = [r["val_loss"] for r in ctx.artifacts["train_result"].history if "val_loss" in r]
+    assert len(evals) == 2 and evals[1] < evals[0]
