@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table as RichTable
 
@@ -30,7 +31,7 @@ def render_terminal(lesson: Lesson, console: Console) -> None:
         for step in section.steps:
             console.print(Markdown(step.text))
             if step.formula:
-                console.print(f"  [bold cyan]{step.formula}[/bold cyan]")
+                console.print(f"  [bold cyan]{escape(step.formula)}[/bold cyan]")
             for name, value in step.values.items():
                 shown = describe(value, step.decimals)
                 if isinstance(shown, Grid):

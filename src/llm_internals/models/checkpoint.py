@@ -167,8 +167,10 @@ def check_tensors(
 
 def _model_classes() -> dict[str, Callable[[ModelConfig], nn.Module]]:
     from llm_internals.models.decoder import DecoderLM
+    from llm_internals.models.encoder import EncoderLM
+    from llm_internals.models.seq2seq import Seq2SeqLM
 
-    return {"DecoderLM": DecoderLM}
+    return {"DecoderLM": DecoderLM, "EncoderLM": EncoderLM, "Seq2SeqLM": Seq2SeqLM}
 
 
 def own_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -48,13 +48,14 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
 
 
 def _component(name: str) -> str:
-    if name.startswith(("tok_emb.", "pos_emb.")):
+    if name.startswith(("tok_emb.", "pos_emb.", "type_emb.", "src_emb.", "tgt_emb.")):
         return "embeddings"
-    if name.startswith("lm_head."):
+    if name.startswith(("lm_head.", "mlm_dense.", "mlm_norm.", "lm_bias")):
         return "lm_head"
-    if "_norm." in name or name.startswith("norm_f.") or ".norm1." in name or ".norm2." in name:
+    norm_parts = (".norm1.", ".norm2.", ".norm3.")
+    if "_norm." in name or name.startswith("norm_f.") or any(p in name for p in norm_parts):
         return "norms"
-    if ".attn." in name:
+    if any(part in name for part in (".attn.", ".self_attn.", ".cross_attn.")):
         return "attention"
     if ".ffn." in name:
         return "ffn"
