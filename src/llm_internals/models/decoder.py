@@ -36,6 +36,7 @@ from llm_internals.layers.positional import (
 )
 from llm_internals.layers.rope import RotaryEmbedding
 from llm_internals.models.config import ModelConfig
+from llm_internals.models.kernel_switches import KernelSwitches
 
 
 class DecoderBlock(nn.Module):
@@ -83,7 +84,7 @@ class DecoderBlock(nn.Module):
         return x
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(KernelSwitches, nn.Module):
     """A causal language model: token ids (batch, T) -> next-token logits (batch, T, vocab)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -122,19 +123,6 @@ class DecoderLM(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def set_attn_impl(self, impl: str) -> None:
-        """Switch every layer between "scratch" (recorded steps) and "sdpa" (fused kernel)."""
-        self.config = self.config.replace(attn_impl=impl)
-        for block in self.blocks:
-            block.attn.use_sdpa = impl == "sdpa"
-
-    def set_fused_ops(self, fused: bool) -> None:
-        """Switch norms and activations between written-out steps and torch's fused kernels."""
-        self.config = self.config.replace(fused_ops=fused)
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = fused
 
     def forward(
         self,

@@ -36,6 +36,7 @@ from llm_internals.layers.positional import (
     SinusoidalPositionalEmbedding,
 )
 from llm_internals.models.config import ModelConfig
+from llm_internals.models.kernel_switches import KernelSwitches
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class EncoderBlock(nn.Module):
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
-class EncoderLM(nn.Module):
+class EncoderLM(KernelSwitches, nn.Module):
     """A masked language model: token ids (batch, T) -> logits (batch, T, vocab) everywhere."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -144,20 +145,6 @@ class EncoderLM(nn.Module):
         if self.settings.mlm_head and config.tie_embeddings:
             self.lm_head.tie_to(self.tok_emb)
         self.set_fused_ops(config.fused_ops)
-
-    def set_attn_impl(self, impl: str) -> None:
-        """Switch every layer between "scratch" (recorded steps) and "sdpa" (fused kernel)."""
-        self.config = self.config.replace(attn_impl=impl)
-        for module in self.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.use_sdpa = impl == "sdpa"
-
-    def set_fused_ops(self, fused: bool) -> None:
-        """Switch norms and activations between written-out steps and torch's fused kernels."""
-        self.config = self.config.replace(fused_ops=fused)
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = fused
 
     def forward(
         self,

@@ -32,7 +32,6 @@ from llm_internals.explain.trace import record
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
 from llm_internals.layers.masks import causal_mask, combine_masks, padding_mask
-from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.layers.norm import make_norm
 from llm_internals.layers.positional import SinusoidalPositionalEmbedding
 from llm_internals.models.config import ModelConfig
@@ -43,6 +42,7 @@ from llm_internals.models.encoder import (
     encoder_padding_mask,
     make_attention,
 )
+from llm_internals.models.kernel_switches import KernelSwitches
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class CrossAttentionBlock(nn.Module):
         return self.norm3(x + self.dropout(self.ffn(x)))
 
 
-class Seq2SeqLM(nn.Module):
+class Seq2SeqLM(KernelSwitches, nn.Module):
     """Source ids (batch, S) and target ids (batch, T) -> next-target-token logits (batch, T, V).
 
     `tok_emb` is the target-side table (tied to the output head); the source side uses it too
@@ -188,20 +188,6 @@ class Seq2SeqLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.tie_to(self.tok_emb)
         self.set_fused_ops(config.fused_ops)
-
-    def set_attn_impl(self, impl: str) -> None:
-        """Switch every layer between "scratch" (recorded steps) and "sdpa" (fused kernel)."""
-        self.config = self.config.replace(attn_impl=impl)
-        for module in self.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.use_sdpa = impl == "sdpa"
-
-    def set_fused_ops(self, fused: bool) -> None:
-        """Switch norms and activations between written-out steps and torch's fused kernels."""
-        self.config = self.config.replace(fused_ops=fused)
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = fused
 
     def forward(
         self,

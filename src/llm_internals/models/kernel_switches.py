@@ -1,0 +1,29 @@
+"""Switching a built model between written-out steps and torch's fused kernels.
+
+Every model class (decoder, encoder, encoder-decoder) mixes this in, so lessons can run the
+recorded from-scratch path and benchmarks the fast one on the same weights.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from llm_internals.layers.multihead import MultiHeadAttention
+
+
+class KernelSwitches:
+    """`set_attn_impl` and `set_fused_ops` for an nn.Module holding a ModelConfig as `config`."""
+
+    def set_attn_impl(self: nn.Module, impl: str) -> None:
+        """Switch every attention between "scratch" (recorded steps) and "sdpa" (fused kernel)."""
+        self.config = self.config.replace(attn_impl=impl)
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.use_sdpa = impl == "sdpa"
+
+    def set_fused_ops(self: nn.Module, fused: bool) -> None:
+        """Switch norms and activations between written-out steps and torch's fused kernels."""
+        self.config = self.config.replace(fused_ops=fused)
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = fused
