@@ -42,7 +42,8 @@ import transformers
 from rich.console import Console
 from rich.table import Table
 
-from llm_internals.inference.generate import generate, use_decode_layout
+from llm_internals.inference.decode_layout import use_decode_layout
+from llm_internals.inference.generate import generate
 from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
 
 console = Console(highlight=False, width=200)

@@ -278,7 +278,7 @@ def test_bad_input_raises_a_clear_error(text_model, kwargs, message):
 # ----- the decode weight layout and the CLI ----------------------------------------------------
 def test_decode_layout_keeps_values_and_outputs(text_model, tmp_path):
     model, tok = text_model
-    from llm_internals.inference.generate import use_decode_layout
+    from llm_internals.inference.decode_layout import use_decode_layout
     from llm_internals.models import load_checkpoint, save_checkpoint
 
     before = {k: v.clone() for k, v in model.state_dict().items()}

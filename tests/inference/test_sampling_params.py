@@ -38,6 +38,11 @@ from llm_internals.inference.sampling import Sampler, sample
         ("stop", [""]),
         ("stop", [3]),
         ("stop", 5),
+        ("max_tokens", 0),
+        ("max_tokens", 2.0),
+        ("n", 0),
+        ("n", True),
+        ("ignore_eos", "yes"),
     ],
 )
 def test_invalid_values_raise_naming_the_field(field, value):

@@ -12,7 +12,8 @@ import torch
 
 from llm_internals.console import console
 from llm_internals.errors import LLMInternalsError
-from llm_internals.inference.generate import Timing, stream, use_decode_layout
+from llm_internals.inference.decode_layout import use_decode_layout
+from llm_internals.inference.generate import Timing, stream
 from llm_internals.inference.params import SamplingParams
 
 

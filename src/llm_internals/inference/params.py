@@ -32,6 +32,11 @@ class SamplingParams:
     stop_token_ids: generation ends when one of these is sampled (it is not part of the text).
     stop: strings that end generation when they appear in the decoded output, even across token
       boundaries; the output is cut just before the stop string.
+    max_tokens: most tokens to generate per sample, >= 1 (the serving engine reads it; the
+      `generate` function takes its own `max_new_tokens` argument instead).
+    n: samples per request, >= 1 (parallel sampling in the serving engine; the samples share the
+      prompt's KV blocks).
+    ignore_eos: keep generating after the end-of-text token (benchmarks use it to fix lengths).
     """
 
     temperature: float = 1.0
@@ -44,6 +49,9 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
+    max_tokens: int = 16
+    n: int = 1
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         _number(self, "temperature", low=0.0, hint="0 means greedy decoding; 1 leaves logits as is")
@@ -64,6 +72,12 @@ class SamplingParams:
             raise LLMInternalsError(
                 f"sampling parameter seed must be an integer in [0, 2**64 - 1] or None, "
                 f"got {self.seed!r}"
+            )
+        _positive_int(self, "max_tokens")
+        _positive_int(self, "n")
+        if not isinstance(self.ignore_eos, bool):
+            raise LLMInternalsError(
+                f"sampling parameter ignore_eos must be true or false, got {self.ignore_eos!r}"
             )
         object.__setattr__(self, "stop_token_ids", _token_ids(self.stop_token_ids))
         object.__setattr__(self, "stop", _stop_strings(self.stop))
@@ -103,6 +117,12 @@ def _number(
             hint=hint,
         )
     object.__setattr__(params, name, float(value))
+
+
+def _positive_int(params: SamplingParams, name: str) -> None:
+    value = getattr(params, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LLMInternalsError(f"sampling parameter {name} must be an integer >= 1, got {value!r}")
 
 
 def _token_ids(value: Any) -> tuple[int, ...]:
