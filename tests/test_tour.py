@@ -13,3 +13,4 @@ def test_tour_runs_every_built_stage_on_the_default_corpus(tmp_path, shakespeare
     for number, (title, _module) in enumerate(STAGES, start=1):
         assert f"Stage {number}/{len(STAGES)}: {title}" in out
     assert "Tour finished" in out
+    assert ctx.artifacts["serving"]["identical"]  # paged engine == contiguous generate, greedy

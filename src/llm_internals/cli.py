@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kv_memory",
     "train",
     "generate",
+    "serve",
 )
 
 

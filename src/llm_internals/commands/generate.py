@@ -1,4 +1,5 @@
-"""`llm-internals generate --model PATH --prompt TEXT`: stream a model's continuation."""
+"""`llm-internals generate --model PATH --prompt TEXT`: stream a model's continuation (or, for an
+encoder-decoder such as Marian, its translation of the prompt)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from llm_internals.console import console
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import Timing, stream
+from llm_internals.inference.generation_request import is_seq2seq
 from llm_internals.inference.params import SamplingParams
 
 
@@ -23,12 +25,20 @@ def add_parser(subparsers) -> None:
         help="generate text from a checkpoint, streaming it to the terminal",
         description="Continue --prompt with a model: our checkpoint directory (from `train`, a "
         "step-* folder or the run folder) or an HF checkpoint directory (config.json + "
-        "safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3). The tokenizer is the directory's "
-        "tokenizer.json unless --tokenizer is given. Prints tokens/s at the end; --no-cache "
-        "recomputes the whole sequence at every step, for comparison.",
+        "safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, and Marian encoder-decoders). The "
+        "tokenizer is the directory's tokenizer.json unless --tokenizer is given. Marian "
+        "directories ship sentencepiece files (source.spm, vocab.json) that our tokenizer does "
+        "not read: give the source as --prompt-ids and the output is printed as token ids. "
+        "Prints tokens/s at the end; --no-cache recomputes the whole sequence at every step, "
+        "for comparison.",
     )
     p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue (or to translate)")
+    source.add_argument(
+        "--prompt-ids",
+        help="the prompt as token ids, e.g. '12,7,99' (no tokenizer needed; output as ids)",
+    )
     p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -69,24 +79,47 @@ def _eos_from_config(directory: Path) -> Any:
     return eos if isinstance(eos, (int, list)) else "auto"
 
 
-def load_model_and_tokenizer(model_path: Path, tokenizer_path: Path | None):
-    """The model on the fast path (fused kernels, decode weight layout) and its tokenizer."""
+def parse_prompt_ids(text: str) -> list[int]:
+    """'12,7 99' -> [12, 7, 99] (commas and/or spaces)."""
+    parts = text.replace(",", " ").split()
+    try:
+        ids = [int(part) for part in parts]
+    except ValueError:
+        raise LLMInternalsError(
+            f"--prompt-ids must be integers separated by commas or spaces, got {text!r}"
+        ) from None
+    if not ids or any(i < 0 for i in ids):
+        raise LLMInternalsError(f"--prompt-ids must be non-negative token ids, got {text!r}")
+    return ids
+
+
+def load_model_and_tokenizer(
+    model_path: Path,
+    tokenizer_path: Path | None,
+    *,
+    allow_seq2seq: bool = False,
+    require_tokenizer: bool = True,
+):
+    """The model on the fast path (fused kernels, decode weight layout) and its tokenizer (None
+    when there is none and `require_tokenizer` is False)."""
     from llm_internals.models import load_pretrained
     from llm_internals.training.checkpoint import load_tokenizer
 
     directory = _model_directory(model_path)
     tokenizer_file = tokenizer_path or directory / "tokenizer.json"
-    if not tokenizer_file.exists():
+    if not tokenizer_file.exists() and (require_tokenizer or tokenizer_path is not None):
         raise LLMInternalsError(
             f"no tokenizer: {tokenizer_file} does not exist",
             hint="pass --tokenizer FILE (our JSON, an HF tokenizer.json or a tiktoken file)",
         )
     model = load_pretrained(directory, attn_impl="sdpa", fused_ops=True)
-    if not hasattr(model, "hidden_states"):
+    if not hasattr(model, "hidden_states") and not (allow_seq2seq and is_seq2seq(model)):
         raise LLMInternalsError(
             f"{directory} holds a {type(model).__name__}, not a decoder language model",
             hint="generate works with GPT-2, Llama, Mistral, Qwen2, Qwen3 and our DecoderLM",
         )
+    if not tokenizer_file.exists():
+        return use_decode_layout(model), None, _eos_from_config(directory)
     tokenizer = load_tokenizer(tokenizer_file)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise LLMInternalsError(
@@ -111,23 +144,35 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer)
+    prompt_ids = None if args.prompt_ids is None else parse_prompt_ids(args.prompt_ids)
+    model, tokenizer, eos = load_model_and_tokenizer(
+        args.model, args.tokenizer, allow_seq2seq=True, require_tokenizer=prompt_ids is None
+    )
+    if prompt_ids is not None:
+        tokenizer = None  # ids in, ids out
+    if tokenizer is None and params.stop:
+        raise LLMInternalsError("--stop needs a tokenizer (it matches text)")
     timing = Timing()
     chunks = stream(
         model,
         tokenizer,
-        args.prompt,
+        args.prompt if prompt_ids is None else prompt_ids,
         max_new_tokens=args.max_new_tokens,
         params=params,
         use_cache=not args.no_cache,
         eos_token_id=eos,
         timing=timing,
     )
-    console.print(args.prompt, style="dim", end="", markup=False, highlight=False)
+    shown_prompt = args.prompt if prompt_ids is None else " ".join(map(str, prompt_ids))
+    separator = "\n" if is_seq2seq(model) else ("" if prompt_ids is None else " ")
+    console.print(shown_prompt + separator, style="dim", end="", markup=False, highlight=False)
     started = time.perf_counter()
     reason = None
     for chunk in chunks:
-        console.print(chunk.text, end="", markup=False, highlight=False, soft_wrap=True)
+        text = chunk.text if tokenizer is not None else f"{chunk.token_id} "
+        if tokenizer is None and chunk.finish_reason in ("eos", "stop"):
+            text = ""  # the eos/stop token is not part of the output
+        console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         reason = chunk.finish_reason or reason
     wall = time.perf_counter() - started
     console.print()

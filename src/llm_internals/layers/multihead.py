@@ -27,6 +27,18 @@ module serves training (no cache), simple generation (a contiguous KV cache) and
 
 A contiguous cache appends along the key axis and returns None; a paged cache gathers each
 sequence's blocks and returns its own mask.
+
+Optional hook: a cache may instead compute attention itself, for a packed batch in which one row
+holds the tokens of several sequences (the serving engine, inference/paged/paged_attention.py):
+
+        def attend(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, *, scale: float,
+                   use_sdpa: bool) -> Tensor: ...
+            # q (batch, n_heads, new_tokens, head_dim), k, v (batch, n_kv_heads, new_tokens,
+            # head_dim), RoPE applied; returns the attention output (batch, n_heads, new_tokens,
+            # head_dim) before the heads are merged. `update` is not called when `attend` exists.
+
+Only the attention between projections changes; the projections, QK-norm, RoPE and W_o are the
+module's own either way.
 """
 
 from __future__ import annotations
@@ -148,6 +160,11 @@ class MultiHeadAttention(nn.Module):
             cos, sin = rope
             q = apply_rope(q, cos, sin, self.rope_layout)
             k = apply_rope(k, cos, sin, self.rope_layout)
+        attend = getattr(cache, "attend", None)
+        if attend is not None:  # the cache computes attention (a packed, paged batch)
+            record("q", q, note="(batch, heads, queries, head_dim)")
+            out = attend(self.layer_idx, q, k, v, scale=self.scale, use_sdpa=self.use_sdpa)
+            return self._merge_heads(out, batch, q_len)
         if cache is not None:
             k, v, cache_mask = cache.update(self.layer_idx, k, v)
             if cache_mask is not None:
@@ -167,6 +184,10 @@ class MultiHeadAttention(nn.Module):
                 k = k.repeat_interleave(self.n_rep, dim=1)
                 v = v.repeat_interleave(self.n_rep, dim=1)
             out = _attend_in_batch_chunks(q, k, v, mask, self.scale)
+        return self._merge_heads(out, batch, q_len)
+
+    def _merge_heads(self, out: torch.Tensor, batch: int, q_len: int) -> torch.Tensor:
+        """(batch, heads, T, head_dim) -> concatenate the heads -> W_o -> (batch, T, d_model)."""
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         out = self.o_proj(out)
         record("attention_output", out, note="heads concatenated, times W_o")

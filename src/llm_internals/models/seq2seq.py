@@ -32,6 +32,7 @@ from llm_internals.explain.trace import record
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
 from llm_internals.layers.masks import causal_mask, combine_masks, padding_mask
+from llm_internals.layers.multihead import AttentionCache
 from llm_internals.layers.norm import make_norm
 from llm_internals.layers.positional import SinusoidalPositionalEmbedding
 from llm_internals.models.config import ModelConfig
@@ -134,13 +135,16 @@ class CrossAttentionBlock(nn.Module):
         memory: torch.Tensor,
         self_mask: torch.Tensor | None,
         memory_mask: torch.Tensor | None,
+        self_cache: AttentionCache | None = None,
+        cross_cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """x (batch, T, d) target states; memory (batch, S, d) the encoder's output.
 
-        self_mask None means plain causal; memory_mask hides padded source positions.
+        self_mask None means plain causal; memory_mask hides padded source positions. The caches
+        (generation only) hold the decoder's past K/V and the encoder output's K/V.
         """
-        self_attend = lambda h: self.self_attn(h, mask=self_mask, causal=True)  # noqa: E731
-        cross_attend = lambda h: self.cross_attn(h, memory, mask=memory_mask)  # noqa: E731
+        self_attend = lambda h: self.self_attn(h, mask=self_mask, causal=True, cache=self_cache)  # noqa: E731
+        cross_attend = lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cross_cache)  # noqa: E731
         if self.pre_norm:
             x = x + self.dropout(self_attend(self.norm1(x)))
             record("residual_after_self_attention", x)
@@ -220,9 +224,15 @@ class Seq2SeqLM(KernelSwitches, nn.Module):
         memory: torch.Tensor,
         src_mask: torch.Tensor | None = None,
         tgt_mask: torch.Tensor | None = None,
+        cache: AttentionCache | None = None,
+        cross_cache: AttentionCache | None = None,
     ) -> torch.Tensor:
-        """The decoder's output vectors (batch, T, d_model), attending to `memory` (batch, S, d)."""
-        x = self._embed(tgt_ids, self.tok_emb, "target ids")
+        """The decoder's output vectors (batch, T, d_model), attending to `memory` (batch, S, d).
+
+        Generation passes `cache` (the decoder's past K/V; new tokens continue at position
+        cache.past_length()) and `cross_cache` (the encoder output's K/V, computed once)."""
+        start = 0 if cache is None else cache.past_length()
+        x = self._embed(tgt_ids, self.tok_emb, "target ids", start)
         if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[2] != x.shape[2]:
             raise LLMInternalsError(
                 f"encoder output must have shape ({x.shape[0]}, source_len, {x.shape[2]}), "
@@ -245,7 +255,7 @@ class Seq2SeqLM(KernelSwitches, nn.Module):
                     causal_mask(length, device=tgt_ids.device), padding_mask(tgt_mask)
                 )
         for block in self.decoder_blocks:
-            x = block(x, memory, self_mask, memory_mask)
+            x = block(x, memory, self_mask, memory_mask, cache, cross_cache)
             record("decoder_block_output", x)
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
@@ -257,9 +267,11 @@ class Seq2SeqLM(KernelSwitches, nn.Module):
         record("seq2seq_logits", logits, note="h E^T + final_logits_bias")
         return logits
 
-    def _embed(self, ids: torch.Tensor, table: TokenEmbedding, what: str) -> torch.Tensor:
+    def _embed(
+        self, ids: torch.Tensor, table: TokenEmbedding, what: str, start: int = 0
+    ) -> torch.Tensor:
         check_token_ids(ids, table.weight.shape[0], what)
-        length = ids.shape[1]
+        length = start + ids.shape[1]
         if length > self.config.max_seq_len:
             raise LLMInternalsError(
                 f"{what}: {length} tokens exceed the model's context of "
@@ -267,7 +279,7 @@ class Seq2SeqLM(KernelSwitches, nn.Module):
                 hint="truncate the input",
             )
         x = table(ids) * self.embed_scale
-        x = x + self.pos_emb(torch.arange(length, device=ids.device)[None, :]).to(x.dtype)
+        x = x + self.pos_emb(torch.arange(start, length, device=ids.device)[None, :]).to(x.dtype)
         x = self.dropout(x)
         record("embedding", x, note=f"token * {self.embed_scale:.4g} + sinusoidal position")
         return x

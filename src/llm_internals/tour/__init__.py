@@ -22,7 +22,7 @@ STAGES: list[tuple[str, str | None]] = [
     ("model", "model"),
     ("training", "training"),
     ("generation", "generation"),
-    ("serving", None),
+    ("serving", "serving"),
 ]
 
 

@@ -16,4 +16,5 @@ LESSON_MODULES: tuple[str, ...] = (
     "muon",
     "sampling",
     "kv_cache",
+    "paged_attention",
 )

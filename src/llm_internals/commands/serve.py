@@ -1,0 +1,129 @@
+"""`llm-internals serve --model PATH`: the OpenAI-compatible HTTP server over the paged engine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from llm_internals.console import console
+from llm_internals.errors import LLMInternalsError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming)",
+        description="Serve --model (our checkpoint directory, a training run folder or an HF "
+        "checkpoint directory with tokenizer.json) with the paged-KV engine: continuous "
+        "batching, prefix caching. Endpoints: /v1/completions, /v1/chat/completions (with "
+        "stream: true for server-sent events), /v1/models, /health, /metrics (Prometheus text; "
+        "?format=json). Listens on 127.0.0.1 only unless --host says otherwise. "
+        "See docs/serving.md.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
+    p.add_argument("--served-model-name", help="the name clients use (default: the folder name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--kv-cache-gb", type=float, help="GiB for the KV block pool")
+    engine.add_argument("--num-blocks", type=int, help="KV blocks in the pool (instead of GiB)")
+    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block (16)")
+    engine.add_argument("--max-num-seqs", type=int, default=32,
+                        help="sequences in a batch at most (32)")  # fmt: skip
+    engine.add_argument("--max-num-batched-tokens", type=int, default=1024,
+                        help="tokens in one forward at most (1024)")  # fmt: skip
+    engine.add_argument("--no-prefix-caching", action="store_true",
+                        help="do not reuse the KV blocks of shared prompt prefixes")  # fmt: skip
+    limits = p.add_argument_group("limits (beyond them: 429 for concurrency, 400 otherwise)")
+    limits.add_argument("--max-concurrent", type=int, default=256,
+                        help="generation requests in flight at once (256)")  # fmt: skip
+    limits.add_argument("--max-prompt-tokens", type=int,
+                        help="longest prompt (default: the model's context - 1)")  # fmt: skip
+    limits.add_argument("--max-tokens", type=int,
+                        help="largest max_tokens (default: the model's context - 1)")  # fmt: skip
+    p.add_argument("--chat-template", type=Path,
+                   help="a Jinja chat template file (default: MODEL/tokenizer_config.json's, "
+                   "else the plain 'User: ... Assistant:' template)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (info)")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not 0 < args.port < 65536:
+        raise LLMInternalsError(f"--port must be in 1..65535, got {args.port}")
+    for name in ("threads", "num_blocks", "max_concurrent", "max_prompt_tokens", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise LLMInternalsError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.kv_cache_gb is not None and not args.kv_cache_gb > 0:
+        raise LLMInternalsError(f"--kv-cache-gb must be positive, got {args.kv_cache_gb}")
+    if args.chat_template is not None and not args.chat_template.is_file():
+        raise LLMInternalsError(f"chat template file {args.chat_template} does not exist")
+
+
+def _chat_template(args: argparse.Namespace):
+    from llm_internals.inference.server import JinjaChatTemplate, load_chat_template
+
+    if args.chat_template is not None:
+        template = JinjaChatTemplate(args.chat_template.read_text(encoding="utf-8"))
+        template.render([{"role": "user", "content": "check"}])  # fail now, not per request
+        return template
+    return load_chat_template(args.model)
+
+
+def _require_server_packages() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import jinja2  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise LLMInternalsError(
+            f"the server needs the package {error.name!r}, which is not installed",
+            hint="install the serve extra: .venv/bin/pip install -e '.[serve]'",
+        ) from error
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    _require_server_packages()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from llm_internals.commands.generate import load_model_and_tokenizer
+    from llm_internals.inference.paged import LLM
+    from llm_internals.inference.server import ServerLimits, create_app, serve
+
+    template = _chat_template(args)
+    model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer)
+    engine = LLM(model, tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
+                 kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
+                 max_num_batched_tokens=args.max_num_batched_tokens,
+                 enable_prefix_caching=not args.no_prefix_caching, eos_token_id=eos)  # fmt: skip
+    limits = ServerLimits(max_concurrent_requests=args.max_concurrent,
+                          max_prompt_tokens=args.max_prompt_tokens,
+                          max_tokens=args.max_tokens)  # fmt: skip
+    name = args.served_model_name or args.model.resolve().name
+    app = create_app(engine, model_name=name, tokenizer=tokenizer, chat_template=template,
+                     limits=limits)  # fmt: skip
+    stats = engine.stats()
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    console.print(
+        f"serving [bold]{name}[/bold] at {url}/v1 (context {engine.max_seq_len} tokens, "
+        f"KV pool {stats.num_blocks} blocks x {stats.block_size} tokens = "
+        f"{stats.kv_cache_bytes / 2**20:.1f} MiB, chat template: {template.name}); "
+        "Ctrl-C stops",
+        soft_wrap=True,
+    )
+    if args.host not in LOOPBACK:
+        console.print(f"[yellow]warning:[/yellow] listening on {args.host}: other machines can "
+                      "reach this server; it has no authentication")  # fmt: skip
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    console.print("server stopped")
+    return 0

@@ -1,0 +1,122 @@
+"""The decoder-only generation loop: prefill the prompts once, then one token per step.
+
+    prefill:  hidden = model(prompt)             every prompt position at once, K/V cached
+    loop:     logits = lm_head(hidden[last])     only the last position predicts the next token
+              token  = sampler(logits)           greedy / temperature / top-k / top-p / min-p
+              stop?  eos, stop token or string, max_new_tokens, or the context window is full
+              hidden = model(token, cache)       one new position, attending to all cached K/V
+
+With `use_cache=False` every step runs the model over the whole sequence again (the O(n^2)
+baseline the cache removes); the tokens are the same. A sequence that finishes leaves the batch
+(its cache rows are dropped) while the others continue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from llm_internals.explain.trace import is_recording, record
+from llm_internals.inference.generation_request import pad_prompts
+from llm_internals.inference.generation_types import StreamChunk, Timing
+from llm_internals.inference.kv_cache import ContiguousKVCache
+from llm_internals.inference.sampling import Sampler
+from llm_internals.inference.sequence_state import SequenceState
+
+
+def sample_and_accept(
+    sampler: Sampler, logits: torch.Tensor, active: list[SequenceState]
+) -> tuple[list[int], list[StreamChunk]]:
+    """Sample one token per active row (each with its own params and generator) and hand each
+    to its sequence, which decides whether it is finished.
+
+    All-greedy batches without penalties take the argmax directly: the Sampler would return the
+    same tokens (argmax of logits / 1) after also computing a softmax over the vocabulary, which
+    costs ~1-3 ms per step for a 50k vocabulary, several % of a batch-1 decode step. While
+    recording (the explain path) the Sampler runs, so its steps are shown."""
+    if not is_recording() and all(s.params.greedy and not s.params.uses_penalties for s in active):
+        tokens = logits.argmax(dim=-1).tolist()
+    else:
+        tokens = sampler(
+            logits,
+            [s.params for s in active],
+            [s.generator for s in active],
+            prompt_ids=[s.decoder_ids for s in active],
+            output_ids=[s.output_ids for s in active],
+        ).tolist()
+    if is_recording():
+        record("generate.tokens", torch.tensor(tokens), note="one token per sequence")
+    return tokens, [s.accept(t) for s, t in zip(active, tokens, strict=True)]
+
+
+def unfinished_rows(active: list[SequenceState]) -> list[int]:
+    return [r for r, s in enumerate(active) if s.finish_reason is None]
+
+
+def cache_length(seqs: list[SequenceState], width: int) -> int:
+    """Cache positions needed: the padded prompt plus every step that can still follow."""
+    shortest = min(len(s.decoder_ids) for s in seqs)
+    steps = min(seqs[0].max_new_tokens - 1, seqs[0].context - shortest)
+    return width + max(steps, 0)
+
+
+def decoder_only_loop(
+    model: torch.nn.Module,
+    seqs: list[SequenceState],
+    use_cache: bool,
+    padding_side: str,
+    timing: Timing,
+) -> Iterator[StreamChunk]:
+    """Yield one StreamChunk per sampled token until every sequence has finished."""
+    device = next(model.parameters()).device
+    ids, mask, last = pad_prompts([s.prompt_ids for s in seqs], padding_side)
+    ids, mask, last = ids.to(device), mask.to(device), last.to(device)
+    padded = not bool(mask.all())
+    cache = None
+    if use_cache:
+        cache = ContiguousKVCache.for_model(model, len(seqs), cache_length(seqs, ids.shape[1]))
+    sampler = Sampler()
+    active = list(seqs)  # row r of the current batch is active[r]
+    inputs = ids
+    rows = torch.arange(len(seqs), device=device)
+    was_training = model.training
+    model.eval()
+    prefill = True
+    try:
+        while True:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                hidden = model.hidden_states(
+                    inputs, attention_mask=mask if padded else None, cache=cache
+                )
+                # At prefill, each row's last real token (right padding: not column -1).
+                hidden_last = hidden[rows, last] if prefill else hidden[:, -1]
+                tokens, chunks = sample_and_accept(sampler, model.lm_head(hidden_last), active)
+            timing.add_step(time.perf_counter() - started, len(tokens), prefill)
+            prefill = False
+            yield from chunks
+
+            started = time.perf_counter()
+            keep = unfinished_rows(active)
+            if not keep:
+                return
+            new_tokens = torch.tensor(tokens, device=device)[:, None]
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                active = [active[r] for r in keep]
+                new_tokens, ids, mask = new_tokens[index], ids[index], mask[index]
+                rows = rows[: len(keep)]
+                if cache is not None:
+                    cache.select_rows(index)
+            if padded:  # without padding the mask is all ones and is never passed
+                mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            if cache is not None:
+                inputs = new_tokens
+            else:  # no cache: the whole sequence again
+                ids = torch.cat([ids, new_tokens], dim=1)
+                inputs = ids
+            timing.decode_s += time.perf_counter() - started
+    finally:
+        model.train(was_training)

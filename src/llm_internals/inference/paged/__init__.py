@@ -1,0 +1,28 @@
+"""The serving engine: paged KV cache, block manager with prefix caching, continuous batching.
+
+Read in this order: sequence.py (a request's state), block_manager.py (blocks, sharing, prefix
+cache), paged_cache.py (the physical pool), paged_attention.py (attention through block tables),
+scheduler.py (who runs each step), model_runner.py (the packed forward), engine.py (the API).
+"""
+
+from llm_internals.inference.paged.block_manager import Block, BlockManager, block_hash
+from llm_internals.inference.paged.engine import LLM
+from llm_internals.inference.paged.outputs import EngineStats, RequestOutput
+from llm_internals.inference.paged.paged_cache import PagedKVCache
+from llm_internals.inference.paged.scheduler import ScheduledBatch, Scheduler
+from llm_internals.inference.paged.sequence import RequestMetrics, Sequence, SequenceStatus
+
+__all__ = [
+    "LLM",
+    "Block",
+    "BlockManager",
+    "EngineStats",
+    "PagedKVCache",
+    "RequestMetrics",
+    "RequestOutput",
+    "ScheduledBatch",
+    "Scheduler",
+    "Sequence",
+    "SequenceStatus",
+    "block_hash",
+]

@@ -1,0 +1,76 @@
+"""What the engine reports: per-sample outputs after each step, and engine-wide statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llm_internals.inference.paged.sequence import RequestMetrics
+
+FINISH_REASONS = ("stop", "length", "abort", "eos")
+
+
+@dataclass
+class RequestOutput:
+    """One sample of one request after a step.
+
+    token_ids: everything generated so far (an eos or stop token is not included);
+    new_token_ids / new_text: what this step added (text is held back while it could still
+    become part of a stop string). `finished` and `finish_reason` ("stop" | "length" | "abort" |
+    "eos") are this sample's; `request_finished` is True once every sample of the request is.
+    `index` numbers the samples of a request with n > 1 (0 otherwise).
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    new_token_ids: list[int]
+    text: str
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    metrics: RequestMetrics
+    index: int = 0
+    request_finished: bool = False
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine: the block pool, the prefix cache, the queues.
+
+    KV waste = 1 - kv_slots_used / kv_slots_allocated: slots held by running sequences but not
+    (yet) filled with a token's K/V. With paging that is at most the unfilled tail of each
+    sequence's last block.
+    """
+
+    num_blocks: int
+    block_size: int
+    blocks_used: int
+    blocks_free: int
+    blocks_cached: int  # unreferenced but holding a cached prefix (evictable)
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
+    prefix_cache_evictions: int
+    preemptions: int
+    kv_slots_used: int
+    kv_slots_allocated: int
+    kv_cache_bytes: int
+    num_running: int
+    num_waiting: int
+    num_requests_added: int
+    num_requests_finished: int
+    num_requests_aborted: int
+    num_steps: int
+    generated_tokens: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Share of the prompt tokens looked up that were found in the prefix cache."""
+        queried = self.prefix_cache_queried_tokens
+        return self.prefix_cache_hit_tokens / queried if queried else 0.0
+
+    @property
+    def kv_waste(self) -> float:
+        """Allocated slots not holding a token, as a fraction of allocated slots."""
+        allocated = self.kv_slots_allocated
+        return 1.0 - self.kv_slots_used / allocated if allocated else 0.0

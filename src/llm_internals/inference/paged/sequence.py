@@ -1,0 +1,209 @@
+"""One sample of one request, as the serving engine tracks it from arrival to its last token.
+
+A request ("continue this prompt, n samples") becomes one `Sequence` on arrival. Its life:
+
+    WAITING --admitted--> RUNNING --eos / stop / length--> FINISHED
+       ^                     |
+       +---- preempted ------+   (blocks freed; the tokens so far are recomputed later)
+
+Token bookkeeping, for a sequence of prompt + output tokens:
+
+    token_ids:            p0 p1 p2 p3 p4 o0 o1          (num_tokens = 7)
+    num_computed_tokens:  |<--- K/V in the cache --->|   (6: o1 is fed at the next step)
+    block_table:          [7, 2]  with block_size 4: positions 0-3 in block 7, 4-7 in block 2
+
+Each step feeds the tokens from num_computed_tokens on (a prefill chunk, or the one newest token
+when decoding) and, once every token has K/V, samples the next token. With n > 1 the prompt is
+prefilled once; at the first sample the sequence forks into n samples that share its blocks
+(copy-on-write keeps them apart later).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.sampling import make_generator
+from llm_internals.inference.stopping import IncrementalDetokenizer, StopChecker
+
+MAX_SEED = 2**64 - 1
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class RequestMetrics:
+    """Wall-clock times (time.perf_counter seconds) of one sample's life.
+
+    token_latencies[i] is the time from token i-1 (or from arrival, for i = 0) to token i.
+    """
+
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    token_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        if self.first_token_time is None:
+            return None
+        return self.first_token_time - self.arrival_time
+
+    def token_arrived(self, now: float) -> None:
+        previous = self.arrival_time if self.last_token_time is None else self.last_token_time
+        self.token_latencies.append(now - previous)
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.last_token_time = now
+
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """The state of one sample: its tokens, how many have K/V stored, its block table, and what
+    decides when it stops (eos ids, stop tokens and strings, max_tokens, the context window)."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        arrival_order: int,
+        arrival_time: float | None = None,
+        index: int = 0,
+        tokenizer: Any | None = None,
+        eos_ids: frozenset[int] = frozenset(),
+        max_seq_len: int | None = None,
+    ) -> None:
+        self.seq_id = next(_ids)
+        self.request_id = request_id
+        self.index = index
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.token_ids = list(prompt_token_ids)
+        self.params = params
+        self.arrival_order = arrival_order
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []  # chained hash of each full block, in order
+        self.pending_forks = params.n - 1  # samples still to split off at the first token
+        self.finish_reason: str | None = None
+        self.num_preemptions = 0
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset() if params.ignore_eos else eos_ids
+        self.max_seq_len = max_seq_len
+        self.metrics = RequestMetrics(time.perf_counter() if arrival_time is None else arrival_time)
+        self.generator = _sample_generator(params.seed, index)
+        self.detokenizer = (
+            IncrementalDetokenizer(tokenizer.decode, prompt_token_ids) if tokenizer else None
+        )
+        self.checker = StopChecker(params.stop)
+        self._text_sent = 0
+
+    # --- token counts ---------------------------------------------------------------------
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        """Tokens still to feed before the next token can be sampled."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def seats(self) -> int:
+        """Slots this sequence takes of max_num_seqs: itself plus the samples it will fork."""
+        return 1 + self.pending_forks
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        """First come, first served: arrival order, then sample index."""
+        return (self.arrival_order, self.index)
+
+    @property
+    def text(self) -> str:
+        return self.checker.text if self.detokenizer is not None else ""
+
+    # --- parallel sampling ----------------------------------------------------------------
+    def fork(self, index: int) -> Sequence:
+        """A new sample of the same request sharing everything computed so far (the caller
+        increments the reference counts of the shared blocks)."""
+        child = Sequence.__new__(Sequence)
+        child.__dict__.update(self.__dict__)
+        child.seq_id = next(_ids)
+        child.index = index
+        child.token_ids = list(self.token_ids)
+        child.block_table = list(self.block_table)
+        child.block_hashes = list(self.block_hashes)
+        child.pending_forks = 0
+        child.metrics = RequestMetrics(self.metrics.arrival_time, self.metrics.first_scheduled_time)
+        child.generator = _sample_generator(self.params.seed, index)
+        child.detokenizer = (
+            IncrementalDetokenizer(self.tokenizer.decode, self.prompt_token_ids)
+            if self.tokenizer
+            else None
+        )
+        child.checker = StopChecker(self.params.stop)
+        child._text_sent = 0
+        return child
+
+    # --- accepting a sampled token --------------------------------------------------------
+    def append_token(self, token: int, now: float) -> str:
+        """Take a sampled token; set finish_reason when it ends the sample. Returns the text
+        that became safe to stream."""
+        self.metrics.token_arrived(now)
+        reason = None
+        generated = self.num_tokens - self.num_prompt_tokens + 1  # counting this token
+        if token in self.eos_ids:
+            reason = "eos"
+        elif token in self.params.stop_token_ids:
+            reason = "stop"
+        else:
+            self.token_ids.append(token)
+            new_text = self.detokenizer.push(token) if self.detokenizer is not None else ""
+            if self.checker.update(token, new_text):
+                reason = "stop"
+            elif generated >= self.params.max_tokens:
+                reason = "length"
+            elif self.max_seq_len is not None and self.num_tokens > self.max_seq_len:
+                reason = "length"  # feeding this token would put it past the context window
+        if reason is not None:
+            if self.detokenizer is not None and reason != "stop":
+                rest = self.detokenizer.flush()  # an incomplete character held back, if any
+                if rest and self.checker.update(-1, rest):
+                    reason = "stop"
+            self.finish_reason = reason
+        if self.detokenizer is None:
+            return ""
+        return self.checker.take_ready_text(final=reason is not None)
+
+
+def _sample_generator(seed: int | None, index: int) -> torch.Generator | None:
+    """Sample i of a seeded request draws from seed + i, so samples differ but reproduce."""
+    return None if seed is None else make_generator((seed + index) % (MAX_SEED + 1))

@@ -1,0 +1,103 @@
+"""Checks on a request before the engine accepts it: each error names the request and field.
+
+A request is refused when it is malformed (empty prompt, ids outside the vocabulary, text without
+a tokenizer) or when it could never run: a prompt beyond the model's context, more samples than
+max_num_seqs, or more KV blocks than the whole pool holds. The last check is what keeps the
+scheduler deadlock-free: every accepted sequence fits in the pool on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceOf
+from typing import Any
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.paged.block_manager import BlockManager
+from llm_internals.inference.params import SamplingParams
+
+
+def check_request(
+    request_id: Any,
+    prompt: Any,
+    params: Any,
+    *,
+    tokenizer: Any | None,
+    vocab_size: int,
+    max_seq_len: int,
+    block_manager: BlockManager,
+    max_num_seqs: int,
+) -> list[int]:
+    """The prompt's token ids, or LLMInternalsError saying why the request cannot run."""
+    if not isinstance(request_id, str) or not request_id:
+        raise LLMInternalsError(f"request_id must be a non-empty string, got {request_id!r}")
+    if not isinstance(params, SamplingParams):
+        raise LLMInternalsError(
+            f"request {request_id!r}: params must be a SamplingParams, got {type(params).__name__}"
+        )
+    if params.n > max_num_seqs:
+        raise LLMInternalsError(
+            f"request {request_id!r}: n={params.n} samples exceed max_num_seqs="
+            f"{max_num_seqs} (the samples run side by side)",
+            hint="lower n or raise max_num_seqs",
+        )
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise LLMInternalsError(
+                f"request {request_id!r}: the prompt is text but the engine has no tokenizer",
+                hint="pass token ids, or give LLM a tokenizer",
+            )
+        ids = list(tokenizer.encode(prompt))
+    elif isinstance(prompt, SequenceOf) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        ids = list(prompt)
+    else:
+        raise LLMInternalsError(
+            f"request {request_id!r}: prompt must be a string or a list of token ids, got "
+            f"{type(prompt).__name__}"
+        )
+    if not ids:
+        raise LLMInternalsError(f"request {request_id!r}: the prompt is empty")
+    vocab = vocab_size
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise LLMInternalsError(
+            f"request {request_id!r}: token id {bad[0]} is outside the vocabulary (size {vocab})"
+        )
+    if params.stop and tokenizer is None:
+        raise LLMInternalsError(
+            f"request {request_id!r}: stop strings need a tokenizer to decode the output"
+        )
+    if len(ids) > max_seq_len:
+        raise LLMInternalsError(
+            f"request {request_id!r}: prompt of {len(ids)} tokens is longer than the "
+            f"model's context of {max_seq_len}",
+            hint=f"shorten the prompt to at most {max_seq_len} tokens",
+        )
+    stored = min(len(ids) + params.max_tokens - 1, max_seq_len)
+    blocks = block_manager.blocks_for_tokens(stored)
+    if blocks > block_manager.num_blocks:
+        raise LLMInternalsError(
+            f"request {request_id!r}: {len(ids)} prompt tokens + max_tokens="
+            f"{params.max_tokens} need {blocks} KV blocks, but the whole pool has "
+            f"{block_manager.num_blocks}",
+            hint="lower max_tokens or shorten the prompt, or give the engine a larger "
+            "kv_cache_gb / num_blocks",
+        )
+    return ids
+
+
+def positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LLMInternalsError(f"engine: {name} must be a positive integer, got {value!r}")
+
+
+def eos_ids(eos_token_id: Any, tokenizer: Any | None) -> frozenset[int]:
+    if eos_token_id == "auto":
+        eot = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
+        return frozenset() if eot is None else frozenset([eot])
+    if eos_token_id is None:
+        return frozenset()
+    if isinstance(eos_token_id, int):
+        return frozenset([eos_token_id])
+    return frozenset(int(t) for t in eos_token_id)

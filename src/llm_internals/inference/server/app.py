@@ -1,0 +1,255 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over the engine loop.
+
+    GET  /health                 200 {"status": "ok"} while the engine runs, 503 after it failed
+    GET  /v1/models              the one served model (/v1/models/NAME: its card)
+    GET  /metrics                engine statistics, Prometheus text (?format=json for JSON)
+    POST /v1/completions         continue a prompt (text or token ids; several prompts allowed)
+    POST /v1/chat/completions    the assistant's reply to a conversation (via a chat template)
+
+Errors use the OpenAI shape {"error": {"message", "type", "param", "code"}}: 400 for an invalid
+request (the message and `param` name the field), 404 for an unknown model, 429 when
+`max_concurrent_requests` prompts are already in flight (a request with several prompts counts
+each), 503 when the engine died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.server import metrics as metrics_format
+from llm_internals.inference.server import openai_format as fmt
+from llm_internals.inference.server.chat_template import SimpleChatTemplate
+from llm_internals.inference.server.engine_loop import EngineDead, EngineLoop, EngineRequest
+from llm_internals.inference.server.openai_format import ApiError
+from llm_internals.inference.server.prompts import (
+    FieldError,
+    ServerLimits,
+    encode_text,
+    plan_max_tokens,
+    sampling_params,
+)
+from llm_internals.inference.server.respond import Cleanup, Generation, complete, stream_events
+from llm_internals.inference.server.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    UnsupportedField,
+)
+
+
+class ServerState:
+    """What the routes share: the engine loop, the tokenizer, limits and counters."""
+
+    def __init__(self, engine: Any, model_name: str, tokenizer: Any, chat_template: Any,
+                 limits: ServerLimits) -> None:  # fmt: skip
+        self.loop = EngineLoop(engine)
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.context = int(engine.max_seq_len)
+        self.vocab_size = int(engine.config.vocab_size)
+        self.limits = limits.resolved(self.context, engine.scheduler.max_num_seqs)
+        self.created = int(time.time())
+        self.in_flight = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.disconnects = 0
+
+
+def create_app(
+    engine: Any,
+    *,
+    model_name: str = "model",
+    tokenizer: Any | None = None,
+    chat_template: Any | None = None,
+    limits: ServerLimits | None = None,
+) -> FastAPI:
+    """The FastAPI app serving `engine` (an `LLM`). The engine thread starts and stops with the
+    app (its lifespan), so run it under uvicorn or `serve_in_thread`."""
+    tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
+    if tokenizer is None:
+        raise LLMInternalsError("the server needs a tokenizer (the engine has none)",
+                                hint="give LLM or create_app a tokenizer")  # fmt: skip
+    state = ServerState(engine, model_name, tokenizer, chat_template or SimpleChatTemplate(),
+                        limits or ServerLimits())  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.loop.start()
+        try:
+            yield
+        finally:
+            state.loop.stop()
+
+    app = FastAPI(title="llm-internals", lifespan=lifespan)
+    app.state.server = state
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ApiError, lambda _request, err: err.response())
+    app.add_exception_handler(
+        FieldError, lambda _request, err: ApiError(400, err.message, err.field).response()
+    )
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not state.loop.alive:
+            return JSONResponse({"status": "error", "error": repr(state.loop.error)}, 503)
+        return JSONResponse({"status": "ok"})
+
+    def model_card() -> dict[str, Any]:
+        return {"id": state.model_name, "object": "model", "created": state.created,
+                "owned_by": "llm-internals", "max_model_len": state.context}  # fmt: skip
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != state.model_name:
+            raise ApiError(404, f"model {model_id!r} is not served here; this server serves "
+                           f"{state.model_name!r}", "model", code="model_not_found")  # fmt: skip
+        return model_card()
+
+    @app.get("/metrics")
+    async def metrics(format: str = "prometheus") -> Response:
+        if format not in ("prometheus", "json"):
+            raise ApiError(400, f"format must be 'prometheus' or 'json', got {format!r}", "format")
+        try:
+            stats = await state.loop.call(lambda engine: engine.stats())
+        except EngineDead as err:
+            raise ApiError(503, str(err), kind="server_error") from None
+        values = metrics_format.engine_metrics(stats) + metrics_format.server_metrics(
+            state.in_flight, state.accepted, state.rejected, state.disconnects
+        )
+        if format == "json":
+            return JSONResponse(metrics_format.as_json(values))
+        return Response(metrics_format.prometheus_text(values),
+                        media_type=metrics_format.PROMETHEUS_CONTENT_TYPE)  # fmt: skip
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        _check_common(state, body)
+        prompts = []
+        for i, prompt in enumerate(body.prompts()):
+            field = "prompt" if len(body.prompts()) == 1 else f"prompt[{i}]"
+            ids = encode_text(state.tokenizer, prompt, field) if isinstance(prompt, str) else prompt
+            prompts.append((field, ids, prompt if isinstance(prompt, str) else None))
+        generation = _plan(state, body, "completion", prompts, body.max_tokens, stop=(),
+                           echo=body.echo)  # fmt: skip
+        return await _serve(state, generation, body.stream, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        _check_common(state, body)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        text = state.chat_template.render(messages)
+        ids = encode_text(state.tokenizer, text, "messages")
+        generation = _plan(state, body, "chat", [("messages", ids, None)],
+                           body.requested_max_tokens, stop=state.chat_template.stop,
+                           echo=False)  # fmt: skip
+        return await _serve(state, generation, body.stream, request)
+
+    return app
+
+
+async def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 becomes OpenAI's 400, naming the offending field(s)."""
+    problems, param = [], None
+    for e in err.errors()[:3]:
+        loc = [str(part) for part in e.get("loc", ()) if part != "body"]
+        if e.get("type") == "json_invalid":
+            problems.append(f"the request body is not valid JSON ({e.get('msg')})")
+            continue
+        where = ".".join(loc) or "body"
+        param = param or (loc[0] if loc else None)
+        got = ""
+        if "input" in e and not isinstance(e["input"], dict):
+            shown = repr(e["input"])
+            got = f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        problems.append(f"{where}: {e.get('msg')}{got}")
+    message = "invalid request: " + "; ".join(problems)
+    return JSONResponse(fmt.error_body(message, param), status_code=400)
+
+
+def _check_common(state: ServerState, body: SamplingFields) -> None:
+    try:
+        body.check_supported()
+    except UnsupportedField as err:
+        raise ApiError(400, err.message, err.field) from None
+    if body.model != state.model_name:
+        raise ApiError(404, f"model {body.model!r} is not served here; this server serves "
+                       f"{state.model_name!r}", "model", code="model_not_found")  # fmt: skip
+    if body.n > state.limits.max_n:
+        raise ApiError(400, f"n must be at most {state.limits.max_n} (the engine's max_num_seqs), "
+                       f"got {body.n}", "n")  # fmt: skip
+
+
+def _plan(state: ServerState, body: SamplingFields, kind: str,
+          prompts: list[tuple[str, list[int], str | None]], requested_max_tokens: int | None,
+          stop: tuple[str, ...], echo: bool) -> Generation:  # fmt: skip
+    """Check the prompts and limits; build the engine requests. Raises ApiError (400)."""
+    for field, ids, _ in prompts:
+        bad = [t for t in ids if t >= state.vocab_size]
+        if bad:
+            raise ApiError(400, f"{field}: token id {bad[0]} is outside the vocabulary (size "
+                           f"{state.vocab_size})", field)  # fmt: skip
+    max_tokens = plan_max_tokens(
+        kind,
+        [(f, len(ids)) for f, ids, _ in prompts],
+        requested_max_tokens,
+        state.limits,
+        state.context,
+    )
+    params = sampling_params(body, max_tokens, stop)
+    response_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
+    requests = [EngineRequest(f"{response_id}-{i}", list(ids), params)
+                for i, (_, ids, _) in enumerate(prompts)]  # fmt: skip
+    texts = [text if text is not None else state.tokenizer.decode(ids) for _, ids, text in prompts]
+    return Generation(kind, response_id, int(time.time()), requests, texts, body.n,
+                      echo, body.include_usage)  # fmt: skip
+
+
+async def _serve(state: ServerState, generation: Generation, stream: bool,
+                 request: Request) -> Response:  # fmt: skip
+    limit, size = state.limits.max_concurrent_requests, len(generation.requests)
+    if size > limit:
+        raise ApiError(400, f"prompt: {size} prompts in one request, more than this server's "
+                       f"limit of {limit} at once", "prompt")  # fmt: skip
+    if state.in_flight + size > limit:
+        state.rejected += 1
+        raise ApiError(429, f"too many requests: {state.in_flight} prompts are being served and "
+                       f"the limit is {limit}; retry later", kind="rate_limit_error",
+                       code="too_many_requests")  # fmt: skip
+    state.in_flight += size
+    try:
+        handle = await state.loop.submit(generation.requests)
+    except LLMInternalsError as err:
+        state.in_flight -= size
+        raise ApiError(400, err.message, "prompt" if generation.kind == "completion"
+                       else "messages") from None  # fmt: skip
+    except EngineDead as err:
+        state.in_flight -= size
+        raise ApiError(503, str(err), kind="server_error") from None
+    state.accepted += 1
+    done = Cleanup(state, handle)
+    if stream:
+        events = stream_events(state, generation, handle, done)
+        weakref.finalize(events, done)  # even if the response never starts iterating it
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(done))  # fmt: skip
+    try:
+        return await complete(state, generation, handle, request)
+    finally:
+        done()

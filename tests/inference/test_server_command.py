@@ -1,0 +1,119 @@
+"""`llm-internals serve`: a real process on 127.0.0.1 answering the openai client; bad options
+are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from llm_internals.cli import main
+from llm_internals.commands.generate import load_model_and_tokenizer
+from llm_internals.inference.generate import generate
+from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.models.checkpoint import save_checkpoint
+from llm_internals.tokenizer import train_bpe
+
+TEXT = (
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. " * 8
+)
+STARTUP_S = 90
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tokenizer = train_bpe(TEXT, 300)
+    torch.manual_seed(2)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
+                         n_kv_heads=2, max_seq_len=128)  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny-serve")
+    save_checkpoint(DecoderLM(config), directory)
+    tokenizer.save(directory / "tokenizer.json")
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_process_answers_the_openai_client(checkpoint):
+    port = free_port()
+    command = [sys.executable, "-m", "llm_internals", "serve", "--model", str(checkpoint),
+               "--port", str(port), "--served-model-name", "tiny", "--num-blocks", "64",
+               "--block-size", "8", "--threads", "1", "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=os.environ | {"COLUMNS": "200"})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                           timeout=30) as client:  # fmt: skip
+            assert [m.id for m in client.models.list().data] == ["tiny"]
+            result = client.completions.create(model="tiny", prompt="Friends, Romans",
+                                               max_tokens=8, temperature=0)  # fmt: skip
+            chat = client.chat.completions.create(
+                model="tiny", max_tokens=4, messages=[{"role": "user", "content": "Hi"}]
+            )
+        model, tokenizer, _ = load_model_and_tokenizer(checkpoint, None)
+        expected = generate(model, tokenizer, "Friends, Romans", max_new_tokens=8)
+        assert result.choices[0].text == expected.text
+        assert chat.choices[0].message.role == "assistant"
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn shuts down, the process ends
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, output
+    assert f"127.0.0.1:{port}/v1" in output and "tiny" in output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--port", "0"], "--port"),
+        (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--kv-cache-gb", "-1"], "--kv-cache-gb"),
+        (["--chat-template", "/nonexistent/template.jinja"], "template.jinja"),
+    ],
+)
+def test_bad_options_are_one_line_errors(checkpoint, capsys, options, message):
+    assert main(["serve", "--model", str(checkpoint), *options]) == 2
+    out = capsys.readouterr().out
+    assert "error:" in out and message in out and "Traceback" not in out
+
+
+def test_missing_model_directory_is_a_one_line_error(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_port_in_use_is_a_one_line_error(checkpoint, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        code = main(["serve", "--model", str(checkpoint), "--port", str(port), "--num-blocks",
+                     "16", "--log-level", "warning"])  # fmt: skip
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().out
