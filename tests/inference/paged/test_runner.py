@@ -97,3 +97,18 @@ def test_recorded_decode_attention_equals_the_fast_path(model_factory):
         model = model_factory(seed=4, attn_impl=attn_impl)
         fast, recorded = decode_logits(model, False), decode_logits(model, True)
         torch.testing.assert_close(fast, recorded, rtol=0, atol=1e-12)
+
+
+def test_gather_works_outside_inference_mode_after_a_step_inside_it():
+    """The gather buffer is first made during an engine step (inference mode); a later gather
+    from ordinary code (a lesson, a debugger) must still work and return the stored keys."""
+    from llm_internals.inference.paged.paged_cache import PagedKVCache
+
+    cache = PagedKVCache(n_layers=1, num_blocks=4, block_size=2, n_kv_heads=1, head_dim=3)
+    k = torch.arange(6.0).view(1, 2, 3)
+    with torch.inference_mode():
+        cache.write(0, torch.tensor([2, 3]), k, -k)
+        cache.gather(0, torch.tensor([[1]]))
+    keys, values = cache.gather(0, torch.tensor([[1]]))
+    assert torch.equal(keys[0, 0], k[0])
+    assert torch.equal(values[0, 0], -k[0])

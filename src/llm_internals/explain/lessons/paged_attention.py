@@ -251,8 +251,7 @@ def _how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
                            str(tables[(prompt, 0)])])  # fmt: skip
     first = llm.requests[REQUESTS[0][0]][0]
     block_ids = torch.tensor([first.block_table])
-    with torch.inference_mode():  # the engine's gather writes into its inference-mode buffer
-        keys = llm.cache.gather(0, block_ids)[0][0, 0, : first.num_computed_tokens].clone()
+    keys = llm.cache.gather(0, block_ids)[0][0, 0, : first.num_computed_tokens].clone()
     reference = generate(model, tok, [p for p, _ in REQUESTS], max_new_tokens=2,
                          eos_token_id=None)  # fmt: skip
     same = all(llm.requests[p][0].output_token_ids == r.token_ids

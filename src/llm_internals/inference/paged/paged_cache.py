@@ -156,11 +156,13 @@ class PagedKVCache:
 
     def _workspace(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reused output buffers for gathers: a fresh multi-MB tensor per layer would cost a
-        page fault per 4 KB on first touch (measured: most of the gather time)."""
+        page fault per 4 KB on first touch (measured: most of the gather time). Made outside
+        inference mode, like the pool, so that gathers work both inside and outside it."""
         size = self.n_kv_heads * blocks * self.block_size * self.head_dim
         if self._gather_buffers is None or self._gather_buffers[0].numel() < size:
             like = self.keys[0]
-            self._gather_buffers = (like.new_empty(size), like.new_empty(size))
+            with torch.inference_mode(False):
+                self._gather_buffers = (like.new_empty(size), like.new_empty(size))
         shape = (self.n_kv_heads, blocks, self.block_size, self.head_dim)
         return self._gather_buffers[0][:size].view(shape), self._gather_buffers[1][:size].view(
             shape
