@@ -26,6 +26,25 @@ def is_seq2seq(model: torch.nn.Module) -> bool:
     return hasattr(model, "encode") and hasattr(model, "decode") and hasattr(model, "settings")
 
 
+def prompt_token_ids(prompt: Any, tokenizer: Any | None, label: str) -> list[int]:
+    """The token ids of one prompt given as text (encoded with `tokenizer`) or as ids; `label`
+    names the prompt in errors (e.g. "prompt 2")."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise LLMInternalsError(
+                f"{label} is text but no tokenizer was given",
+                hint="pass the model's tokenizer, or token ids",
+            )
+        return list(tokenizer.encode(prompt))
+    if isinstance(prompt, Sequence) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        return list(prompt)
+    raise LLMInternalsError(
+        f"{label} must be a string or a list of token ids, got {type(prompt).__name__}"
+    )
+
+
 def as_prompts(prompt: Any, tokenizer: Any | None) -> tuple[list[list[int]], bool]:
     """(token ids of each prompt, whether a single prompt was given)."""
     if isinstance(prompt, torch.Tensor):
@@ -41,21 +60,7 @@ def as_prompts(prompt: Any, tokenizer: Any | None) -> tuple[list[list[int]], boo
         )
     prompts = []
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            if tokenizer is None:
-                raise LLMInternalsError(
-                    f"prompt {i} is text but no tokenizer was given",
-                    hint="pass the model's tokenizer, or token ids",
-                )
-            ids = list(tokenizer.encode(item))
-        elif isinstance(item, Sequence) and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in item
-        ):
-            ids = list(item)
-        else:
-            raise LLMInternalsError(
-                f"prompt {i} must be a string or a list of token ids, got {type(item).__name__}"
-            )
+        ids = prompt_token_ids(item, tokenizer, f"prompt {i}")
         if not ids:
             raise LLMInternalsError(
                 f"prompt {i} is empty: generation needs at least one token to continue from",

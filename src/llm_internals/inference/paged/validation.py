@@ -8,10 +8,10 @@ scheduler deadlock-free: every accepted sequence fits in the pool on its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence as SequenceOf
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.generation_request import prompt_token_ids
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.params import SamplingParams
 
@@ -40,22 +40,7 @@ def check_request(
             f"{max_num_seqs} (the samples run side by side)",
             hint="lower n or raise max_num_seqs",
         )
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise LLMInternalsError(
-                f"request {request_id!r}: the prompt is text but the engine has no tokenizer",
-                hint="pass token ids, or give LLM a tokenizer",
-            )
-        ids = list(tokenizer.encode(prompt))
-    elif isinstance(prompt, SequenceOf) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt
-    ):
-        ids = list(prompt)
-    else:
-        raise LLMInternalsError(
-            f"request {request_id!r}: prompt must be a string or a list of token ids, got "
-            f"{type(prompt).__name__}"
-        )
+    ids = prompt_token_ids(prompt, tokenizer, f"request {request_id!r}: the prompt")
     if not ids:
         raise LLMInternalsError(f"request {request_id!r}: the prompt is empty")
     vocab = vocab_size
