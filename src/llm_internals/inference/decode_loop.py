@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -51,8 +53,40 @@ def sample_and_accept(
     return tokens, [s.accept(t) for s, t in zip(active, tokens, strict=True)]
 
 
-def unfinished_rows(active: list[SequenceState]) -> list[int]:
-    return [r for r, s in enumerate(active) if s.finish_reason is None]
+@dataclass
+class NextStep:
+    """The rows that go on after a step: their sequences, their new tokens (rows, 1), and the
+    index of the kept rows into the old batch (None when every row goes on)."""
+
+    active: list[SequenceState]
+    new_tokens: torch.Tensor
+    index: torch.Tensor | None
+
+
+def next_step(
+    active: list[SequenceState], tokens: list[int], device: torch.device
+) -> NextStep | None:
+    """Drop the sequences that just finished; None when none is left. Callers select the same
+    rows of their own tensors and caches with `index`."""
+    keep = [r for r, s in enumerate(active) if s.finish_reason is None]
+    if not keep:
+        return None
+    new_tokens = torch.tensor(tokens, device=device)[:, None]
+    if len(keep) == len(active):
+        return NextStep(active, new_tokens, None)
+    index = torch.tensor(keep, device=device)
+    return NextStep([active[r] for r in keep], new_tokens[index], index)
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration, then the mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def cache_length(seqs: list[SequenceState], width: int) -> int:
@@ -81,10 +115,8 @@ def decoder_only_loop(
     active = list(seqs)  # row r of the current batch is active[r]
     inputs = ids
     rows = torch.arange(len(seqs), device=device)
-    was_training = model.training
-    model.eval()
     prefill = True
-    try:
+    with evaluating(model):
         while True:
             started = time.perf_counter()
             with torch.inference_mode():
@@ -99,17 +131,14 @@ def decoder_only_loop(
             yield from chunks
 
             started = time.perf_counter()
-            keep = unfinished_rows(active)
-            if not keep:
+            step = next_step(active, tokens, device)
+            if step is None:
                 return
-            new_tokens = torch.tensor(tokens, device=device)[:, None]
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                active = [active[r] for r in keep]
-                new_tokens, ids, mask = new_tokens[index], ids[index], mask[index]
-                rows = rows[: len(keep)]
+            active, new_tokens = step.active, step.new_tokens
+            if step.index is not None:
+                ids, mask, rows = ids[step.index], mask[step.index], rows[: len(active)]
                 if cache is not None:
-                    cache.select_rows(index)
+                    cache.select_rows(step.index)
             if padded:  # without padding the mask is all ones and is never passed
                 mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             if cache is not None:
@@ -118,5 +147,3 @@ def decoder_only_loop(
                 ids = torch.cat([ids, new_tokens], dim=1)
                 inputs = ids
             timing.decode_s += time.perf_counter() - started
-    finally:
-        model.train(was_training)

@@ -22,7 +22,12 @@ from collections.abc import Iterator
 import torch
 
 from llm_internals.explain.trace import is_recording, record
-from llm_internals.inference.decode_loop import cache_length, sample_and_accept, unfinished_rows
+from llm_internals.inference.decode_loop import (
+    cache_length,
+    evaluating,
+    next_step,
+    sample_and_accept,
+)
 from llm_internals.inference.generation_request import pad_prompts
 from llm_internals.inference.generation_types import StreamChunk, Timing
 from llm_internals.inference.kv_cache import ContiguousKVCache
@@ -99,10 +104,8 @@ def seq2seq_loop(
     sampler = Sampler()
     active = list(seqs)
     inputs = targets
-    was_training = model.training
-    model.eval()
     prefill = True
-    try:
+    with evaluating(model):
         while True:
             started = time.perf_counter()
             with torch.inference_mode():
@@ -120,14 +123,12 @@ def seq2seq_loop(
             yield from chunks
 
             started = time.perf_counter()
-            keep = unfinished_rows(active)
-            if not keep:
+            step = next_step(active, tokens, device)
+            if step is None:
                 return
-            new_tokens = torch.tensor(tokens, device=device)[:, None]
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                active = [active[r] for r in keep]
-                new_tokens, targets, memory = new_tokens[index], targets[index], memory[index]
+            active, new_tokens, index = step.active, step.new_tokens, step.index
+            if index is not None:
+                targets, memory = targets[index], memory[index]
                 src_mask = None if src_mask is None else src_mask[index]
                 if cache is not None:
                     cache.select_rows(index)
@@ -135,8 +136,6 @@ def seq2seq_loop(
             targets = torch.cat([targets, new_tokens], dim=1)
             inputs = new_tokens if cache is not None else targets
             timing.decode_s += time.perf_counter() - started
-    finally:
-        model.train(was_training)
 
 
 def _decoder_cache(model: torch.nn.Module, batch: int, max_len: int) -> ContiguousKVCache:

@@ -39,6 +39,24 @@ from llm_internals.models.config import ModelConfig
 from llm_internals.models.kernel_switches import KernelSwitches
 
 
+def make_attention(config: ModelConfig, layer_idx: int) -> MultiHeadAttention:
+    """The attention layer a config describes: decoder, encoder and cross-attention alike
+    (rope_layout matters only where RoPE is applied)."""
+    return MultiHeadAttention(
+        config.d_model,
+        config.n_heads,
+        config.n_kv_heads,
+        config.head_dim,
+        qkv_bias=config.qkv_bias,
+        out_bias=config.attn_out_bias,
+        qk_norm=config.qk_norm,
+        norm_eps=config.norm_eps,
+        rope_layout=config.rope_layout,
+        use_sdpa=config.attn_impl == "sdpa",
+        layer_idx=layer_idx,
+    )
+
+
 class DecoderBlock(nn.Module):
     """One transformer layer: self-attention and feed-forward, each with a residual connection."""
 
@@ -46,19 +64,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.norm1 = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.attn = MultiHeadAttention(
-            config.d_model,
-            config.n_heads,
-            config.n_kv_heads,
-            config.head_dim,
-            qkv_bias=config.qkv_bias,
-            out_bias=config.attn_out_bias,
-            qk_norm=config.qk_norm,
-            norm_eps=config.norm_eps,
-            rope_layout=config.rope_layout,
-            use_sdpa=config.attn_impl == "sdpa",
-            layer_idx=layer_idx,
-        )
+        self.attn = make_attention(config, layer_idx)
         self.norm2 = make_norm(config.norm, config.d_model, config.norm_eps)
         self.ffn = make_ffn(
             config.ffn, config.d_model, config.d_ff, config.activation, config.mlp_bias

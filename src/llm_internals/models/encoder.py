@@ -29,13 +29,13 @@ from llm_internals.layers.activations import get_activation
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
 from llm_internals.layers.masks import padding_mask
-from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.layers.norm import make_norm
 from llm_internals.layers.positional import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEmbedding,
 )
 from llm_internals.models.config import ModelConfig
+from llm_internals.models.decoder import make_attention
 from llm_internals.models.kernel_switches import KernelSwitches
 
 
@@ -69,22 +69,6 @@ class EncoderSettings:
                 f"got position={config.position!r}"
             )
         return settings
-
-
-def make_attention(config: ModelConfig, layer_idx: int) -> MultiHeadAttention:
-    """The attention layer a config describes (used for self- and cross-attention alike)."""
-    return MultiHeadAttention(
-        config.d_model,
-        config.n_heads,
-        config.n_kv_heads,
-        config.head_dim,
-        qkv_bias=config.qkv_bias,
-        out_bias=config.attn_out_bias,
-        qk_norm=config.qk_norm,
-        norm_eps=config.norm_eps,
-        use_sdpa=config.attn_impl == "sdpa",
-        layer_idx=layer_idx,
-    )
 
 
 class EncoderBlock(nn.Module):

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.generation_request import eos_ids
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.paged.model_runner import ModelRunner
 from llm_internals.inference.paged.outputs import EngineStats, RequestOutput
 from llm_internals.inference.paged.paged_cache import GIB, PagedKVCache, bytes_per_block
 from llm_internals.inference.paged.scheduler import Scheduler
 from llm_internals.inference.paged.sequence import Sequence
-from llm_internals.inference.paged.validation import check_request, eos_ids, positive_int
+from llm_internals.inference.paged.validation import check_request, positive_int
 from llm_internals.inference.params import SamplingParams
 
 DEFAULT_KV_CACHE_GB = 1.0
@@ -91,7 +92,7 @@ class LLM:
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache)
         self.eos_ids = eos_ids(config_eos if eos_token_id == "auto" else eos_token_id,
-                                tokenizer)  # fmt: skip
+                               tokenizer, model)  # fmt: skip
         self.requests: dict[str, list[Sequence]] = {}  # unfinished requests -> their samples
         self._arrivals = itertools.count()
         self._aborted_outputs: list[RequestOutput] = []

@@ -75,14 +75,3 @@ def check_request(
 def positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise LLMInternalsError(f"engine: {name} must be a positive integer, got {value!r}")
-
-
-def eos_ids(eos_token_id: Any, tokenizer: Any | None) -> frozenset[int]:
-    if eos_token_id == "auto":
-        eot = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
-        return frozenset() if eot is None else frozenset([eot])
-    if eos_token_id is None:
-        return frozenset()
-    if isinstance(eos_token_id, int):
-        return frozenset([eos_token_id])
-    return frozenset(int(t) for t in eos_token_id)
