@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from llm_internals.explain.trace import recording
 from llm_internals.inference.generate import generate
 from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.trace import recording
 
 
 def test_greedy_shortcut_equals_the_sampler_path():

@@ -108,7 +108,7 @@ def test_bad_input_names_the_problem(tmp_path):
         load_shape(tmp_path / "missing.json")
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{oops")
-    with pytest.raises(LLMInternalsError, match="bad.json: invalid JSON"):
+    with pytest.raises(LLMInternalsError, match="bad.json: malformed JSON"):
         load_shape(bad_json)
     no_layers = tmp_path / "config.json"
     no_layers.write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 64}))

@@ -4,7 +4,6 @@ penalties follow the OpenAI formula z_j - c_j * frequency - [c_j > 0] * presence
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from llm_internals.explain.trace import recording
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.penalties import (
     apply_frequency_presence_penalty,
@@ -12,6 +11,7 @@ from llm_internals.inference.penalties import (
     token_counts,
 )
 from llm_internals.inference.sampling import Sampler
+from llm_internals.trace import recording
 
 
 def test_token_counts():

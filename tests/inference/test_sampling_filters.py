@@ -12,9 +12,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llm_internals.explain.trace import recording
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler, min_p_mask, top_k_mask, top_p_mask
+from llm_internals.trace import recording
 
 # Probabilities that are exact in float32 (powers of two), so mass boundaries are exact too.
 DYADIC = [0.5, 0.25, 0.125, 0.0625, 0.0625]

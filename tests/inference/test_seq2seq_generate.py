@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
-from llm_internals.explain.trace import recording
 from llm_internals.inference.generate import generate, stream
 from llm_internals.models import load_pretrained
+from llm_internals.trace import recording
 
 VOCAB = 60
 PAD = VOCAB - 1

@@ -24,8 +24,8 @@ from llm_internals.inference.server.chat_template import SimpleChatTemplate
 from llm_internals.inference.server.metrics import parse_prometheus_text
 from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
 from llm_internals.models.checkpoint import save_checkpoint
+from llm_internals.models.loading import load_tokenizer
 from llm_internals.tokenizer import train_bpe
-from llm_internals.training.checkpoint import load_tokenizer
 
 MODEL = "tiny-test"
 CONTEXT = 256

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from llm_internals.cli import main
-from llm_internals.commands.generate import load_model_and_tokenizer
 from llm_internals.inference.generate import generate
 from llm_internals.models import DecoderLM, ModelConfig
 from llm_internals.models.checkpoint import save_checkpoint
+from llm_internals.models.loading import load_model_and_tokenizer
 from llm_internals.tokenizer import train_bpe
 
 TEXT = (

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_internals.explain.trace import recording
 from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
 from llm_internals.layers.masks import (
     causal_mask,
@@ -18,6 +17,7 @@ from llm_internals.layers.masks import (
     positions_from_attention_mask,
 )
 from llm_internals.layers.multihead import MultiHeadAttention
+from llm_internals.trace import recording
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 

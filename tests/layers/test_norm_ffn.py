@@ -10,10 +10,10 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import recording
 from llm_internals.layers.activations import gelu, gelu_tanh, get_activation, relu, silu
 from llm_internals.layers.ffn import MLP, GatedMLP
 from llm_internals.layers.norm import LayerNorm, RMSNorm
+from llm_internals.trace import recording
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 DTYPES = [torch.float32, torch.float64]

@@ -74,7 +74,7 @@ def test_bad_json_is_named(tmp_path):
     with pytest.raises(LLMInternalsError, match="missing field.*d_model"):
         ModelConfig.load(path)
     path.write_text("{not json")
-    with pytest.raises(LLMInternalsError, match="invalid JSON"):
+    with pytest.raises(LLMInternalsError, match="malformed JSON"):
         ModelConfig.load(path)
     with pytest.raises(LLMInternalsError, match="does not exist"):
         ModelConfig.load(tmp_path / "nope.json")

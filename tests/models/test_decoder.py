@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import recording
 from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.trace import recording
 
 LLAMA_LIKE = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                          max_seq_len=16, qk_norm=True)  # fmt: skip

@@ -121,7 +121,7 @@ def test_bad_rank_files(tok_small, tmp_path):
     empty = tmp_path / "empty.tiktoken"
     empty.write_text("\n")
     _expect(empty, "no tokens")
-    _expect(tmp_path / "missing.json", "no such tokenizer file")
+    _expect(tmp_path / "missing.json", "expected a tokenizer file")
 
 
 def test_save_is_atomic(tok_small, tmp_path, monkeypatch):

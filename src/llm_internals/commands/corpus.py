@@ -9,6 +9,7 @@ from rich.table import Table
 
 from llm_internals.console import console
 from llm_internals.data import CORPORA, corpus, corpus_home
+from llm_internals.data.describe import describe_text
 
 
 def add_parser(subparsers) -> None:
@@ -22,16 +23,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("source", nargs="?", default="shakespeare", metavar="NAME|PATH")
     p.add_argument("--sample", type=int, default=400, help="characters of sample text to show")
     p.set_defaults(func=run)
-
-
-def describe_text(text: str) -> dict[str, int]:
-    """Size figures of a text: UTF-8 bytes, characters, lines and distinct characters."""
-    return {
-        "bytes (UTF-8)": len(text.encode("utf-8")),
-        "characters": len(text),
-        "lines": text.count("\n") + (0 if text.endswith("\n") or not text else 1),
-        "unique characters": len(set(text)),
-    }
 
 
 def run(args: argparse.Namespace) -> int:

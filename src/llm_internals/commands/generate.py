@@ -4,10 +4,8 @@ encoder-decoder such as Marian, its translation of the prompt)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -17,6 +15,7 @@ from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import Timing, stream
 from llm_internals.inference.generation_request import is_seq2seq
 from llm_internals.inference.params import SamplingParams
+from llm_internals.models.loading import load_model_and_tokenizer
 
 
 def add_parser(subparsers) -> None:
@@ -53,32 +52,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _model_directory(path: Path) -> Path:
-    """The checkpoint directory itself, or the one a training run's `latest` file names."""
-    if not path.exists():
-        raise LLMInternalsError(f"model directory {path} does not exist")
-    if not (path / "config.json").exists() and (path / "latest").exists():
-        from llm_internals.training.checkpoint import resolve_checkpoint
-
-        return resolve_checkpoint(path)
-    if not (path / "config.json").exists():
-        raise LLMInternalsError(
-            f"{path} has no config.json",
-            hint="pass a checkpoint directory (ours or an HF one) or a training run folder",
-        )
-    return path
-
-
-def _eos_from_config(directory: Path) -> Any:
-    """An HF config.json's eos_token_id (int or list); "auto" (the tokenizer's) otherwise."""
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return "auto"
-    eos = config.get("eos_token_id")
-    return eos if isinstance(eos, (int, list)) else "auto"
-
-
 def parse_prompt_ids(text: str) -> list[int]:
     """'12,7 99' -> [12, 7, 99] (commas and/or spaces)."""
     parts = text.replace(",", " ").split()
@@ -91,43 +64,6 @@ def parse_prompt_ids(text: str) -> list[int]:
     if not ids or any(i < 0 for i in ids):
         raise LLMInternalsError(f"--prompt-ids must be non-negative token ids, got {text!r}")
     return ids
-
-
-def load_model_and_tokenizer(
-    model_path: Path,
-    tokenizer_path: Path | None,
-    *,
-    allow_seq2seq: bool = False,
-    require_tokenizer: bool = True,
-):
-    """The model on the fast path (fused kernels, decode weight layout) and its tokenizer (None
-    when there is none and `require_tokenizer` is False)."""
-    from llm_internals.models import load_pretrained
-    from llm_internals.training.checkpoint import load_tokenizer
-
-    directory = _model_directory(model_path)
-    tokenizer_file = tokenizer_path or directory / "tokenizer.json"
-    if not tokenizer_file.exists() and (require_tokenizer or tokenizer_path is not None):
-        raise LLMInternalsError(
-            f"no tokenizer: {tokenizer_file} does not exist",
-            hint="pass --tokenizer FILE (our JSON, an HF tokenizer.json or a tiktoken file)",
-        )
-    model = load_pretrained(directory, attn_impl="sdpa", fused_ops=True)
-    if not hasattr(model, "hidden_states") and not (allow_seq2seq and is_seq2seq(model)):
-        raise LLMInternalsError(
-            f"{directory} holds a {type(model).__name__}, not a decoder language model",
-            hint="generate works with GPT-2, Llama, Mistral, Qwen2, Qwen3 and our DecoderLM",
-        )
-    if not tokenizer_file.exists():
-        return use_decode_layout(model), None, _eos_from_config(directory)
-    tokenizer = load_tokenizer(tokenizer_file)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise LLMInternalsError(
-            f"tokenizer {tokenizer_file} has {tokenizer.vocab_size} ids but the model only "
-            f"{model.config.vocab_size}",
-            hint="use the tokenizer the model was trained with",
-        )
-    return use_decode_layout(model), tokenizer, _eos_from_config(directory)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, eos = load_model_and_tokenizer(
         args.model, args.tokenizer, allow_seq2seq=True, require_tokenizer=prompt_ids is None
     )
+    model = use_decode_layout(model)
     if prompt_ids is not None:
         tokenizer = None  # ids in, ids out
     if tokenizer is None and params.stop:

@@ -87,7 +87,7 @@ def _require_server_packages() -> None:
     except ImportError as error:
         raise LLMInternalsError(
             f"the server needs the package {error.name!r}, which is not installed",
-            hint="install the serve extra: .venv/bin/pip install -e '.[serve]'",
+            hint="reinstall the project (make demo, or pip install -e .)",
         ) from error
 
 
@@ -96,12 +96,14 @@ def run(args: argparse.Namespace) -> int:
     _require_server_packages()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from llm_internals.commands.generate import load_model_and_tokenizer
+    from llm_internals.inference.decode_layout import use_decode_layout
     from llm_internals.inference.paged import LLM
     from llm_internals.inference.server import ServerLimits, create_app, serve
+    from llm_internals.models.loading import load_model_and_tokenizer
 
     template = _chat_template(args)
     model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer)
+    model = use_decode_layout(model)
     engine = LLM(model, tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
                  kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                  max_num_batched_tokens=args.max_num_batched_tokens,

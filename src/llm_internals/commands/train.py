@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         config = TrainConfig.load(args.config)
     elif args.resume:
-        from llm_internals.models.checkpoint import read_json
+        from llm_internals.files import read_json
         from llm_internals.training.checkpoint import STATE_FILE, resolve_checkpoint
 
         saved = read_json(resolve_checkpoint(args.resume) / STATE_FILE).get("train_config", {})

@@ -15,11 +15,11 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,6 @@ CORPORA = {
 def corpus_home() -> Path:
     """Where corpora and downloads are cached: $LLM_INTERNALS_HOME or ~/.cache/llm-internals."""
     return Path(os.environ.get("LLM_INTERNALS_HOME") or Path.home() / ".cache" / "llm-internals")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def decode_utf8(data: bytes, source: Path) -> str:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.inference.generation_request import pad_prompts
 from llm_internals.inference.generation_types import StreamChunk, Timing
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.sampling import Sampler
 from llm_internals.inference.sequence_state import SequenceState
+from llm_internals.trace import is_recording, record
 
 
 def sample_and_accept(

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording, record
+from llm_internals.trace import is_recording, record
 
 
 class ContiguousKVCache:

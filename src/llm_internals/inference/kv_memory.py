@@ -14,12 +14,12 @@ cache, cache quantization.)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import read_json
 
 DTYPE_BYTES = {
     "float32": 4,
@@ -190,10 +190,7 @@ def load_shape(source: str | Path, dtype: str | None = None) -> KVShape:
                 f"kv memory: {text!r} is neither a preset nor an existing config file ({path})",
                 hint=f"presets: {', '.join(PRESETS)}; or a path to an HF config.json",
             )
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise LLMInternalsError(f"{path}: invalid JSON ({err})") from None
+        config = read_json(path, "config file")
         shape = shape_from_hf_config(config, str(path))
     if dtype is not None:
         shape = KVShape(shape.name, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.penalties import (
     apply_frequency_presence_penalty,
@@ -30,6 +29,7 @@ from llm_internals.inference.penalties import (
     token_counts,
 )
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import is_recording, record
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:

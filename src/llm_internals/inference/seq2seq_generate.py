@@ -21,7 +21,6 @@ from collections.abc import Iterator
 
 import torch
 
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.inference.decode_loop import (
     cache_length,
     evaluating,
@@ -34,6 +33,7 @@ from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.sampling import Sampler
 from llm_internals.inference.sequence_state import SequenceState
 from llm_internals.layers.masks import padding_mask
+from llm_internals.trace import is_recording, record
 
 
 class CrossAttentionKVCache:

@@ -21,8 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from llm_internals.explain.trace import record
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import record
 
 
 def scaled_dot_product_attention(

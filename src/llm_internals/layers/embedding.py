@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 
 
 class TokenEmbedding(nn.Module):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_internals.explain.trace import record
 from llm_internals.layers.activations import get_activation
+from llm_internals.trace import record
 
 
 class MLP(nn.Module):

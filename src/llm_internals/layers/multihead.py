@@ -49,11 +49,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
 from llm_internals.layers.masks import causal_mask
 from llm_internals.layers.norm import RMSNorm
 from llm_internals.layers.rope import apply_rope
+from llm_internals.trace import is_recording, record
 
 
 class AttentionCache(Protocol):

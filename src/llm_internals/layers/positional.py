@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 
 
 def sinusoidal_table(

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 
 
 def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:

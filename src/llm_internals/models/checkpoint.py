@@ -12,9 +12,6 @@ directory and renamed over the target, so a crash never leaves a half-written ch
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,46 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import atomic_write, read_json, write_json
 from llm_internals.models.config import ModelConfig
 
 FORMAT_NAME = "llm-internals"
 FORMAT_VERSION = 1
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and a rename."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LLMInternalsError(f"{path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise LLMInternalsError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise LLMInternalsError(f"{path}: expected a JSON object")
-    return data
 
 
 def write_weights(
@@ -84,7 +48,7 @@ def write_weights(
         size += nbytes
     written: set[str] = set()
     if len(shards) == 1:
-        _atomic_write(
+        atomic_write(
             directory / SINGLE_FILE, lambda tmp: save_file(shards[0], tmp, {"format": "pt"})
         )
         written.add(SINGLE_FILE)
@@ -92,7 +56,7 @@ def write_weights(
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             file_name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_write(
+            atomic_write(
                 directory / file_name, lambda tmp, s=shard: save_file(s, tmp, {"format": "pt"})
             )
             weight_map.update(dict.fromkeys(shard, file_name))

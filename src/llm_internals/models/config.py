@@ -170,20 +170,15 @@ class ModelConfig:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically: temp file, then rename)."""
-        from llm_internals.models.checkpoint import atomic_write_text
+        from llm_internals.files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LLMInternalsError(f"model config file {path} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise LLMInternalsError(f"{path}: invalid JSON ({err})") from None
-        return cls.from_dict(data, source=str(path))
+        from llm_internals.files import read_json
+
+        return cls.from_dict(read_json(path, "model config file"), source=str(path))
 
 
 def _positive_int(config: ModelConfig, name: str) -> None:

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
 from llm_internals.layers.masks import (
@@ -37,6 +36,7 @@ from llm_internals.layers.positional import (
 from llm_internals.layers.rope import RotaryEmbedding
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.kernel_switches import KernelSwitches
+from llm_internals.trace import record
 
 
 def make_attention(config: ModelConfig, layer_idx: int) -> MultiHeadAttention:

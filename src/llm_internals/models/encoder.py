@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
 from llm_internals.layers.activations import get_activation
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
@@ -37,6 +36,7 @@ from llm_internals.layers.positional import (
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import make_attention
 from llm_internals.models.kernel_switches import KernelSwitches
+from llm_internals.trace import record
 
 
 @dataclass(frozen=True)

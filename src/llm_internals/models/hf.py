@@ -20,14 +20,13 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import read_json, write_json
 from llm_internals.models import hf_bert, hf_decoder, hf_marian
 from llm_internals.models.checkpoint import (
     check_tensors,
     is_own_checkpoint,
     load_checkpoint,
-    read_json,
     read_weights,
-    write_json,
     write_weights,
 )
 from llm_internals.models.config import ModelConfig

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
 from llm_internals.layers.embedding import OutputHead, TokenEmbedding
 from llm_internals.layers.ffn import make_ffn
 from llm_internals.layers.masks import causal_mask, combine_masks, padding_mask
@@ -44,6 +43,7 @@ from llm_internals.models.encoder import (
     make_attention,
 )
 from llm_internals.models.kernel_switches import KernelSwitches
+from llm_internals.trace import record
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.models.checkpoint import atomic_write_text
+from llm_internals.files import atomic_write_text, read_json
 
 FORMAT_NAME = "llm-internals-char-tokenizer"
 FORMAT_VERSION = 1
@@ -83,13 +83,8 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LLMInternalsError(f"character tokenizer file {path} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise LLMInternalsError(f"{path}: invalid JSON ({err})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        data = read_json(path, "character tokenizer file")
+        if data.get("format") != FORMAT_NAME:
             raise LLMInternalsError(
                 f"{path}: not a character tokenizer (field 'format' is not {FORMAT_NAME!r})"
             )

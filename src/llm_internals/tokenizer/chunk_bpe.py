@@ -23,7 +23,7 @@ from itertools import repeat
 from operator import add
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording, record
+from llm_internals.trace import is_recording, record
 
 NO_RANK = 1 << 62
 _UINT32 = "I" if array("I").itemsize == 4 else "L" if array("L").itemsize == 4 else None

@@ -1,46 +1,17 @@
 """Reading tokenizer files: detect the format, and report problems naming the file and field.
 
 Three formats: our own versioned JSON (own_json.py), HF `tokenizer.json` (hf_json.py) and
-tiktoken rank files (tiktoken_file.py). Writes go through `atomic_write_text`: a temp file in the
-same folder, then os.replace, so a crash never leaves half a file behind.
+tiktoken rank files (tiktoken_file.py). Reads and atomic writes use
+llm_internals.files.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from llm_internals.data.corpus import atomic_write_bytes
 from llm_internals.errors import LLMInternalsError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text via a temp file in the same directory and a rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def read_text(path: Path) -> str:
-    """A tokenizer file's text, with clear errors for missing or non-UTF-8 files."""
-    if not path.exists():
-        raise LLMInternalsError(f"{path}: no such tokenizer file")
-    if path.is_dir():
-        raise LLMInternalsError(f"{path} is a folder, not a tokenizer file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LLMInternalsError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-
-
-def parse_json(path: Path, text: str) -> Any:
-    """Parse JSON; a malformed or truncated file names the line and column."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LLMInternalsError(
-            f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}",
-            hint="the file may be truncated; re-create it",
-        ) from None
+from llm_internals.files import parse_json, read_text
 
 
 def field(obj: Any, name: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
@@ -65,7 +36,7 @@ def load_any(path: Path, pattern: str | None = None):
 
     if path.is_dir() and (path / "tokenizer.json").exists():
         path = path / "tokenizer.json"
-    text = read_text(path)
+    text = read_text(path, "tokenizer file")
     if text.lstrip().startswith("{"):
         obj = parse_json(path, text)
         if obj.get("format") == FORMAT_NAME:

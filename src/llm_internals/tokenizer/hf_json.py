@@ -20,8 +20,9 @@ from typing import Any
 import regex
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import atomic_write_text, parse_json, read_text
 from llm_internals.tokenizer.byte_level import UNICODE_TO_BYTE, token_to_text
-from llm_internals.tokenizer.formats import atomic_write_text, field, parse_json, read_text
+from llm_internals.tokenizer.formats import field
 from llm_internals.tokenizer.pretokenize import GPT2_PATTERN, PATTERNS
 from llm_internals.tokenizer.tokenizer import Tokenizer
 
@@ -146,7 +147,7 @@ def from_hf(source: str | Path | Mapping[str, Any]) -> Tokenizer:
     path = Path(source)
     if path.is_dir():
         path = path / "tokenizer.json"
-    return tokenizer_from_hf_dict(parse_json(path, read_text(path)), path)
+    return tokenizer_from_hf_dict(parse_json(path, read_text(path, "tokenizer file")), path)
 
 
 def _byte_level(use_regex: bool) -> dict[str, Any]:

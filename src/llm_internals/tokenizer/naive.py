@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.tokenizer.training_common import (
     TrainedBPE,
     assign_special_ids,
@@ -24,6 +23,7 @@ from llm_internals.tokenizer.training_common import (
     check_training_input,
     count_chunks,
 )
+from llm_internals.trace import is_recording, record
 
 
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer.formats import atomic_write_text, field
+from llm_internals.files import atomic_write_text
+from llm_internals.tokenizer.formats import field
 from llm_internals.tokenizer.tokenizer import Tokenizer
 
 FORMAT_NAME = "llm-internals-tokenizer"

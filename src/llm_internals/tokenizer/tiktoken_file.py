@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer.formats import atomic_write_text, read_text
+from llm_internals.files import atomic_write_text, read_text
 from llm_internals.tokenizer.tokenizer import Tokenizer
 
 
@@ -72,7 +72,9 @@ def from_tiktoken(
     if isinstance(source, Mapping):
         return tokenizer_from_ranks(source, pattern, special_tokens)
     path = Path(source)
-    return tokenizer_from_ranks(parse_rank_file(path, read_text(path)), pattern, special_tokens)
+    return tokenizer_from_ranks(
+        parse_rank_file(path, read_text(path, "tokenizer file")), pattern, special_tokens
+    )
 
 
 def to_tiktoken(tok: Tokenizer, path: Path | None = None) -> dict[bytes, int]:

@@ -21,10 +21,10 @@ from typing import Literal
 import regex
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording
 from llm_internals.tokenizer.chunk_bpe import ChunkBPE, ChunkCache, symbols_to_ids
 from llm_internals.tokenizer.gc_pause import gc_paused
 from llm_internals.tokenizer.pretokenize import get_pretokenizer, resolve_pattern
+from llm_internals.trace import is_recording
 
 NORMALIZATIONS = (None, "NFC", "NFKC")
 EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<eos>")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from llm_internals.commands.corpus import describe_text
 from llm_internals.data import CORPORA, corpus, train_val_split
+from llm_internals.data.describe import describe_text
 from llm_internals.tour import TourContext
 
 

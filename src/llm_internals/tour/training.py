@@ -115,6 +115,10 @@ def run(ctx: TourContext) -> None:
     ctx.console.rule()
     path = ctx.workdir / "model"
     save_checkpoint(model, path)
-    ctx.console.print(f"Saved the model to {path} (checkpoints and log.jsonl in {config.out_dir}).")
+    tokenizer.save(path / "tokenizer.json")  # so `generate --model PATH` needs nothing else
+    ctx.console.print(
+        f"Saved the model and its tokenizer to {path} (checkpoints and log.jsonl in "
+        f"{config.out_dir}); try `llm-internals generate --model {path} --prompt 'ROMEO.'`."
+    )
     ctx.artifacts["model"] = model
     ctx.artifacts["train_result"] = result

@@ -18,7 +18,6 @@ the previous checkpoint as the one a resume finds.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,14 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.models.checkpoint import (
-    _atomic_write,
-    atomic_write_text,
-    load_checkpoint,
-    read_json,
-    save_checkpoint,
-    write_json,
-)
+from llm_internals.files import atomic_write, atomic_write_text, read_json, write_json
+from llm_internals.models.checkpoint import load_checkpoint, save_checkpoint
+from llm_internals.models.loading import LATEST_FILE
 from llm_internals.training.config import TrainConfig
 
 STATE_FORMAT = "llm-internals-train-state"
@@ -45,7 +39,7 @@ STATE_VERSION = 1
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
-LATEST_FILE = "latest"
+
 KEEP_CHECKPOINTS = 2
 
 
@@ -129,7 +123,7 @@ def save_training_checkpoint(
         save_checkpoint(model, staging)
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten_state(optimizer.state_dict(), tensors, "optimizer")
-        _atomic_write(staging / OPTIMIZER_FILE, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(staging / OPTIMIZER_FILE, lambda tmp: save_file(tensors, str(tmp)))
         tokenizer.save(staging / TOKENIZER_FILE)
         write_json(
             staging / STATE_FILE,
@@ -204,21 +198,3 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
     optimizer_state = unflatten_state(meta["optimizer"], tensors, str(optimizer_path))
     state = {k: v for k, v in meta.items() if k not in ("format", "format_version", "optimizer")}
     return TrainingCheckpoint(directory, model, optimizer_state, config, int(meta["step"]), state)
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """A saved tokenizer: our character format, or anything `Tokenizer.load` reads."""
-    from llm_internals.tokenizer import Tokenizer
-    from llm_internals.tokenizer.char import FORMAT_NAME as CHAR_FORMAT
-    from llm_internals.tokenizer.char import CharTokenizer
-
-    path = Path(path)
-    if not path.exists():
-        raise LLMInternalsError(f"tokenizer file {path} does not exist")
-    if path.suffix == ".json":
-        try:
-            if json.loads(path.read_text()).get("format") == CHAR_FORMAT:
-                return CharTokenizer.load(path)
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    return Tokenizer.load(path)

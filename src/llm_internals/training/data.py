@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.models.checkpoint import _atomic_write, read_json, write_json
+from llm_internals.files import atomic_write, read_json, write_json
 
 FORMAT_NAME = "llm-internals-tokens"
 FORMAT_VERSION = 1
@@ -86,7 +86,7 @@ def build_token_file(text: str, tokenizer: TextTokenizer, path: str | Path) -> n
     if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
         raise LLMInternalsError(f"tokenizer produced ids outside [0, {tokenizer.vocab_size})")
     array = ids.astype(expected["dtype"])
-    _atomic_write(path, lambda tmp: array.tofile(tmp))
+    atomic_write(path, lambda tmp: array.tofile(tmp))
     write_json(sidecar, {**expected, "count": int(array.size)})
     return load_token_file(path)
 

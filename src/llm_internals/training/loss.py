@@ -28,8 +28,8 @@ import math
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import is_recording, record
 
 _REDUCTIONS = ("mean", "sum", "none")
 

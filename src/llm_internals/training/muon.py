@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5

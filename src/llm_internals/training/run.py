@@ -16,7 +16,8 @@ from rich.console import Console
 
 from llm_internals.console import console as default_console
 from llm_internals.data import corpus, train_val_split
-from llm_internals.training.checkpoint import load_tokenizer, resolve_checkpoint
+from llm_internals.models.loading import load_tokenizer
+from llm_internals.training.checkpoint import resolve_checkpoint
 from llm_internals.training.config import TrainConfig
 from llm_internals.training.data import TokenSplits, build_splits
 from llm_internals.training.distributed import (

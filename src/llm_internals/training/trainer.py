@@ -28,8 +28,8 @@ from rich.console import Console
 
 from llm_internals.console import console as default_console
 from llm_internals.console import progress
+from llm_internals.files import atomic_write_text
 from llm_internals.models import DecoderLM, ModelConfig
-from llm_internals.models.checkpoint import atomic_write_text
 from llm_internals.training.adamw import AdamW
 from llm_internals.training.checkpoint import (
     decode_rng,
@@ -146,7 +146,7 @@ class Trainer:
 
         `config` may change fields that do not alter the run's past (max_steps, intervals).
         """
-        from llm_internals.training.checkpoint import load_tokenizer
+        from llm_internals.models.loading import load_tokenizer
 
         ckpt = load_training_checkpoint(path)
         config = config or ckpt.config

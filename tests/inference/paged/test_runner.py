@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from llm_internals.explain.trace import recording
 from llm_internals.inference.paged import LLM
 from llm_internals.inference.paged.model_runner import GROUP_OVERHEAD_BLOCKS, group_by_length
 from llm_internals.inference.params import SamplingParams
 from llm_internals.layers.rope import apply_rope
+from llm_internals.trace import recording
 
 
 def test_group_by_length_minimizes_padded_work():

@@ -10,9 +10,9 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
+from llm_internals.trace import recording
 from llm_internals.training.backprop.gpt import gpt_loss_and_gradients, model_gradients
 from llm_internals.training.backprop.gradcheck import compare_gradients, finite_difference
 from llm_internals.training.backprop.tiny_network import (

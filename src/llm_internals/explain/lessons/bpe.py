@@ -11,7 +11,6 @@ from __future__ import annotations
 from llm_internals.data import corpus
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.tokenizer import (
     Tokenizer,
     split_text,
@@ -21,6 +20,7 @@ from llm_internals.tokenizer import (
 )
 from llm_internals.tokenizer.stats import show_token
 from llm_internals.tokenizer.training_common import byte_symbol_order, count_chunks
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="bpe",

@@ -11,9 +11,9 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.masks import causal_mask, combine_masks, padding_mask
 from llm_internals.layers.multihead import MultiHeadAttention
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="causal-mask",

@@ -12,7 +12,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
+from llm_internals.trace import recording
 from llm_internals.training.loss import (
     binary_cross_entropy,
     bits_per_byte,

@@ -11,7 +11,6 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
 from llm_internals.layers.ffn import MLP, GatedMLP
 from llm_internals.models.presets import gpt2_124m, llama3_8b, qwen3_0_6b, smollm_135m
@@ -22,6 +21,7 @@ from llm_internals.models.published_configs import (
     llama3_70b,
     mistral_7b,
 )
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="ffn",

@@ -16,12 +16,12 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.inference.kv_memory import KVShape, load_shape, shape_from_model_config
 from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.models.gqa_uptrain import uptrain_init
 from llm_internals.models.hf import load_pretrained
 from llm_internals.models.published_configs import llama2_7b
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="gqa",

@@ -16,12 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.inference.generate import generate, stream
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_memory import load_shape
 from llm_internals.models import DecoderLM, ModelConfig
 from llm_internals.tokenizer.char import CharTokenizer
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="kv-cache",

@@ -11,9 +11,9 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
+from llm_internals.trace import recording
 from llm_internals.training.muon import NS_COEFFICIENTS, NS_STEPS, newton_schulz
 from llm_internals.training.muon_adamw import split_params_by_role
 

@@ -14,9 +14,9 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.embedding import TokenEmbedding
 from llm_internals.layers.multihead import MultiHeadAttention
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="qkv",

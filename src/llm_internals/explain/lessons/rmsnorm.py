@@ -13,10 +13,10 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.norm import LayerNorm, RMSNorm
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="rmsnorm",

@@ -14,12 +14,12 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.layers.positional import sinusoidal_table
 from llm_internals.layers.rope import RotaryEmbedding, apply_rope
 from llm_internals.models.presets import llama3_8b, qwen3_0_6b, smollm_135m
 from llm_internals.models.published_configs import llama2_7b, mistral_7b, qwen2_5_7b
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="rope",

@@ -16,9 +16,9 @@ import torch
 from llm_internals.data import corpus
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler, make_generator
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="sampling",

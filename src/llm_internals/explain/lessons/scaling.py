@@ -14,8 +14,8 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.attention import scaled_dot_product_attention
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="scaling",

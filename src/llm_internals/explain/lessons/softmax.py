@@ -10,8 +10,8 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import recording
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="softmax",

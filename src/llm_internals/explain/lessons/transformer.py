@@ -12,7 +12,6 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.trace import Recording, recording
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.presets import gpt2_124m, llama3_8b
@@ -25,6 +24,7 @@ from llm_internals.models.published_configs import (
 )
 from llm_internals.models.seq2seq import Seq2SeqLM
 from llm_internals.tokenizer import Tokenizer, train_bpe
+from llm_internals.trace import Recording, recording
 
 INFO = LessonInfo(
     name="transformer",

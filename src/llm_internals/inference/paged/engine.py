@@ -60,9 +60,11 @@ class LLM:
     ) -> None:
         config_eos: Any = "auto"
         if isinstance(model, (str, Path)):
-            from llm_internals.commands.generate import load_model_and_tokenizer
+            from llm_internals.inference.decode_layout import use_decode_layout
+            from llm_internals.models.loading import load_model_and_tokenizer
 
             model, loaded_tokenizer, config_eos = load_model_and_tokenizer(Path(model), None)
+            model = use_decode_layout(model)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         if not hasattr(model, "hidden_states") or not hasattr(model, "config"):
             raise LLMInternalsError(

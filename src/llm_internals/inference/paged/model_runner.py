@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.inference.paged.paged_attention import (
     DecodeGroup,
     PagedAttentionContext,
@@ -29,6 +28,7 @@ from llm_internals.inference.paged.scheduler import ScheduledBatch
 from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.sampling import Sampler
 from llm_internals.layers.masks import causal_mask
+from llm_internals.trace import is_recording, record
 
 
 class ModelRunner:

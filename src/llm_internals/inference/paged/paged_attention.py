@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import is_recording, record
 from llm_internals.inference.paged.paged_cache import PagedKVCache
 from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
 from llm_internals.layers.masks import causal_mask
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import is_recording, record
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 from llm_internals.training.backprop.block import block_backward, block_forward
 from llm_internals.training.backprop.layernorm import layernorm_backward, layernorm_forward
 from llm_internals.training.backprop.linear import (

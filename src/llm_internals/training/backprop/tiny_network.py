@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_internals.explain.trace import record
+from llm_internals.trace import record
 from llm_internals.training.backprop.activations import (
     sigmoid_backward,
     sigmoid_forward,

@@ -2,8 +2,8 @@ import timeit
 
 import torch
 
-from llm_internals.explain import trace
-from llm_internals.explain.trace import is_recording, record, recording
+from llm_internals import trace
+from llm_internals.trace import is_recording, record, recording
 
 
 def test_record_without_recorder_keeps_nothing_and_costs_one_check():
