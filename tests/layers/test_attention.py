@@ -230,3 +230,13 @@ def test_batch_chunked_scratch_attention_equals_one_piece(monkeypatch):
     for (out_a, grad_a), (out_b, grad_b) in zip(results[:2], results[2:], strict=True):
         assert (out_a - out_b).abs().max() < 1e-12
         assert (grad_a - grad_b).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(7, 8), (3, 2, 4, 7, 8)])
+def test_any_leading_dims_match_torch(shape):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(shape, generator=g) for _ in range(3))
+    mask = torch.ones(shape[-2], shape[-2], dtype=torch.bool).tril()
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert (scaled_dot_product_attention(q, k, v, mask) - ref).abs().max() < 1e-5
+    assert (sdpa_attention(q, k, v, mask) - ref).abs().max() < 1e-5

@@ -121,3 +121,33 @@ def test_layout_converter_gives_identical_scores():
         return rotated @ rotated.transpose(-1, -2)
 
     assert (scores(w_meta, "interleaved") - scores(w_hf, "half")).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "positions_shape"),
+    [
+        ((5, 16), (5,)),  # no batch, no heads
+        ((2, 5, 16), (2, 5)),  # batch, no heads
+        ((2, 3, 5, 16), (2, 5)),  # batch, heads (the model's layout)
+        ((4, 2, 3, 5, 16), (4, 2, 5)),  # two batch dims, heads
+        ((4, 2, 3, 5, 16), (5,)),  # one table broadcast over every batch row and head
+    ],
+)
+def test_any_leading_dims_match_hf_row_by_row(x_shape, positions_shape):
+    torch.manual_seed(1)
+    head_dim = 16
+    x = torch.randn(x_shape)
+    positions = torch.randint(0, 100, positions_shape)
+    cos, sin = RotaryEmbedding(head_dim)(positions)
+    ours = apply_rope(x, cos, sin)
+    # Reference: HF's rotation on each (1, heads, seq, d) slice with that slice's positions.
+    hf_rope = LlamaRotaryEmbedding(_hf_config(head_dim, 10000.0))
+    has_heads = len(x_shape) - len(positions_shape) == 2
+    rows = x.reshape(-1, *x_shape[-3 if has_heads else -2 :])
+    pos_rows = positions.expand(*x_shape[: len(x_shape) - (3 if has_heads else 2)], x_shape[-2])
+    pos_rows = pos_rows.reshape(-1, x_shape[-2])
+    for row, pos, got in zip(rows, pos_rows, ours.reshape(-1, *rows.shape[1:]), strict=True):
+        hf_cos, hf_sin = hf_rope(row, pos[None])
+        four_d = row if has_heads else row[None]
+        expected, _ = apply_rotary_pos_emb(four_d[None], four_d[None], hf_cos, hf_sin)
+        assert (got - expected.reshape(got.shape)).abs().max() < 1e-5

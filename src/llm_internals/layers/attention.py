@@ -63,10 +63,11 @@ def sdpa_attention(
 ) -> torch.Tensor:
     """The same computation through torch's fused kernel (no intermediate steps recorded).
 
-    q (B, H, T, d) may have more heads than k, v (B, H_kv, S, d) (grouped-query attention).
+    q (..., H, T, d) may have more heads than k, v (..., H_kv, S, d) (grouped-query attention);
+    any number of leading batch dimensions works, as in `scaled_dot_product_attention`.
     `is_causal` (only without `mask`, and only for T == S) lets the kernel skip the mask tensor.
     """
-    enable_gqa = q.shape[-3] != k.shape[-3]
+    enable_gqa = q.dim() >= 3 and q.shape[-3] != k.shape[-3]
     if mask is None:
         output = F.scaled_dot_product_attention(
             q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa

@@ -114,11 +114,15 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half"
 ) -> torch.Tensor:
-    """Rotate `x` of shape (batch, heads, seq, head_dim) by cos/sin of shape (batch, seq, head_dim).
+    """Rotate `x` of shape (*batch, heads, seq, head_dim) or (*batch, seq, head_dim) by cos/sin.
 
-    x * cos + rotate(x) * sin is the 2D rotation written for all pairs at once.
+    cos/sin come from `RotaryEmbedding` and have x's shape without the heads axis (*batch, seq,
+    head_dim), or any shape that broadcasts to x (e.g. (seq, head_dim) for every batch row).
+    Any number of leading batch dimensions works. x * cos + rotate(x) * sin is the 2D rotation
+    written for all pairs at once.
     """
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if x.dim() >= 3 and cos.dim() == x.dim() - 1:
+        cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # one table for every head
     rotated = rotate_half(x) if layout == "half" else rotate_pairs(x)
     return x * cos + rotated * sin
 
