@@ -20,7 +20,14 @@ def add_parser(subparsers) -> None:
         f"Named corpora: {', '.join(CORPORA)}. Any UTF-8 text file or directory of .txt files "
         f"works too. Cache: $LLM_INTERNALS_HOME (now {corpus_home()}).",
     )
-    p.add_argument("source", nargs="?", default="shakespeare", metavar="NAME|PATH")
+    p.add_argument(
+        "source",
+        nargs="?",
+        default="shakespeare",
+        metavar="NAME|PATH",
+        help=f"a named corpus ({', '.join(CORPORA)}) or a UTF-8 text file or folder of .txt "
+        "files (default: shakespeare)",
+    )
     p.add_argument("--sample", type=int, default=400, help="characters of sample text to show")
     p.set_defaults(func=run)
 
