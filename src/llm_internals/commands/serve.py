@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from llm_internals.console import console
+from llm_internals.devices import add_device_arguments, describe_device, device_and_dtype
 from llm_internals.errors import LLMInternalsError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
+API_KEY_VARIABLE = "LLM_INTERNALS_API_KEY"
+# The defaults of GuardSettings and ConnectionLimits, repeated so that `--help` need not import
+# the server (and torch); a test checks they agree.
+MAX_BODY_BYTES = 4 * 2**20
+BODY_TIMEOUT_S = 30.0
+HEADER_TIMEOUT_S = 10.0
+TIMEOUT_KEEP_ALIVE_S = 5.0
+MAX_CONNECTIONS = 1024
 
 
 def add_parser(subparsers) -> None:
@@ -21,8 +33,9 @@ def add_parser(subparsers) -> None:
         "checkpoint directory with tokenizer.json) with the paged-KV engine: continuous "
         "batching, prefix caching. Endpoints: /v1/completions, /v1/chat/completions (with "
         "stream: true for server-sent events), /v1/models, /health, /metrics (Prometheus text; "
-        "?format=json). Listens on 127.0.0.1 only unless --host says otherwise. "
-        "See docs/serving.md.",
+        "?format=json). Listens on 127.0.0.1 only unless --host says otherwise. If the engine "
+        "fails, the requests in flight end with an error and a fresh engine serves the rest "
+        "(after 3 failures within a minute, serve exits with status 1). See docs/serving.md.",
     )
     p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
     p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
@@ -39,6 +52,7 @@ def add_parser(subparsers) -> None:
                         help="tokens in one forward at most (1024)")  # fmt: skip
     engine.add_argument("--no-prefix-caching", action="store_true",
                         help="do not reuse the KV blocks of shared prompt prefixes")  # fmt: skip
+    add_device_arguments(engine)
     limits = p.add_argument_group("limits (beyond them: 429 for concurrency, 400 otherwise)")
     limits.add_argument("--max-concurrent", type=int, default=256,
                         help="generation requests in flight at once (256)")  # fmt: skip
@@ -46,6 +60,29 @@ def add_parser(subparsers) -> None:
                         help="longest prompt (default: the model's context - 1)")  # fmt: skip
     limits.add_argument("--max-tokens", type=int,
                         help="largest max_tokens (default: the model's context - 1)")  # fmt: skip
+    http = p.add_argument_group("HTTP: access and slow or huge requests")
+    http.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but "
+                      "/health (default: none; also read from $LLM_INTERNALS_API_KEY)")  # fmt: skip
+    http.add_argument("--allowed-hosts", help="comma-separated names the Host header may carry, "
+                      "'*' for any (default: the loopback names, plus --host when it is a name "
+                      "or address; required with a wildcard --host such as 0.0.0.0)")  # fmt: skip
+    http.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                      help=f"largest request body; larger gets 413 ({MAX_BODY_BYTES})")  # fmt: skip
+    http.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S,
+                      help=f"seconds for the whole request body to arrive; later gets 408 "
+                      f"({BODY_TIMEOUT_S:g})")  # fmt: skip
+    http.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S,
+                      help=f"seconds for the request line and headers to arrive; later, the "
+                      f"connection is closed ({HEADER_TIMEOUT_S:g})")  # fmt: skip
+    http.add_argument("--timeout-keep-alive", type=float, default=TIMEOUT_KEEP_ALIVE_S,
+                      help=f"seconds an idle keep-alive connection stays open "
+                      f"({TIMEOUT_KEEP_ALIVE_S:g})")  # fmt: skip
+    http.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                      help=f"connections open at once; more are closed at once "
+                      f"({MAX_CONNECTIONS})")  # fmt: skip
+    http.add_argument("--enable-docs", action="store_true",
+                      help="serve the API schema at /openapi.json (off by default; the /docs "
+                      "page is never served: it loads scripts from a CDN)")  # fmt: skip
     p.add_argument("--chat-template", type=Path,
                    help="a Jinja chat template file (default: MODEL/tokenizer_config.json's, "
                    "else the plain 'User: ... Assistant:' template)")  # fmt: skip
@@ -67,6 +104,28 @@ def _check_args(args: argparse.Namespace) -> None:
         raise LLMInternalsError(f"--kv-cache-gb must be positive, got {args.kv_cache_gb}")
     if args.chat_template is not None and not args.chat_template.is_file():
         raise LLMInternalsError(f"chat template file {args.chat_template} does not exist")
+    if args.host in WILDCARDS and args.allowed_hosts is None:
+        raise LLMInternalsError(
+            f"--host {args.host!r} listens on every address, so the server cannot tell which "
+            "Host header names are its own",
+            hint="give --allowed-hosts NAME[,NAME...] (the names clients use), or "
+            "--allowed-hosts '*' to accept any",
+        )
+
+
+def _guards(args: argparse.Namespace) -> Any:
+    """The HTTP guards from the flags (see inference/server/guards.py)."""
+    from llm_internals.inference.server.guards import GuardSettings
+
+    if args.allowed_hosts is not None:
+        hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+        if not hosts:
+            raise LLMInternalsError("--allowed-hosts is empty", hint="give names, or '*'")
+    else:
+        hosts = tuple(dict.fromkeys((*LOOPBACK, args.host)))
+    return GuardSettings(api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+                         allowed_hosts=hosts, max_body_bytes=args.max_body_bytes,
+                         body_timeout_s=args.body_timeout)  # fmt: skip
 
 
 def _chat_template(args: argparse.Namespace):
@@ -93,7 +152,14 @@ def _require_server_packages() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    device, dtype = device_and_dtype(args)
     _require_server_packages()
+    from llm_internals.inference.server.launch import ConnectionLimits
+
+    guards = _guards(args)
+    connections = ConnectionLimits(timeout_keep_alive_s=args.timeout_keep_alive,
+                                   header_timeout_s=args.header_timeout,
+                                   max_connections=args.max_connections)  # fmt: skip
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     from llm_internals.inference.decode_layout import use_decode_layout
@@ -102,30 +168,44 @@ def run(args: argparse.Namespace) -> int:
     from llm_internals.models.loading import load_model_and_tokenizer
 
     template = _chat_template(args)
-    model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer)
-    model = use_decode_layout(model)
-    engine = LLM(model, tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
-                 kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
-                 max_num_batched_tokens=args.max_num_batched_tokens,
-                 enable_prefix_caching=not args.no_prefix_caching, eos_token_id=eos)  # fmt: skip
+    model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer, device=device,
+                                                     dtype=dtype)  # fmt: skip
+    if device.type == "cpu":  # a CPU BLAS layout choice (see decode_layout.py)
+        model = use_decode_layout(model)
+
+    def new_engine() -> LLM:  # also the fresh engine after a failure
+        return LLM(model, tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
+                   kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
+                   max_num_batched_tokens=args.max_num_batched_tokens,
+                   enable_prefix_caching=not args.no_prefix_caching,
+                   eos_token_id=eos)  # fmt: skip
+
+    engine = new_engine()
     limits = ServerLimits(max_concurrent_requests=args.max_concurrent,
                           max_prompt_tokens=args.max_prompt_tokens,
                           max_tokens=args.max_tokens)  # fmt: skip
     name = args.served_model_name or args.model.resolve().name
     app = create_app(engine, model_name=name, tokenizer=tokenizer, chat_template=template,
-                     limits=limits)  # fmt: skip
+                     limits=limits, engine_factory=new_engine, guards=guards,
+                     enable_docs=args.enable_docs)  # fmt: skip
+    loop = app.state.server.loop
     stats = engine.stats()
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     console.print(
         f"serving [bold]{name}[/bold] at {url}/v1 (context {engine.max_seq_len} tokens, "
         f"KV pool {stats.num_blocks} blocks x {stats.block_size} tokens = "
-        f"{stats.kv_cache_bytes / 2**20:.1f} MiB, chat template: {template.name}); "
+        f"{stats.kv_cache_bytes / 2**20:.1f} MiB, chat template: {template.name}, "
+        f"{describe_device(device)}, {str(dtype).removeprefix('torch.')}); "
         "Ctrl-C stops",
         soft_wrap=True,
     )
-    if args.host not in LOOPBACK:
+    if args.host not in LOOPBACK and guards.api_key is None:
         console.print(f"[yellow]warning:[/yellow] listening on {args.host}: other machines can "
-                      "reach this server; it has no authentication")  # fmt: skip
-    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+                      "reach this server and it has no --api-key")  # fmt: skip
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, limits=connections,
+          stop_when=lambda: loop.error is not None)  # fmt: skip
+    if loop.error is not None:
+        raise LLMInternalsError("the engine kept failing, so the server stopped (the traceback "
+                                "is in the log above)")  # fmt: skip
     console.print("server stopped")
     return 0

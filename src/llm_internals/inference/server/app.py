@@ -1,40 +1,59 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over the engine loop.
 
-    GET  /health                 200 {"status": "ok"} while the engine runs, 503 after it failed
+    GET  /health                 200 {"status": "ok"} while the engine runs, 503 once it is dead
     GET  /v1/models              the one served model (/v1/models/NAME: its card)
     GET  /metrics                engine statistics, Prometheus text (?format=json for JSON)
     POST /v1/completions         continue a prompt (text or token ids; several prompts allowed)
     POST /v1/chat/completions    the assistant's reply to a conversation (via a chat template)
+    GET  /openapi.json           the API schema, only with enable_docs (no /docs page: it would
+                                 load scripts from a CDN)
 
 Errors use the OpenAI shape {"error": {"message", "type", "param", "code"}}: 400 for an invalid
-request (the message and `param` name the field), 404 for an unknown model, 429 when
+request (the message and `param` name the field), 401 without the API key (guards.py), 404 for
+an unknown model or route, 408/413 for a body sent too slowly / too large (guards.py), 429 when
 `max_concurrent_requests` prompts are already in flight (a request with several prompts counts
-each), 503 when the engine died.
+each), 503 when the engine failed (500 for a bug in a route). No error body carries the text of
+an internal exception; that goes to the log.
+
+A request is checked from the cheapest test to the dearest: fields (schema.py), model, n and
+sampling parameters, the prompt count, each prompt's length in characters, and only then is
+it tokenized, on a worker thread so the event loop keeps answering while it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.server import metrics as metrics_format
 from llm_internals.inference.server import openai_format as fmt
 from llm_internals.inference.server.chat_template import SimpleChatTemplate
-from llm_internals.inference.server.engine_loop import EngineDead, EngineLoop, EngineRequest
+from llm_internals.inference.server.engine_loop import (
+    DEAD_MESSAGE,
+    EngineDead,
+    EngineLoop,
+    EngineRequest,
+)
+from llm_internals.inference.server.guards import GuardSettings, RequestGuard
 from llm_internals.inference.server.openai_format import ApiError
 from llm_internals.inference.server.prompts import (
     FieldError,
     ServerLimits,
+    check_prompt_chars,
     encode_text,
     plan_max_tokens,
     sampling_params,
@@ -47,24 +66,33 @@ from llm_internals.inference.server.schema import (
     UnsupportedField,
 )
 
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal server error (see the server log)"
+
 
 class ServerState:
     """What the routes share: the engine loop, the tokenizer, limits and counters."""
 
     def __init__(self, engine: Any, model_name: str, tokenizer: Any, chat_template: Any,
-                 limits: ServerLimits) -> None:  # fmt: skip
-        self.loop = EngineLoop(engine)
+                 limits: ServerLimits,
+                 engine_factory: Callable[[], Any] | None) -> None:  # fmt: skip
+        self.loop = EngineLoop(engine, engine_factory)
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.context = int(engine.max_seq_len)
         self.vocab_size = int(engine.config.vocab_size)
-        self.limits = limits.resolved(self.context, engine.scheduler.max_num_seqs)
+        self.limits = limits.resolved(self.context, engine.scheduler.max_num_seqs, tokenizer)
         self.created = int(time.time())
         self.in_flight = 0
         self.accepted = 0
         self.rejected = 0
         self.disconnects = 0
+        self.tokenizing: ThreadPoolExecutor | None = None  # while the app runs
+    async def off_loop(self, fn: Callable[[], T]) -> T:
+        """fn() on the tokenizing thread (rendering and tokenizing prompts)."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizing, fn)
 
 
 def create_app(
@@ -74,36 +102,49 @@ def create_app(
     tokenizer: Any | None = None,
     chat_template: Any | None = None,
     limits: ServerLimits | None = None,
+    engine_factory: Callable[[], Any] | None = None,
+    guards: GuardSettings | None = None,
+    enable_docs: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving `engine` (an `LLM`). The engine thread starts and stops with the
-    app (its lifespan), so run it under uvicorn or `serve_in_thread`."""
+    app (its lifespan), so run it under uvicorn or `serve_in_thread`. `engine_factory` builds a
+    fresh engine if this one fails (engine_loop.py); without it a failed engine stays dead.
+    `guards`: API key, allowed hosts, body size and time limits (guards.py)."""
     tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
     if tokenizer is None:
         raise LLMInternalsError("the server needs a tokenizer (the engine has none)",
                                 hint="give LLM or create_app a tokenizer")  # fmt: skip
     state = ServerState(engine, model_name, tokenizer, chat_template or SimpleChatTemplate(),
-                        limits or ServerLimits())  # fmt: skip
+                        limits or ServerLimits(), engine_factory)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # one tokenizing thread: tokenizers need not be thread-safe, and a long prompt then
+        # delays other prompts' tokenizing but never the event loop
+        state.tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         state.loop.start()
         try:
             yield
         finally:
             state.loop.stop()
+            state.tokenizing.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="llm-internals", lifespan=lifespan)
+    app = FastAPI(title="llm-internals", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if enable_docs else None)  # fmt: skip
     app.state.server = state
+    app.add_middleware(RequestGuard, settings=guards or GuardSettings())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, lambda _request, err: err.response())
     app.add_exception_handler(
         FieldError, lambda _request, err: ApiError(400, err.message, err.field).response()
     )
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
 
     @app.get("/health")
     async def health() -> Response:
         if not state.loop.alive:
-            return JSONResponse({"status": "error", "error": repr(state.loop.error)}, 503)
+            return JSONResponse({"status": "error", "error": DEAD_MESSAGE}, 503)
         return JSONResponse({"status": "ok"})
 
     def model_card() -> dict[str, Any]:
@@ -125,12 +166,15 @@ def create_app(
     async def metrics(format: str = "prometheus") -> Response:
         if format not in ("prometheus", "json"):
             raise ApiError(400, f"format must be 'prometheus' or 'json', got {format!r}", "format")
-        try:
-            stats = await state.loop.call(lambda engine: engine.stats())
+        loop = state.loop
+        try:  # read together, between two steps: consistent with each other
+            stats, aborted, failures = await loop.call(
+                lambda engine: (engine.stats(), loop.aborted_requests, loop.epoch)
+            )
         except EngineDead as err:
             raise ApiError(503, str(err), kind="server_error") from None
         values = metrics_format.engine_metrics(stats) + metrics_format.server_metrics(
-            state.in_flight, state.accepted, state.rejected, state.disconnects
+            state.in_flight, state.accepted, state.rejected, state.disconnects, aborted, failures
         )
         if format == "json":
             return JSONResponse(metrics_format.as_json(values))
@@ -140,11 +184,19 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_common(state, body)
-        prompts = []
-        for i, prompt in enumerate(body.prompts()):
-            field = "prompt" if len(body.prompts()) == 1 else f"prompt[{i}]"
-            ids = encode_text(state.tokenizer, prompt, field) if isinstance(prompt, str) else prompt
-            prompts.append((field, ids, prompt if isinstance(prompt, str) else None))
+        texts = body.prompts()
+        _check_prompt_count(state, len(texts))
+        fields = ["prompt" if len(texts) == 1 else f"prompt[{i}]" for i in range(len(texts))]
+        for field, prompt in zip(fields, texts, strict=True):
+            if isinstance(prompt, str):
+                check_prompt_chars(prompt, field, state.limits)
+
+        def encode_all() -> list[tuple[str, list[int], str | None]]:
+            pairs = zip(fields, texts, strict=True)
+            return [(field, encode_text(state.tokenizer, p, field), p) if isinstance(p, str)
+                    else (field, p, None) for field, p in pairs]  # fmt: skip
+
+        prompts = await state.off_loop(encode_all)
         generation = _plan(state, body, "completion", prompts, body.max_tokens, stop=(),
                            echo=body.echo)  # fmt: skip
         return await _serve(state, generation, body.stream, request)
@@ -153,8 +205,17 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _check_common(state, body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        text = state.chat_template.render(messages)
-        ids = encode_text(state.tokenizer, text, "messages")
+        check_prompt_chars("".join(m["content"] for m in messages), "messages", state.limits)
+
+        def render_and_encode() -> list[int]:
+            try:
+                text = state.chat_template.render(messages)
+            except LLMInternalsError as err:  # e.g. the template's raise_exception()
+                raise FieldError("messages", err.message) from None
+            check_prompt_chars(text, "messages", state.limits)
+            return encode_text(state.tokenizer, text, "messages")
+
+        ids = await state.off_loop(render_and_encode)
         generation = _plan(state, body, "chat", [("messages", ids, None)],
                            body.requested_max_tokens, stop=state.chat_template.stop,
                            echo=False)  # fmt: skip
@@ -182,6 +243,24 @@ async def _validation_error(_request: Request, err: RequestValidationError) -> J
     return JSONResponse(fmt.error_body(message, param), status_code=400)
 
 
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape."""
+    if err.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif err.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(err.detail)
+    return JSONResponse(fmt.error_body(message, code=None), status_code=err.status_code,
+                        headers=err.headers)  # fmt: skip
+
+
+async def _internal_error(_request: Request, err: Exception) -> JSONResponse:
+    """A bug in a route: 500 in the OpenAI shape, the details only in the log."""
+    logger.error("error while serving a request", exc_info=err)
+    return JSONResponse(fmt.error_body(INTERNAL_ERROR, kind="server_error"), status_code=500)
+
+
 def _check_common(state: ServerState, body: SamplingFields) -> None:
     try:
         body.check_supported()
@@ -193,6 +272,18 @@ def _check_common(state: ServerState, body: SamplingFields) -> None:
     if body.n > state.limits.max_n:
         raise ApiError(400, f"n must be at most {state.limits.max_n} (the engine's max_num_seqs), "
                        f"got {body.n}", "n")  # fmt: skip
+    outside = [t for t in body.stop_token_ids or () if t >= state.vocab_size]
+    if outside:
+        raise ApiError(400, f"stop_token_ids: token id {outside[0]} is outside the vocabulary "
+                       f"(size {state.vocab_size})", "stop_token_ids")  # fmt: skip
+    sampling_params(body, 1, ())  # the sampling fields' own checks, before any tokenizing
+
+
+def _check_prompt_count(state: ServerState, count: int) -> None:
+    limit = state.limits.max_concurrent_requests
+    if count > limit:
+        raise ApiError(400, f"prompt: {count} prompts in one request, more than this server's "
+                       f"limit of {limit} at once", "prompt")  # fmt: skip
 
 
 def _plan(state: ServerState, body: SamplingFields, kind: str,
@@ -223,9 +314,6 @@ def _plan(state: ServerState, body: SamplingFields, kind: str,
 async def _serve(state: ServerState, generation: Generation, stream: bool,
                  request: Request) -> Response:  # fmt: skip
     limit, size = state.limits.max_concurrent_requests, len(generation.requests)
-    if size > limit:
-        raise ApiError(400, f"prompt: {size} prompts in one request, more than this server's "
-                       f"limit of {limit} at once", "prompt")  # fmt: skip
     if state.in_flight + size > limit:
         state.rejected += 1
         raise ApiError(429, f"too many requests: {state.in_flight} prompts are being served and "
@@ -250,6 +338,6 @@ async def _serve(state: ServerState, generation: Generation, stream: bool,
                                  headers={"Cache-Control": "no-cache"},
                                  background=BackgroundTask(done))  # fmt: skip
     try:
-        return await complete(state, generation, handle, request)
+        return await complete(state, generation, handle, request, done)
     finally:
         done()

@@ -10,6 +10,13 @@ Every engine call happens on the engine thread, between steps, so the engine nev
 callers at once. Outputs cross back with `loop.call_soon_threadsafe` (one call per step), into
 the asyncio queue of the HTTP request that owns them. A handle that is closed before its samples
 finish (client disconnect, error) aborts them, which frees their KV blocks at once.
+
+If `engine.step()` raises (a bug; a bad request is refused before it reaches the engine), no
+request may take the server down with it: the requests in flight end with EngineDead (their
+clients get an error, never the exception text, which goes to the log), and the loop builds a
+fresh engine with `engine_factory` and goes on serving the requests queued meanwhile. Without a
+factory, or after MAX_FAILURES failures within FAILURE_WINDOW_S seconds (a crash loop), the loop
+stays dead: `alive` is False, /health answers 503 and `serve` exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,10 +36,15 @@ from llm_internals.inference.params import SamplingParams
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5  # the engine thread rechecks its stop flag this often when idle
+MAX_FAILURES = 3  # this many engine failures ...
+FAILURE_WINDOW_S = 60.0  # ... within this many seconds: give up instead of restarting
+FAILED_MESSAGE = "the engine failed while serving this request (see the server log); retry"
+DEAD_MESSAGE = "the engine failed and is not running (see the server log)"
 
 
 class EngineDead(RuntimeError):
-    """The engine raised an unexpected error; the server can no longer generate."""
+    """The engine raised an unexpected error: the requests it was running are lost (the message
+    is for clients, so it never carries the internal exception text)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class RequestHandle:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.unfinished = {(r.request_id, i) for r in requests for i in range(r.params.n)}
         self.closed = False
+        self.epoch: int | None = None  # the engine (0 = first, 1 = after a restart) running it
 
     @property
     def finished(self) -> bool:
@@ -89,15 +103,19 @@ class RequestHandle:
         self._loop.release(self)
         pending = sorted({request_id for request_id, _ in self.unfinished})
         if pending:
-            self._loop.call_soon(lambda engine: [engine.abort(r) for r in pending])
+            self._loop.call_soon(lambda engine: self._loop.abort(engine, pending))
 
 
 class EngineLoop:
     """Owns the engine on a background thread; see the module docstring."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, engine_factory: Callable[[], Any] | None = None) -> None:
         self.engine = engine
-        self.error: BaseException | None = None
+        self.engine_factory = engine_factory
+        self.epoch = 0  # engines built so far, minus one (changed on the engine thread only)
+        self.failures: list[float] = []  # time.monotonic() of each engine failure
+        self.aborted_requests = 0  # engine requests aborted by handles closed early
+        self.error: BaseException | None = None  # set when the loop gave up
         self._commands: deque[tuple[Callable[[Any], Any], asyncio.Future[Any] | None]] = deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -131,7 +149,7 @@ class EngineLoop:
     async def call(self, fn: Callable[[Any], T]) -> T:
         """Run fn(engine) on the engine thread between steps; its result or its exception."""
         if not self.alive:
-            raise EngineDead(f"the engine is not running ({self.error!r})")
+            raise EngineDead(DEAD_MESSAGE)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._commands.append((fn, future))
         self._wake.set()
@@ -150,6 +168,7 @@ class EngineLoop:
             self._handles[r.request_id] = handle
 
         def add_all(engine: Any) -> None:
+            handle.epoch = self.epoch
             added = []
             try:
                 for r in requests:
@@ -168,6 +187,14 @@ class EngineLoop:
             raise
         return handle
 
+    def abort(self, engine: Any, request_ids: list[str]) -> None:
+        """On the engine thread: abort those of request_ids the engine still runs, counting
+        them (a request that finished meanwhile has nothing to abort and is not counted)."""
+        for request_id in request_ids:
+            if request_id in engine.requests:
+                engine.abort(request_id)
+                self.aborted_requests += 1
+
     def release(self, handle: RequestHandle) -> None:
         for r in handle.requests:
             if self._handles.get(r.request_id) is handle:
@@ -175,20 +202,44 @@ class EngineLoop:
 
     # --- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._step_while_running()
+            except Exception as err:  # a bug in the engine: fail its requests, loudly
+                logger.exception("the engine failed; the requests it was running are lost")
+                failed, self.epoch = self.epoch, self.epoch + 1
+                self._to_event_loop(self._fail, failed, EngineDead(FAILED_MESSAGE))
+                if not self._restart():
+                    self.error = err
+                    self._to_event_loop(self._fail, None, EngineDead(DEAD_MESSAGE))
+                    return
+
+    def _step_while_running(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._run_commands()
+            if self.engine.has_unfinished():
+                outputs = self.engine.step()
+                if outputs:
+                    self._to_event_loop(self._deliver, outputs)
+            elif not self._commands:
+                self._wake.wait(IDLE_WAIT_S)
+
+    def _restart(self) -> bool:
+        """A fresh engine from the factory, unless there is none or the engine keeps failing."""
+        now = time.monotonic()
+        self.failures = [t for t in self.failures if now - t < FAILURE_WINDOW_S] + [now]
+        if self.engine_factory is None or len(self.failures) >= MAX_FAILURES:
+            return False
+        self.engine = None  # free the old KV pool before the new one is allocated
+        self.aborted_requests = 0  # counted against the new engine's counters
         try:
-            while not self._stopping.is_set():
-                self._wake.clear()
-                self._run_commands()
-                if self.engine.has_unfinished():
-                    outputs = self.engine.step()
-                    if outputs:
-                        self._to_event_loop(self._deliver, outputs)
-                elif not self._commands:
-                    self._wake.wait(IDLE_WAIT_S)
-        except Exception as err:  # a bug in the engine: fail every open request, loudly
-            logger.exception("the engine failed; the server can no longer generate")
-            self.error = err
-            self._to_event_loop(self._fail_all, EngineDead(f"the engine failed: {err!r}"))
+            self.engine = self.engine_factory()
+        except Exception:
+            logger.exception("could not build a fresh engine")
+            return False
+        logger.warning("a fresh engine is serving (restart %d)", self.epoch)
+        return True
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -214,10 +265,13 @@ class EngineLoop:
             if handle is not None:
                 handle.queue.put_nowait(output)
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail(self, epoch: int | None, error: BaseException) -> None:
+        """End the handles whose requests ran on engine `epoch` (None: every handle, and the
+        commands that will never run, when the loop gave up)."""
         for handle in set(self._handles.values()):
-            handle.queue.put_nowait(error)
-        while self._commands:  # commands queued just before the failure will never run
+            if epoch is None or handle.epoch == epoch:
+                handle.queue.put_nowait(error)
+        while epoch is None and self._commands:
             _, future = self._commands.popleft()
             if future is not None:
                 _set_exception(future, error)

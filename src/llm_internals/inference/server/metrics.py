@@ -106,7 +106,13 @@ def engine_metrics(stats: Any) -> list[Metric]:
     ]
 
 
-def server_metrics(in_flight: int, accepted: int, rejected: int, disconnects: int) -> list[Metric]:
+def server_metrics(in_flight: int, accepted: int, rejected: int, disconnects: int,
+                   aborted: int, failures: int) -> list[Metric]:  # fmt: skip
+    """The HTTP side. Exact under any timing: `disconnect_aborts` counts, on the engine thread,
+    only the engine requests an early-closed response really aborted (a request that finished
+    while its client was leaving is not counted), so it equals the engine's
+    requests_aborted_total and is at most one per prompt of each disconnect. Both restart
+    from 0 with a fresh engine (as after a process restart)."""
     return [
         Metric(
             "http_requests_in_flight", "gauge", "prompts being served (the 429 limit)", in_flight
@@ -123,8 +129,21 @@ def server_metrics(in_flight: int, accepted: int, rejected: int, disconnects: in
         Metric(
             "http_client_disconnects_total",
             "counter",
-            "requests whose client went away before the end (aborted)",
+            "accepted requests whose response did not run to its end (the client left)",
             disconnects,
+        ),
+        Metric(
+            "http_disconnect_aborts_total",
+            "counter",
+            "engine requests (one per prompt) aborted because their client left before they "
+            "finished",
+            aborted,
+        ),
+        Metric(
+            "engine_failures_total",
+            "counter",
+            "engine failures; each ends the requests in flight and builds a fresh engine",
+            failures,
         ),
     ]
 

@@ -8,6 +8,12 @@ Limits (ServerLimits; each can be set by `llm-internals serve`):
     max_tokens               largest max_tokens accepted (default: context - 1); larger gets 400
     max_n                    largest n (default: the engine's max_num_seqs, all samples of a
                              request run together); larger gets 400
+    max_prompt_chars         longest prompt text, checked before tokenizing (default:
+                             max_prompt_tokens x the longest token's length, see below)
+A text of C characters has at least C / L tokens when no token is longer than L characters, so
+a prompt longer than max_prompt_tokens x L characters is surely too long: it is refused at once,
+without spending seconds tokenizing it (a normalizing tokenizer may merge up to 3 characters
+into one, so L is tripled for it).
 A prompt plus max_tokens must fit in the model's context (400 otherwise, as OpenAI does). When
 max_tokens is not given: 16 for completions (OpenAI's default), and for chat whatever is left of
 the context; both capped to fit.
@@ -41,9 +47,11 @@ class ServerLimits:
     max_prompt_tokens: int | None = None
     max_tokens: int | None = None
     max_n: int | None = None
+    max_prompt_chars: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent_requests", "max_prompt_tokens", "max_tokens", "max_n"):
+        for name in ("max_concurrent_requests", "max_prompt_tokens", "max_tokens", "max_n",
+                     "max_prompt_chars"):  # fmt: skip
             value = getattr(self, name)
             if value is None and name != "max_concurrent_requests":
                 continue
@@ -51,14 +59,41 @@ class ServerLimits:
                 raise LLMInternalsError(f"server limit {name} must be an integer >= 1, "
                                         f"got {value!r}")  # fmt: skip
 
-    def resolved(self, context: int, max_num_seqs: int) -> ServerLimits:
-        """The limits with every None filled in from the model's context and the engine."""
+    def resolved(self, context: int, max_num_seqs: int, tokenizer: Any) -> ServerLimits:
+        """The limits with every None filled in from the model's context, the engine and the
+        tokenizer."""
+        max_prompt_tokens = min(self.max_prompt_tokens or context - 1, context - 1)
         return replace(
             self,
-            max_prompt_tokens=min(self.max_prompt_tokens or context - 1, context - 1),
+            max_prompt_tokens=max_prompt_tokens,
             max_tokens=min(self.max_tokens or context - 1, context - 1),
             max_n=min(self.max_n or max_num_seqs, max_num_seqs),
+            max_prompt_chars=self.max_prompt_chars
+            or max_prompt_tokens * longest_token_chars(tokenizer),
         )
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """An upper bound on the characters of prompt text one token can stand for (see the module
+    docstring): the longest token in bytes (a UTF-8 character is at least one byte), special
+    tokens included; 1 for a character tokenizer; 256 when the tokenizer does not say."""
+    if hasattr(tokenizer, "chars"):  # CharTokenizer
+        return max((len(c) for c in tokenizer.chars), default=1)
+    vocab = getattr(tokenizer, "vocab", None)
+    if not isinstance(vocab, dict) or not vocab:
+        return 256
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    longest = max(max(map(len, vocab.values())), max(map(len, specials), default=0))
+    return longest * (3 if getattr(tokenizer, "normalization", None) else 1)
+
+
+def check_prompt_chars(text: str, field: str, limits: ServerLimits) -> None:
+    """Refuse a prompt text that surely has more than max_prompt_tokens tokens (before it is
+    tokenized, which would take long)."""
+    if len(text) > limits.max_prompt_chars:
+        raise FieldError(field, f"{field} has {len(text)} characters, more than this server's "
+                         f"limit of {limits.max_prompt_chars} (at most "
+                         f"{limits.max_prompt_tokens} tokens)")  # fmt: skip
 
 
 def encode_text(tokenizer: Any, text: str, field: str) -> list[int]:
@@ -130,4 +165,7 @@ def sampling_params(body: Any, max_tokens: int, extra_stop: tuple[str, ...]) -> 
         )
     except LLMInternalsError as err:
         match = re.search(r"sampling parameter (\w+)", err.message)
-        raise FieldError(match.group(1) if match else "body", err.message) from None
+        field = match.group(1) if match else "body"
+        if field == "max_tokens" and getattr(body, "max_completion_tokens", None) is not None:
+            field = "max_completion_tokens"
+        raise FieldError(field, err.message) from None

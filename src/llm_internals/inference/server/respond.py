@@ -41,23 +41,25 @@ class Generation:
 
 class Cleanup:
     """Runs once per accepted request, however it ends: closes the handle (aborting unfinished
-    samples, which frees their blocks) and releases the concurrency slot."""
+    samples, which frees their blocks) and releases the concurrency slot. A response that did
+    not run to its end (`completed` unset: the client went away, or the server is stopping)
+    counts as a disconnect, whether or not its samples had finished."""
 
     def __init__(self, state: Any, handle: RequestHandle) -> None:
-        self.state, self.handle, self.ran = state, handle, False
+        self.state, self.handle, self.ran, self.completed = state, handle, False, False
 
     def __call__(self) -> None:
         if self.ran:
             return
         self.ran = True
-        if not self.handle.finished:
+        if not self.completed:
             self.state.disconnects += 1
         self.handle.close()
         self.state.in_flight -= len(self.handle.requests)
 
 
-async def complete(state: Any, generation: Generation, handle: RequestHandle,
-                   request: Request) -> Response:  # fmt: skip
+async def complete(state: Any, generation: Generation, handle: RequestHandle, request: Request,
+                   done: Cleanup) -> Response:  # fmt: skip
     """Non-streaming: wait for every sample, unless the client goes away first."""
 
     async def collect() -> dict[int, Any]:
@@ -74,6 +76,7 @@ async def complete(state: Any, generation: Generation, handle: RequestHandle,
     if not collecting.done():  # the client disconnected: the caller's cleanup aborts the rest
         collecting.cancel()
         return Response(status_code=499)
+    done.completed = True
     try:
         final = collecting.result()
     except EngineDead as err:
@@ -104,22 +107,33 @@ async def _client_gone(request: Request) -> None:
 
 async def stream_events(state: Any, generation: Generation, handle: RequestHandle,
                         done: Cleanup) -> AsyncIterator[str]:  # fmt: skip
-    """The SSE events of a streaming request. If the client disconnects, Starlette cancels this
-    generator (or stops iterating it) and `done` aborts the unfinished samples."""
+    """The SSE events of a streaming request, ending with [DONE] (after an error event if the
+    engine failed). If the client disconnects, Starlette cancels this generator (or stops
+    iterating it) and `done` aborts the unfinished samples."""
+    try:
+        async for text in _events(state, generation, handle):
+            yield text
+        yield fmt.SSE_DONE
+        done.completed = True  # resumed after the last event was handed to the server
+    finally:
+        done()
+
+
+async def _events(state: Any, generation: Generation, handle: RequestHandle) -> AsyncIterator[str]:
     kind, n = generation.kind, generation.n
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         return fmt.sse(fmt.chunk(kind, generation.response_id, generation.created,
                                  state.model_name, choices, usage))  # fmt: skip
 
+    for index in range(len(generation.requests) * n):
+        if kind == "chat":
+            yield event([fmt.chunk_choice(kind, index, "", None, role=True)])
+        elif generation.echo:
+            yield event([fmt.chunk_choice(kind, index, generation.prompt_texts[index // n],
+                                          None)])  # fmt: skip
+    completion_tokens = 0
     try:
-        for index in range(len(generation.requests) * n):
-            if kind == "chat":
-                yield event([fmt.chunk_choice(kind, index, "", None, role=True)])
-            elif generation.echo:
-                yield event([fmt.chunk_choice(kind, index, generation.prompt_texts[index // n],
-                                              None)])  # fmt: skip
-        completion_tokens = 0
         async for outputs in handle.batches():
             events = []
             for output in outputs:
@@ -132,10 +146,8 @@ async def stream_events(state: Any, generation: Generation, handle: RequestHandl
                     events.append(event([choice]))
             if events:
                 yield "".join(events)  # several events in one write when the client lags
-        if generation.include_usage:
-            yield event([], fmt.usage(generation.prompt_tokens, completion_tokens))
-        yield fmt.SSE_DONE
-    except EngineDead as err:
+    except EngineDead as err:  # the engine failed: an error event instead of the rest
         yield fmt.sse(fmt.error_body(str(err), kind="server_error"))
-    finally:
-        done()
+        return
+    if generation.include_usage:
+        yield event([], fmt.usage(generation.prompt_tokens, completion_tokens))

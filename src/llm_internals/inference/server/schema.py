@@ -6,20 +6,29 @@ extras that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_e
 `stop_token_ids`); the openai client sends them with `extra_body={...}`. Fields the server does
 not implement (`logprobs`, `suffix`, `logit_bias`, tools, ...) are rejected with a 400 that says
 so, never accepted and ignored.
+
+Types are strict, as in the OpenAI API: `"max_tokens": "5"`, `true` or `5.0`, `"stream": "yes"`
+and `"n": 1.5` are 400s naming the field (only an integer may stand for a float), and NaN or
+infinite numbers are refused. `stop` (up to 4 strings of up to MAX_STOP_CHARS characters) and
+`stop_token_ids` (up to MAX_STOP_TOKEN_IDS ids) are capped: their cost is paid at every step.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm_internals.inference.params import MAX_SEED
 
-TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
-StopStrings = (
-    StrictStr | Annotated[list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=4)]
-)
+MAX_STOP_STRINGS = 4  # as the OpenAI API
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopStrings = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 
 
 class UnsupportedField(Exception):
@@ -32,16 +41,16 @@ class UnsupportedField(Exception):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """The sampling parameters shared by /v1/completions and /v1/chat/completions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    model: StrictStr
+    model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -59,7 +68,9 @@ class SamplingFields(BaseModel):
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0
     ignore_eos: bool = False
-    stop_token_ids: list[Annotated[StrictInt, Field(ge=0)]] | None = None
+    stop_token_ids: (
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_STOP_TOKEN_IDS)] | None
+    ) = None
 
     def check_supported(self) -> None:
         if self.logit_bias:
@@ -81,9 +92,9 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions: continue `prompt` (text, token ids, or a list of either)."""
 
     prompt: (
-        StrictStr
+        str
         | TokenIds
-        | Annotated[list[StrictStr], Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1)]
         | Annotated[list[TokenIds], Field(min_length=1)]
     )
     echo: bool = False
@@ -111,15 +122,15 @@ class CompletionRequest(SamplingFields):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["text"]
-    text: StrictStr
+    text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
+    content: str | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
