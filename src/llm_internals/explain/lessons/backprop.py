@@ -10,7 +10,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.models.config import ModelConfig
+from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.trace import recording
 from llm_internals.training.backprop.gpt import gpt_loss_and_gradients, model_gradients
@@ -54,20 +54,12 @@ def network_params() -> dict[str, torch.Tensor]:
     }
 
 
-def block_config() -> ModelConfig:
-    """One GPT-2 block: learned positions, LayerNorm, GELU MLP, biases, tied head."""
-    return ModelConfig(
-        vocab_size=BLOCK_VOCAB, d_model=8, n_layers=1, n_heads=2, max_seq_len=8, family="gpt2",
-        position="learned", norm="layernorm", norm_eps=1e-5, ffn="mlp", activation="gelu_tanh",
-        qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
-    )  # fmt: skip
-
-
 def block_model_and_batch() -> tuple[DecoderLM, torch.Tensor, torch.Tensor]:
-    """A seeded one-block model in float64 and a batch (ids, next-token targets)."""
+    """A seeded one-block GPT-2-style model (learned positions, LayerNorm, GELU MLP, biases,
+    tied head; explain/tiny_models.py) in float64, and a batch (ids, next-token targets)."""
     with torch.random.fork_rng():
-        torch.manual_seed(BLOCK_SEED)
-        model = DecoderLM(block_config()).double()
+        model = tiny_decoder(BLOCK_SEED, **GPT2_STYLE, vocab_size=BLOCK_VOCAB, n_layers=1,
+                             max_seq_len=8).train().double()  # fmt: skip
         ids = torch.randint(0, BLOCK_VOCAB, (2, 6))
     return model, ids[:, :-1], ids[:, 1:]
 

@@ -16,10 +16,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
 from llm_internals.inference.generate import generate, stream
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_memory import load_shape
-from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.models import DecoderLM
 from llm_internals.tokenizer.char import CharTokenizer
 from llm_internals.trace import recording
 
@@ -30,7 +31,7 @@ INFO = LessonInfo(
     "kept, the measured speedup, and the memory it costs on real models.",
 )
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyz .,"
+ALPHABET = TINY_ALPHABET
 PROMPT = "to be"
 NEW_TOKENS = 6
 FLOP_STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -40,20 +41,17 @@ MEMORY_TOKENS = (4096, 131072)
 
 
 def tiny_model(vocab_size: int) -> DecoderLM:
-    """2 layers, d_model 8, 2 heads of head_dim 4 (RoPE, RMSNorm, SwiGLU): small enough to print."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=vocab_size, d_model=8, n_layers=2, n_heads=2, d_ff=16,
-                         max_seq_len=128)  # fmt: skip
-    return DecoderLM(config).eval()
+    """The lessons' tiny decoder (explain/tiny_models.py): 2 layers, d_model 8, 2 heads of
+    head_dim 4 (RoPE, RMSNorm, SwiGLU), small enough to print; seed 0."""
+    return tiny_decoder(0, vocab_size=vocab_size, max_seq_len=128)
 
 
 def timing_model() -> DecoderLM:
     """The tour's model shape (4 layers, d_model 128, GPT-2 style), random weights."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=8192, d_model=128, n_layers=4, n_heads=4, max_seq_len=256,
-                         position="learned", norm="layernorm", ffn="mlp", activation="gelu",
-                         tie_embeddings=True, attn_impl="sdpa", fused_ops=True)  # fmt: skip
-    return DecoderLM(config).eval()
+    return tiny_decoder(0, vocab_size=8192, d_model=128, n_layers=4, n_heads=4, d_ff=None,
+                        max_seq_len=256, position="learned", norm="layernorm", ffn="mlp",
+                        activation="gelu", tie_embeddings=True, attn_impl="sdpa",
+                        fused_ops=True)  # fmt: skip
 
 
 def flop_model() -> DecoderLM:
@@ -345,7 +343,7 @@ def _memory() -> Section:
 
 
 def build() -> Lesson:
-    tok = CharTokenizer(ALPHABET)
+    tok = tiny_tokenizer()
     model = tiny_model(tok.vocab_size)
     return Lesson(
         name=INFO.name,

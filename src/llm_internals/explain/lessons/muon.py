@@ -11,7 +11,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.models.config import ModelConfig
+from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.trace import recording
 from llm_internals.training.muon import NS_COEFFICIENTS, NS_STEPS, newton_schulz
@@ -38,14 +38,11 @@ def example_matrix() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def tiny_gpt2() -> DecoderLM:
-    config = ModelConfig(
-        vocab_size=64, d_model=16, n_layers=1, n_heads=2, max_seq_len=32, family="gpt2",
-        position="learned", norm="layernorm", norm_eps=1e-5, ffn="mlp", activation="gelu_tanh",
-        qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
-    )  # fmt: skip
+    """A one-block GPT-2-style tiny decoder (explain/tiny_models.py), without touching the
+    caller's random generator."""
     with torch.random.fork_rng():
-        torch.manual_seed(SEED)
-        return DecoderLM(config)
+        return tiny_decoder(SEED, **GPT2_STYLE, vocab_size=64, d_model=16, n_layers=1,
+                            max_seq_len=32).train()  # fmt: skip
 
 
 def _svals(matrix: torch.Tensor) -> list[float]:

@@ -1,27 +1,29 @@
 """Lesson "paged-attention": KV memory handed out in blocks, like pages of virtual memory.
 
 Every engine number comes from the real serving engine (`llm_internals.inference.paged.LLM`) run
-on a tiny random model: block tables, the physical pool, reference counts, copy-on-write copies,
-prefix-cache hits and the waste figures are read from its block manager and `stats()` after
-real steps; the packed step (ids, positions, slot mapping) is captured from the real
-`ModelRunner.prepare`. The contiguous baselines in "the problem" are arithmetic on the lengths
-of the same workload (and a first-fit allocator written here only to show what paging avoids).
+on a tiny random model, through its public API only: block tables, the physical pool, reference
+counts, prefix-cache hashes and K/V come from `LLM.pool_snapshot()` after real steps; the packed
+step (ids, positions, slot mapping) and the copy-on-write copies are what the runner records
+(`paged.*` under `trace.recording()`); waste figures come from `LLM.stats()`. The contiguous
+baselines in "the problem" are arithmetic on the lengths of the same workload (and a first-fit
+allocator written here only to show what paging avoids).
 """
 
 from __future__ import annotations
 
 import random
 
-import torch
-
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
 from llm_internals.inference.generate import generate
 from llm_internals.inference.kv_memory import load_shape, shape_from_model_config
 from llm_internals.inference.paged import LLM
+from llm_internals.inference.paged.snapshot import PoolSnapshot
 from llm_internals.inference.params import SamplingParams
-from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.models import DecoderLM
 from llm_internals.tokenizer.char import CharTokenizer
+from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="paged-attention",
@@ -30,7 +32,7 @@ INFO = LessonInfo(
     "shared pool, the waste measured on a real engine, and sharing with copy-on-write.",
 )
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyz .,"
+ALPHABET = TINY_ALPHABET
 BLOCK_SIZE = 4
 NUM_BLOCKS = 12
 REQUESTS = (("to be or not", 5), ("all the", 4), ("now is the winter", 3))  # (prompt, max_tokens)
@@ -49,11 +51,9 @@ SAMPLE_EVERY = 32  # steps between the rows shown of the measured run
 
 
 def tiny_model(vocab_size: int, max_seq_len: int = 64) -> DecoderLM:
-    """2 layers, d_model 8, 2 heads of head_dim 4 (RoPE, RMSNorm, SwiGLU), random weights."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=vocab_size, d_model=8, n_layers=2, n_heads=2, d_ff=16,
-                         max_seq_len=max_seq_len)  # fmt: skip
-    return DecoderLM(config).eval()
+    """The lessons' tiny decoder (explain/tiny_models.py): 2 layers, d_model 8, 2 heads of
+    head_dim 4 (RoPE, RMSNorm, SwiGLU), random weights, seed 0."""
+    return tiny_decoder(0, vocab_size=vocab_size, max_seq_len=max_seq_len)
 
 
 def workload() -> list[tuple[int, int]]:
@@ -208,53 +208,46 @@ def _analogy() -> Section:
     )
 
 
-def _pool_rows(llm: LLM, tok: CharTokenizer) -> list[list]:
+def _pool_rows(snapshot: PoolSnapshot, tok: CharTokenizer) -> list[list]:
     """One row per physical block: state, ref count, holders, filled slots, tokens held."""
-    manager, size = llm.block_manager, llm.block_manager.block_size
-    holders: dict[int, list[str]] = {}
-    content: dict[int, str] = {}
-    for (request, index), table in sorted(llm.block_tables().items()):
-        seq = next(s for s in llm.requests[request] if s.index == index)
-        for i, block_id in enumerate(table):
-            holders.setdefault(block_id, []).append(request)
-            ids = seq.token_ids[i * size : min((i + 1) * size, seq.num_computed_tokens)]
-            content[block_id] = tok.decode(ids)
     rows = []
-    for block in manager.blocks:
-        state = "in use" if block.ref_count else ("cached" if block.hash is not None else "free")
-        text, held_by = content.get(block.block_id, ""), holders.get(block.block_id, [])
-        rows.append([block.block_id, state, block.ref_count, ", ".join(held_by), len(text),
-                     repr(text)])  # fmt: skip
+    for block in snapshot.blocks:
+        holders = snapshot.holders(block.block_id)
+        text = ""
+        if holders:
+            seq = holders[-1]
+            i = seq.block_table.index(block.block_id)
+            text = tok.decode(list(seq.block_tokens(i, snapshot.block_size)))
+        rows.append([block.block_id, block.state, block.ref_count,
+                     ", ".join(s.request_id for s in holders), len(text), repr(text)])  # fmt: skip
     return rows
 
 
 def _how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
     llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
               enable_prefix_caching=False)  # fmt: skip
-    prepared = []
-    prepare = llm.runner.prepare
-    llm.runner.prepare = lambda batch: prepared.append(prepare(batch)) or prepared[-1]
     for prompt, max_tokens in REQUESTS:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         llm.add_request(prompt, prompt, params)
     llm.step()  # prefill every prompt, sample each first token
-    llm.step()  # one decode token per sequence
-    ids, positions, context, sample_rows, sample_seqs = prepared[-1]
-    packed = [[seq.request_id, repr(tok.decode([int(ids[row])])), int(positions[row]),
-               int(context.slot_mapping[row])]
-              for row, seq in zip(sample_rows.tolist(), sample_seqs, strict=True)]  # fmt: skip
-    tables = llm.block_tables()
+    with recording() as rec:
+        outputs = {o.request_id: o for o in llm.step()}  # one decode token per sequence
+    ids, positions = rec.get("paged.input_ids"), rec.get("paged.positions")
+    slots, owners = rec.get("paged.slot_mapping"), rec.get("paged.row_sequences")
+    packed = [[owners[row][0], repr(tok.decode([int(ids[row])])), int(positions[row]),
+               int(slots[row])] for row in rec.get("paged.sample_rows")]  # fmt: skip
+    first = REQUESTS[0][0]
+    snapshot = llm.pool_snapshot(kv_block_ids=llm.block_tables()[(first, 0)])
     table_rows = []
     for prompt, _ in REQUESTS:
-        seq = llm.requests[prompt][0]
-        table_rows.append([prompt, repr(tok.decode(seq.token_ids)), seq.num_computed_tokens,
-                           str(tables[(prompt, 0)])])  # fmt: skip
-    first = llm.requests[REQUESTS[0][0]][0]
-    block_ids = torch.tensor([first.block_table])
-    keys = llm.cache.gather(0, block_ids)[0][0, 0, : first.num_computed_tokens].clone()
+        seq = snapshot.sequence(prompt)
+        table_rows.append([prompt, repr(tok.decode(list(seq.token_ids))),
+                           seq.num_computed_tokens, str(list(seq.block_table))])  # fmt: skip
+    first_seq = snapshot.sequence(first)
+    keys = snapshot.keys[0, 0, : first_seq.num_computed_tokens]  # layer 0, head 0
     reference = generate(model, tok, [p for p, _ in REQUESTS], max_new_tokens=2,
                          eos_token_id=None)  # fmt: skip
-    same = all(llm.requests[p][0].output_token_ids == r.token_ids
+    same = all(outputs[p].token_ids == r.token_ids
                for (p, _), r in zip(REQUESTS, reference, strict=True))  # fmt: skip
     return Section(
         "How it works: block tables and the physical pool",
@@ -271,7 +264,7 @@ def _how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
                     ),
                     "physical pool": Table(
                         ["block", "state", "ref count", "held by", "filled slots", "tokens"],
-                        _pool_rows(llm, tok),
+                        _pool_rows(snapshot, tok),
                     ),
                 },
             ),
@@ -288,8 +281,8 @@ def _how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
             Step(
                 f"Attention gathers each sequence's blocks in table order, which lays their "
                 f"slots out as positions 0, 1, 2, ... again. Layer 0, head 0 keys of "
-                f"{REQUESTS[0][0]!r} read by the pool's own gather (`PagedKVCache.gather`, what "
-                f"attention calls) from blocks {tables[(REQUESTS[0][0], 0)]}: the "
+                f"{first!r} read by the pool's own gather (`PagedKVCache.gather`, what "
+                f"attention calls) from blocks {list(first_seq.block_table)}: the "
                 "same keys a contiguous cache would hold, and the engine's greedy tokens equal "
                 "those of the contiguous-cache `generate`.",
                 values={
@@ -368,33 +361,31 @@ def _effective(tok: CharTokenizer) -> Section:
     )
 
 
-def _ref_rows(llm: LLM) -> list[list]:
+def _ref_rows(snapshot: PoolSnapshot) -> list[list]:
     """Blocks in use: id, ref count, and the samples whose tables hold it."""
-    holders: dict[int, list[str]] = {}
-    for (request, index), table in sorted(llm.block_tables().items()):
-        for block_id in table:
-            holders.setdefault(block_id, []).append(f"{request}#{index}")
-    return [[b, llm.block_manager.blocks[b].ref_count, ", ".join(holders[b])]
-            for b in sorted(holders)]  # fmt: skip
+    held = sorted({b for seq in snapshot.sequences for b in seq.block_table})
+    return [[b, snapshot.blocks[b].ref_count,
+             ", ".join(f"{s.request_id}#{s.index}" for s in snapshot.holders(b))]
+            for b in held]  # fmt: skip
 
 
-def _sample_rows(llm: LLM, tok: CharTokenizer, request: str) -> list[list]:
-    return [[s.index, repr(tok.decode(s.token_ids)), s.num_computed_tokens, str(s.block_table)]
-            for s in sorted(llm.requests[request], key=lambda s: s.index)]  # fmt: skip
+def _sample_rows(snapshot: PoolSnapshot, tok: CharTokenizer, request: str) -> list[list]:
+    return [[s.index, repr(tok.decode(list(s.token_ids))), s.num_computed_tokens,
+             str(list(s.block_table))] for s in snapshot.samples(request)]  # fmt: skip
 
 
 def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
     llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
               enable_prefix_caching=False)  # fmt: skip
-    copies: list[tuple[int, int]] = []
-    execute = llm.runner.execute
-    llm.runner.execute = lambda batch: copies.extend(batch.copies) or execute(batch)
     params = SamplingParams(temperature=1.0, seed=SAMPLING_SEED, n=N_SAMPLES, max_tokens=3,
                             ignore_eos=True)  # fmt: skip
     llm.add_request(SHARED_REQUEST, SHARED_PROMPT, params)
     llm.step()
-    forked, forked_refs = _sample_rows(llm, tok, SHARED_REQUEST), _ref_rows(llm)
-    llm.step()
+    forked = llm.pool_snapshot()
+    with recording() as rec:
+        llm.step()
+    copies = [list(pair) for pairs in rec.all("paged.block_copies") for pair in pairs]
+    after = llm.pool_snapshot()
     columns = ["sample", "tokens so far", "K/V stored", "block table"]
     return [
         Step(
@@ -404,9 +395,11 @@ def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             "into n samples whose block tables point at the same physical blocks. Each "
             "block's reference count says how many tables hold it.",
             values={
-                "after step 1 (prefill, fork)": Table(columns, forked),
+                "after step 1 (prefill, fork)": Table(
+                    columns, _sample_rows(forked, tok, SHARED_REQUEST)
+                ),
                 "reference counts after step 1": Table(
-                    ["block", "ref count", "held by"], forked_refs
+                    ["block", "ref count", "held by"], _ref_rows(forked)
                 ),  # fmt: skip
             },
         ),
@@ -417,15 +410,15 @@ def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             "while the block is still shared; the last holder writes in place. Full blocks "
             "stay shared for the samples' whole life.",
             values={
-                "after step 2": Table(columns, _sample_rows(llm, tok, SHARED_REQUEST)),
+                "after step 2": Table(columns, _sample_rows(after, tok, SHARED_REQUEST)),
                 "reference counts after step 2": Table(
-                    ["block", "ref count", "held by"], _ref_rows(llm)
+                    ["block", "ref count", "held by"], _ref_rows(after)
                 ),  # fmt: skip
                 "copy-on-write copies (source, destination)": Table(
-                    ["source", "destination"], [list(c) for c in copies]
+                    ["source", "destination"], copies
                 ),
-                "blocks held by the tables": sum(len(t) for t in llm.block_tables().values()),
-                "distinct physical blocks": len(_ref_rows(llm)),
+                "blocks held by the tables": sum(len(s.block_table) for s in after.sequences),
+                "distinct physical blocks": len(_ref_rows(after)),
             },
         ),
     ]
@@ -440,11 +433,10 @@ def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
     llm.step()
     llm.add_request(second, second, params)
     llm.step()
-    manager = llm.block_manager
-    hashes = [[b, f"{manager.blocks[b].hash:016x}" if manager.blocks[b].hash is not None else "-"]
-              for b in llm.block_tables()[(first, 0)]]  # fmt: skip
-    during = [[r, str(llm.block_tables()[(r, 0)])] for r in PREFIX_PROMPTS]
-    refs = _ref_rows(llm)
+    snapshot = llm.pool_snapshot()
+    hashes = [[b, "-" if snapshot.blocks[b].hash is None else f"{snapshot.blocks[b].hash:016x}"]
+              for b in snapshot.sequence(first).block_table]  # fmt: skip
+    during = [[r, str(list(snapshot.sequence(r).block_table))] for r in PREFIX_PROMPTS]
     stats = llm.stats()
     while llm.has_unfinished():
         llm.step()
@@ -458,7 +450,7 @@ def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             formula="h_0 = H(root, tokens[0:bs]),  h_i = H(h_{i-1}, tokens[i*bs:(i+1)*bs])",
             values={
                 "block tables while both run": Table(["request", "block table"], during),
-                "reference counts": Table(["block", "ref count", "held by"], refs),
+                "reference counts": Table(["block", "ref count", "held by"], _ref_rows(snapshot)),
                 f"hashes of {first!r}'s blocks": Table(["block", "hash"], hashes),
                 "prompt tokens looked up": stats.prefix_cache_queried_tokens,
                 "prompt tokens found in the cache": stats.prefix_cache_hit_tokens,
@@ -478,8 +470,15 @@ def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
     ]
 
 
+def _sharing(model: DecoderLM, tok: CharTokenizer) -> Section:
+    return Section(
+        "Memory sharing across requests",
+        [*_parallel_sampling(model, tok), *_shared_prefix(model, tok)],
+    )
+
+
 def build() -> Lesson:
-    tok = CharTokenizer(ALPHABET)
+    tok = tiny_tokenizer()
     model = tiny_model(tok.vocab_size)
     return Lesson(
         name=INFO.name,
@@ -491,9 +490,6 @@ def build() -> Lesson:
             _analogy(),
             _how_it_works(model, tok),
             _effective(tok),
-            Section(
-                "Memory sharing across requests",
-                [*_parallel_sampling(model, tok), *_shared_prefix(model, tok)],
-            ),  # fmt: skip
+            _sharing(model, tok),
         ],
     )

@@ -13,9 +13,8 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.norm import LayerNorm, RMSNorm
-from llm_internals.models.config import ModelConfig
-from llm_internals.models.decoder import DecoderLM
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -87,9 +86,7 @@ def timings() -> list[list]:
 
 def pre_norm_flow() -> list[list]:
     """The order of recorded steps in the first block of a tiny Llama-style model."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=32, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_seq_len=8)
-    model = DecoderLM(config).eval()
+    model = tiny_decoder(0, vocab_size=32, n_layers=1, max_seq_len=8)
     shown = {"embedding": "residual stream h", "norm_output": "RMSNorm(h)",
              "attention_output": "Attention(RMSNorm(h))",
              "residual_after_attention": "h + Attention(RMSNorm(h))",

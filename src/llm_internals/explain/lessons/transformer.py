@@ -12,6 +12,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.presets import gpt2_124m, llama3_8b
@@ -60,15 +61,6 @@ FLOW = {
 }
 
 
-def tiny_decoder_config() -> ModelConfig:
-    """A GPT-2-shaped decoder small enough to print."""
-    return ModelConfig(
-        vocab_size=VOCAB_SIZE, d_model=16, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32,
-        position="learned", norm="layernorm", norm_eps=1e-5, ffn="mlp", activation="gelu",
-        qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
-    )  # fmt: skip
-
-
 def tiny_seq2seq_config() -> ModelConfig:
     """The original Transformer's layout (post-norm, sinusoidal, ReLU), tiny."""
     return ModelConfig(
@@ -83,8 +75,9 @@ def tokenizer() -> Tokenizer:
 
 
 def run_decoder(ids: list[int]) -> tuple[DecoderLM, Recording]:
-    torch.manual_seed(SEED)
-    model = DecoderLM(tiny_decoder_config()).eval()
+    """A GPT-2-shaped tiny decoder (explain/tiny_models.py, exact GELU) run on `ids`."""
+    shape = dict(vocab_size=VOCAB_SIZE, d_model=16, n_heads=4, max_seq_len=32)
+    model = tiny_decoder(SEED, **{**GPT2_STYLE, "activation": "gelu", **shape})
     with recording() as rec, torch.no_grad():
         model(torch.tensor([ids]))
     return model, rec

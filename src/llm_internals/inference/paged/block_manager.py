@@ -33,9 +33,11 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.paged.sequence import Sequence
+from llm_internals.inference.paged.snapshot import BlockInfo, PoolSnapshot, SequenceInfo
 
 ROOT_HASH = 0
 
@@ -200,6 +202,19 @@ class BlockManager:
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0
+
+    # --- reading -------------------------------------------------------------------------
+    def snapshot(self, seqs: SequenceOf[Sequence] = ()) -> PoolSnapshot:
+        """A frozen copy of every block's ref count and hash, the free and evictable lists, the
+        prefix-cache index, and the block tables of `seqs` (see paged/snapshot.py)."""
+        return PoolSnapshot(
+            block_size=self.block_size,
+            blocks=tuple(BlockInfo(b.block_id, b.ref_count, b.hash) for b in self.blocks),
+            free_block_ids=tuple(self.free_block_ids),
+            evictable_block_ids=tuple(self.evictable_block_ids),
+            cached_block_ids=MappingProxyType(dict(self.cached_block_ids)),
+            sequences=tuple(SequenceInfo.of(s) for s in seqs),
+        )
 
     # --- internals ------------------------------------------------------------------------
     def _shared_partial_block(self, seq: Sequence) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence as SequenceOf
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from llm_internals.inference.paged.outputs import EngineStats, RequestOutput
 from llm_internals.inference.paged.paged_cache import GIB, PagedKVCache, bytes_per_block
 from llm_internals.inference.paged.scheduler import Scheduler
 from llm_internals.inference.paged.sequence import Sequence
+from llm_internals.inference.paged.snapshot import PoolSnapshot
 from llm_internals.inference.paged.validation import check_request, positive_int
 from llm_internals.inference.params import SamplingParams
 
@@ -282,6 +284,17 @@ class LLM:
             for s in seqs
             if not s.is_finished
         }
+
+    def pool_snapshot(self, kv_block_ids: SequenceOf[int] = ()) -> PoolSnapshot:
+        """A frozen copy of the KV pool's bookkeeping (ref counts, free list, cached hashes, the
+        block tables and tokens of every unfinished sample) and the K/V of kv_block_ids, laid
+        out in that order (paged/snapshot.py). Later steps do not change it."""
+        live = [s for seqs in self.requests.values() for s in seqs if not s.is_finished]
+        snapshot = self.block_manager.snapshot(live)
+        if not kv_block_ids:
+            return snapshot
+        keys, values = self.cache.read_blocks(kv_block_ids)
+        return replace(snapshot, kv_block_ids=tuple(kv_block_ids), keys=keys, values=values)
 
     def stats(self) -> EngineStats:
         manager = self.block_manager

@@ -42,6 +42,7 @@ class ModelRunner:
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Run one step: (sequences that sample, their next-token logits (n, vocab))."""
+        record("paged.block_copies", list(batch.copies), note="copy-on-write (source, dest)")
         self.pool.copy_blocks(batch.copies)
         ids, positions, context, sample_rows, sample_seqs = self.prepare(batch)
         with torch.inference_mode():
@@ -92,6 +93,7 @@ class ModelRunner:
         decodes = [(s, n) for s, n in work if n == 1]
         prefills = [(s, n) for s, n in work if n > 1]
 
+        owners: list[Sequence] = []  # the sequence of each row
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -100,6 +102,7 @@ class ModelRunner:
         decodes.sort(key=lambda item: item[0].num_computed_tokens)  # similar lengths adjacent
         for seq, _ in decodes:
             p = seq.num_computed_tokens
+            owners.append(seq)
             ids.append(seq.token_ids[p])
             positions.append(p)
             slots.append(seq.block_table[p // block_size] * block_size + p % block_size)
@@ -121,6 +124,7 @@ class ModelRunner:
                 chunk_positions % block_size
             )
             row = len(ids)
+            owners.extend([seq] * n)
             ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             slots.extend(chunk_slots.tolist())
@@ -150,6 +154,9 @@ class ModelRunner:
             record("paged.slot_mapping", context.slot_mapping, note="block * block_size + offset")
             for group in groups:
                 record("paged.decode_block_ids", group.block_ids, note="block tables, padded")
+            record("paged.row_sequences", [(s.request_id, s.index) for s in owners],
+                   note="(request id, sample index) of each row")  # fmt: skip
+            record("paged.sample_rows", list(sample_rows), note="rows whose logits are sampled")
         return (
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),

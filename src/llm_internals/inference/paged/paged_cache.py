@@ -125,6 +125,23 @@ class PagedKVCache:
         shape = (self.n_kv_heads, rows, blocks * self.block_size, self.head_dim)
         return keys.view(shape), values.view(shape)
 
+    def read_blocks(self, block_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the K and V of blocks block_ids in every layer, read with `gather` (what
+        attention reads) and laid out in the order given: (n_layers, n_kv_heads,
+        len(block_ids) * block_size, head_dim) each. For snapshots and lessons, not hot paths."""
+        outside = [b for b in block_ids if not 0 <= b < self.num_blocks]
+        if outside:
+            raise LLMInternalsError(
+                f"paged KV cache: block ids {outside} outside 0..{self.num_blocks - 1}"
+            )
+        ids = torch.tensor([list(block_ids)], dtype=torch.long, device=self.keys[0].device)
+        keys, values = [], []
+        for layer in range(self.n_layers):
+            k, v = self.gather(layer, ids)
+            keys.append(k[:, 0].clone())
+            values.append(v[:, 0].clone())
+        return torch.stack(keys), torch.stack(values)
+
     def gather_keys(self, layer_idx: int, block_ids: torch.Tensor) -> torch.Tensor:
         """Only the keys of `gather`: (n_kv_heads, rows, blocks * block_size, head_dim)."""
         rows, blocks = block_ids.shape
