@@ -11,13 +11,14 @@ import torch
 from llm_internals.errors import LLMInternalsError
 from llm_internals.models import load_checkpoint
 from llm_internals.training.checkpoint import (
+    file_sha256,
     flatten_state,
     load_training_checkpoint,
     unflatten_state,
 )
 from llm_internals.training.config import TrainConfig
 from llm_internals.training.run import prepare_data
-from llm_internals.training.trainer import Trainer, build_model
+from llm_internals.training.trainer import LossNotFinite, Trainer, build_model
 
 GPT2_TINY = dict(
     family="gpt2",
@@ -145,6 +146,19 @@ def saved_run(tmp_path, text):
 def test_truncated_optimizer_file_is_named(saved_run):
     path = saved_run / "optimizer.safetensors"
     path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(LLMInternalsError, match="optimizer.safetensors: SHA-256 does not match"):
+        load_training_checkpoint(saved_run)
+
+
+def test_without_checksums_a_truncated_file_is_still_named(saved_run):
+    """Version-1 folders (written before checksums) load, and damage still gets a clear error."""
+    state_path = saved_run / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["format_version"] = 1
+    del state["checksums"]
+    state_path.write_text(json.dumps(state))
+    path = saved_run / "optimizer.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(
         LLMInternalsError, match="optimizer.safetensors: not a readable safetensors"
     ):
@@ -171,11 +185,138 @@ def test_weights_that_do_not_fit_the_config_are_named(saved_run):
     meta = json.loads(path.read_text())
     meta["config"]["d_model"] = 64
     path.write_text(json.dumps(meta))
+    # config.json is covered by the checksum; recompute it to reach the shape check
+    state_path = saved_run / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["checksums"]["config.json"] = file_sha256(path)
+    state_path.write_text(json.dumps(state))
     with pytest.raises(LLMInternalsError, match="has shape"):
         load_training_checkpoint(saved_run)
 
 
-def test_latest_pointing_nowhere_is_named(saved_run):
-    (saved_run.parent / "latest").write_text("step-00000999\n")
-    with pytest.raises(LLMInternalsError, match="latest names step-00000999"):
-        load_training_checkpoint(saved_run.parent)
+def flip_byte(path, offset_from_end=5):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def run_with_two_checkpoints(tmp_path, text):
+    config = config_for(tmp_path, max_steps=4, checkpoint_interval=2)
+    trainer, splits = new_trainer(config, text, tmp_path / "run")
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == [
+        "step-00000002",
+        "step-00000004",
+    ]
+    return tmp_path / "run", splits
+
+
+@pytest.mark.parametrize("damage", ["flipped weight byte", "broken state json", "bad latest"])
+def test_damaged_latest_checkpoint_falls_back_with_a_warning(run_with_two_checkpoints, damage):
+    run, splits = run_with_two_checkpoints
+    if damage == "flipped weight byte":
+        flip_byte(run / "step-00000004" / "model.safetensors")
+        expected = "model.safetensors: SHA-256 does not match"
+    elif damage == "broken state json":
+        (run / "step-00000004" / "trainer_state.json").write_bytes(b'{"step": 4, "rng"')
+        expected = "malformed JSON"
+    else:
+        (run / "latest").write_text("../../elsewhere\n")
+        expected = "invalid folder"
+    warnings: list[str] = []
+    checkpoint = load_training_checkpoint(run, warn=warnings.append)
+    assert checkpoint.step == (4 if damage == "bad latest" else 2)
+    assert len(warnings) == 1 and expected in warnings[0]
+    resumed = Trainer.from_checkpoint(run, splits, run_dir=run, show_progress=False)
+    assert resumed.step == checkpoint.step
+
+
+def test_explicit_damaged_step_folder_and_all_damaged_run_are_errors(run_with_two_checkpoints):
+    run, _ = run_with_two_checkpoints
+    flip_byte(run / "step-00000004" / "optimizer.safetensors")
+    with pytest.raises(LLMInternalsError, match="optimizer.safetensors: SHA-256 does not match"):
+        load_training_checkpoint(run / "step-00000004")  # named explicitly: no fallback
+    flip_byte(run / "step-00000002" / "tokenizer.json", offset_from_end=3)
+    with pytest.raises(LLMInternalsError, match="no intact checkpoint"):
+        load_training_checkpoint(run)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("step", "4", "field 'step' must be an integer >= 0"),
+        ("rng", {"batches": "!!!", "torch": "AA=="}, "field 'rng.batches' is not a saved"),
+        ("data", {"batches_drawn": -1}, "batches_drawn' must be an integer >= 0"),
+        ("history", [1, 2], "field 'history' must be a list of records"),
+        ("step_losses", ["x"], "field 'step_losses' must be a list of numbers"),
+        ("optimizer", {"items": 5}, "unreadable optimizer state entry"),
+        ("train_config", [], "field 'train_config' must be an object"),
+        ("checksums", {"config.json": 5}, "field 'checksums' must map file names"),
+    ],
+)
+def test_damaged_trainer_state_fields_are_named(saved_run, field, value, message):
+    path = saved_run / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state[field] = value
+    path.write_text(json.dumps(state))
+    with pytest.raises(LLMInternalsError, match=message) as info:
+        load_training_checkpoint(saved_run)
+    assert "trainer_state.json" in info.value.message or "optimizer.safetensors" in (
+        info.value.message
+    )
+
+
+def test_orphaned_staging_folders_are_removed_at_start(tmp_path, text):
+    run = tmp_path / "run"
+    orphan = run / ".step-00000002.tmp-4242"
+    orphan.mkdir(parents=True)
+    (orphan / "model.safetensors").write_bytes(b"half written")
+    config = config_for(tmp_path, max_steps=2)
+    new_trainer(config, text, run)
+    assert not orphan.exists()
+
+
+@pytest.mark.parametrize(("keep", "expected"), [(3, [2, 3, 4]), (0, [1, 2, 3, 4])])
+def test_keep_checkpoints_sets_how_many_step_folders_remain(tmp_path, text, keep, expected):
+    config = config_for(tmp_path, max_steps=4, checkpoint_interval=1, keep_checkpoints=keep,
+                        eval_interval=0)  # fmt: skip
+    trainer, _ = new_trainer(config, text, tmp_path / "run")
+    trainer.train()
+    found = sorted(int(p.name.removeprefix("step-")) for p in (tmp_path / "run").glob("step-*"))
+    assert found == expected
+
+
+def test_nan_loss_stops_without_applying_the_step_and_keeps_the_last_checkpoint(tmp_path, text):
+    config = config_for(tmp_path, max_steps=8, checkpoint_interval=2)
+    trainer, _ = new_trainer(config, text, tmp_path / "run")
+    trainer.train(until=5)
+    with torch.no_grad():
+        next(trainer.model.parameters()).view(-1)[0] = float("nan")
+    poisoned = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(LossNotFinite, match="loss became nan at step 6.*step-00000004"):
+        trainer.train()
+    assert trainer.step == 5
+    for name, tensor in trainer.model.state_dict().items():  # the bad step was not applied
+        assert torch.equal(tensor, poisoned[name]) or tensor.isnan().any(), name
+        assert torch.equal(tensor.isnan(), poisoned[name].isnan()), name
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step-00000004"
+    kept = load_checkpoint(tmp_path / "run" / "step-00000004")
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": {**GPT2_TINY, "d_model": 64}}, "--set model.d_model=64"),
+        ({"tokenizer": "bpe"}, "--tokenizer 'bpe'"),
+        ({"corpus": "other.txt"}, "--corpus 'other.txt'"),
+        ({"max_steps": 3}, "--max-steps 3 is below the checkpoint's step 4"),
+    ],
+)
+def test_resume_refuses_changes_to_the_past(saved_run, text, tmp_path, changes, message):
+    saved = load_training_checkpoint(saved_run)
+    config = saved.config.replace(**changes)
+    _, splits = prepare_data(saved.config, text=text)
+    with pytest.raises(LLMInternalsError, match=message):
+        Trainer.from_checkpoint(saved_run, splits, config=config, show_progress=False)

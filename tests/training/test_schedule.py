@@ -4,6 +4,7 @@ clip_grad_norm_; gradient accumulation vs the full-batch gradient."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -86,3 +87,33 @@ def test_accumulated_gradient_equals_full_batch_gradient():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
     with pytest.raises(LLMInternalsError):
         accumulate_gradients([], lambda b: b)
+
+
+def test_warmup_from_zero_matches_a_hand_computation_and_lambda_lr():
+    max_lr, min_lr, warmup, decay = 1e-3, 1e-4, 4, 12
+    schedule = WarmupCosine(max_lr, min_lr, warmup, decay, from_zero=True)
+    # by hand: 0, 1/4, 2/4, 3/4 of the peak, the peak at step == warmup, then the cosine
+    assert [schedule(s) for s in range(5)] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert schedule(8) == pytest.approx(min_lr + (max_lr - min_lr) * 0.5)  # halfway: cos = 0
+    assert schedule(decay) == pytest.approx(min_lr)
+
+    def factor(step):  # the textbook formula, written independently, as a LambdaLR multiplier
+        if step < warmup:
+            return step / warmup
+        t = min(step - warmup, decay - warmup) / (decay - warmup)
+        return (min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * t))) / max_lr
+
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=max_lr)
+    ref = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    for step in range(decay + 5):
+        assert schedule(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        opt.step()
+        ref.step()
+    default = WarmupCosine(max_lr, min_lr, warmup, decay)
+    assert default(0) == pytest.approx(2.5e-4) and default(warmup - 1) == max_lr
+
+
+def test_non_finite_peak_lr_is_refused():
+    with pytest.raises(LLMInternalsError, match="max_lr < inf"):
+        WarmupCosine(float("inf"), 0.0, 1, 2)

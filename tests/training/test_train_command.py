@@ -134,3 +134,116 @@ def test_tour_model_and_training_stages(tmp_path, shakespeare_text, monkeypatch)
     assert (tmp_path / "model" / "model.safetensors").exists()
     evals = [r["val_loss"] for r in ctx.artifacts["train_result"].history if "val_loss" in r]
     assert len(evals) == 2 and evals[1] < evals[0]
+    assert "time limit" not in shown
+
+
+def test_tour_training_says_when_its_time_limit_stopped_it(tmp_path, shakespeare_text, monkeypatch):
+    small_model = {**tour_training.TOUR_CONFIG.model, "d_model": 32, "n_layers": 1}
+    quick = tour_training.TOUR_CONFIG.replace(
+        model=small_model, max_steps=50, max_minutes=1e-6, batch_size=2, block_size=16,
+        eval_interval=0, eval_iters=1, sample_tokens=2, dtype="float32",
+    )  # fmt: skip
+    monkeypatch.setattr(tour_training, "TOUR_CONFIG", quick)
+    monkeypatch.setattr(tour_training, "FALLBACK_VOCAB", 260)
+    text = shakespeare_text[:5_000]
+    console = Console(record=True, width=200)
+    ctx = TourContext(console=console, workdir=tmp_path, corpus_source="test", text=text,
+                      train_text=text[:4_500], val_text=text[4_500:])  # fmt: skip
+    tour_training.run(ctx)
+    assert ctx.artifacts["train_result"].stop_reason == "time_limit"
+    assert "stopped on its time limit (1e-06 minutes) at step 1 of 50" in console.export_text()
+
+
+def _train_args(tmp_path, shakespeare_text, out, *extra):
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(shakespeare_text[:20_000])
+    config = tmp_path / "run.toml"
+    config.write_text(f'corpus = "{corpus}"\n[model]\nd_model = 32\nn_heads = 2\nn_layers = 1\n')
+    return ["train", "--config", str(config), "--out-dir", str(out), "--eval-iters", "1",
+            "--eval-interval", "0", "--log-interval", "1", "--device", "cpu", *extra]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, shakespeare_text, capsys):
+    import shutil
+
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    args = _train_args(tmp_path, shakespeare_text, run, "--max-steps", "4",
+                       "--checkpoint-interval", "2")  # fmt: skip
+    assert main(args) == 0
+    shutil.copytree(run, copy)
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(copy), "--max-steps", "6"]) == 0
+    assert _snapshot(run) == before  # the original run is untouched
+    assert (copy / "latest").read_text().strip() == "step-00000006"
+    saved = json.loads((copy / "step-00000006" / "trainer_state.json").read_text())
+    assert saved["train_config"]["out_dir"] == str(copy)
+    records = [json.loads(line) for line in (copy / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert f"Checkpoints and log.jsonl are in {copy}" in capsys.readouterr().out.replace("\n", "")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "model.d_model=64"], "resume cannot change --set model.d_model=64"),
+        (["--tokenizer", "bpe"], "resume cannot change --tokenizer 'bpe'"),
+        (["--corpus", "x.txt"], "resume cannot change --corpus 'x.txt'"),
+        (["--max-steps", "1"], "--max-steps 1 is below the checkpoint's step 2"),
+        (["--out-dir", "elsewhere"], "a resume writes into the run it resumes"),
+        (["--config", "run.toml"], "--config starts a new run"),
+    ],
+)
+def test_resume_refuses_flags_it_would_ignore(tmp_path, shakespeare_text, capsys, flags, message):
+    run = tmp_path / "run"
+    assert main(_train_args(tmp_path, shakespeare_text, run, "--max-steps", "2")) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), *flags]) == 2
+    assert message in capsys.readouterr().out.replace("\n", "")
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "inf"], "lr must be a finite number >= 0, got inf"),
+        (["--grad-clip", "nan"], "grad_clip must be a finite number >= 0, got nan"),
+        (["--set", "min_lr=nan"], "min_lr must be a finite number >= 0, got nan"),
+        (["--device", "cuda:7"], "device 'cuda:7'"),
+    ],
+)
+def test_impossible_numbers_and_devices_are_refused(tmp_path, capsys, flags, message):
+    if flags[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(["train", "--out-dir", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().out.replace("\n", "")
+
+
+def test_diverging_run_exits_non_zero_and_keeps_its_last_good_checkpoint(
+    tmp_path, shakespeare_text, capsys
+):
+    run = tmp_path / "run"
+    args = _train_args(tmp_path, shakespeare_text, run, "--max-steps", "30",
+                       "--checkpoint-interval", "1", "--warmup-steps", "0", "--lr", "1e30",
+                       "--min-lr", "1e30", "--grad-clip", "0", "--optimizer", "adamw")  # fmt: skip
+    assert main(args) == 2
+    shown = capsys.readouterr().out.replace("\n", "")
+    assert "loss became" in shown and "training stopped before applying that step" in shown
+    latest = (run / "latest").read_text().strip()
+    state = json.loads((run / latest / "trainer_state.json").read_text())
+    assert all(np.isfinite(state["step_losses"]))
+    assert state["step"] < 30
+
+
+def test_time_limit_is_reported_with_the_step_reached(tmp_path, shakespeare_text, capsys):
+    run = tmp_path / "run"
+    args = _train_args(tmp_path, shakespeare_text, run, "--max-steps", "1000",
+                       "--max-minutes", "0.00001")  # fmt: skip
+    assert main(args) == 0
+    shown = capsys.readouterr().out.replace("\n", "")
+    assert "Stopped on the time limit (--max-minutes 1e-05) at step 1 of 1000." in shown

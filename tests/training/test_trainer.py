@@ -180,3 +180,35 @@ def test_bad_configs_name_the_key(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(LLMInternalsError, match=message):
         TrainConfig.load(path)
+
+
+def test_warmup_from_zero_reaches_the_trainer(tmp_path, text):
+    config = tiny_config(tmp_path, warmup_from_zero=True, warmup_steps=4, max_steps=5)
+    result = make_trainer(config, text).train()
+    lrs = [r["lr"] for r in result.history if "lr" in r]
+    assert lrs == pytest.approx(
+        [0.0, 0.25 * config.lr, 0.5 * config.lr, 0.75 * config.lr, config.lr]
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_matches_the_cpu_and_saves_cpu_tensors(tmp_path, text):
+    """The same seed draws the same batches on any device; fp32 losses agree to rounding."""
+    from safetensors import safe_open
+
+    config = tiny_config(tmp_path, checkpoint_interval=3)
+    tokenizer, splits = prepare_data(config, text=text)
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = build_model(config, tokenizer.vocab_size)
+        trainer = Trainer(config, model, tokenizer, splits, run_dir=tmp_path / device,
+                          show_progress=False, device=device)  # fmt: skip
+        assert next(trainer.model.parameters()).device.type == device
+        results[device] = trainer.train().step_losses
+    assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-4, abs=1e-4)
+    with safe_open(tmp_path / "cuda" / "step-00000006" / "model.safetensors", "pt") as f:
+        assert all(f.get_tensor(name).device.type == "cpu" for name in f.keys())
+    resumed = Trainer.from_checkpoint(tmp_path / "cuda" / "step-00000003", splits,
+                                      run_dir=tmp_path / "cuda", show_progress=False,
+                                      device="cuda")  # fmt: skip
+    assert resumed.train().step_losses == pytest.approx(results["cuda"], rel=1e-5, abs=1e-6)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from llm_internals.console import console
+from llm_internals.devices import add_device_arguments, resolve_device
 from llm_internals.errors import LLMInternalsError
-from llm_internals.training.config import TrainConfig, parse_value
+from llm_internals.training.config import DTYPES, OPTIMIZERS, TrainConfig, parse_value
 
 NAME = "train"
 
@@ -20,12 +22,20 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Train a decoder LM as a TOML config describes (see configs/). Every training field "
             "has a flag that overrides the file (--max-steps 500); --set model.d_model=256 "
-            "overrides a model field. --resume continues a run exactly from its last "
-            "checkpoint. Under torchrun each process runs this command (see docs/training.md)."
+            "overrides a model field. --resume continues a run exactly from its last intact "
+            "checkpoint, writing into the folder it resumes; the model, tokenizer and corpus "
+            "cannot change on resume. Under torchrun each process runs this command (see "
+            "docs/training.md)."
         ),
     )
     parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
-    parser.add_argument("--resume", metavar="PATH", help="a run folder or step-* checkpoint")
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue the run in this folder (or from one of its step-* folders); new "
+        "checkpoints and log.jsonl are written there",
+    )
+    add_device_arguments(parser, dtype=False)
     parser.add_argument(
         "--set",
         action="append",
@@ -40,30 +50,60 @@ def add_parser(subparsers: Any) -> None:
         default = field.default
         if isinstance(default, bool):
             parser.add_argument(
-                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"override {field.name} (default {'on' if default else 'off'})",
             )
         else:
+            choices = CHOICES.get(field.name)
             parser.add_argument(
                 flag,
                 dest=field.name,
                 type=type(default),
                 default=None,
-                metavar=type(default).__name__.upper(),
-                help=f"override {field.name} (default {default!r})",
+                choices=choices,
+                metavar="{" + ",".join(choices) + "}"
+                if choices
+                else type(default).__name__.upper(),
+                help=f"override {field.name} (default {default!r})"
+                + (f"; {FIELD_NOTES[field.name]}" if field.name in FIELD_NOTES else ""),
             )
     parser.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config file (or the saved config of the run being resumed), then the flags."""
-    if args.config:
-        config = TrainConfig.load(args.config)
-    elif args.resume:
-        from llm_internals.files import read_json
-        from llm_internals.training.checkpoint import STATE_FILE, resolve_checkpoint
+CHOICES = {"optimizer": OPTIMIZERS, "dtype": DTYPES}
+FIELD_NOTES = {
+    "dtype": "bfloat16 runs forward and loss under autocast, weights stay float32",
+    "keep_checkpoints": "the newest N step-* folders are kept, 0 keeps all",
+    "max_minutes": "0 = no time limit",
+    "tokenizer": "char, bpe or a tokenizer.json path",
+}
 
-        saved = read_json(resolve_checkpoint(args.resume) / STATE_FILE).get("train_config", {})
-        config = TrainConfig.from_dict(saved, source=f"{args.resume}: train_config")
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Any]:
+    """(config, loaded checkpoint or None): the config file, or on --resume the saved config of
+    the run's newest intact checkpoint, then the flags."""
+    checkpoint = None
+    if args.resume:
+        from llm_internals.training.checkpoint import load_training_checkpoint, run_folder_of
+
+        if args.config:
+            raise LLMInternalsError(
+                "--config starts a new run; --resume continues with the run's saved config",
+                hint="drop --config and change fields with flags such as --max-steps",
+            )
+        checkpoint = load_training_checkpoint(args.resume, warn=console.print)
+        run_dir = run_folder_of(checkpoint.directory)
+        if args.out_dir is not None and Path(args.out_dir).resolve() != run_dir.resolve():
+            raise LLMInternalsError(
+                f"--out-dir {args.out_dir}: a resume writes into the run it resumes ({run_dir})",
+                hint=f"to branch a run, copy it first (cp -r {run_dir} NEW) and --resume NEW",
+            )
+        config = checkpoint.config.replace(out_dir=str(run_dir))
+    elif args.config:
+        config = TrainConfig.load(args.config)
     else:
         config = TrainConfig()
     overrides: dict[str, Any] = {}
@@ -76,14 +116,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not sep:
             raise LLMInternalsError(f"--set {item!r}: expected KEY=VALUE, e.g. model.n_layers=6")
         overrides[key.strip()] = parse_value(text.strip())
-    return config.with_overrides(overrides) if overrides else config
+    config = config.with_overrides(overrides) if overrides else config
+    if checkpoint is not None:
+        from llm_internals.training.config import check_resume_config
+
+        check_resume_config(checkpoint.config, config, checkpoint.step)
+    return config, checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
     from llm_internals.training.run import run_training
 
-    config = config_from_args(args)
-    result = run_training(config, resume=args.resume)
+    device = resolve_device(args.device)  # a device that is not here fails before any work
+    config, checkpoint = config_from_args(args)
+    result = run_training(config, resume=checkpoint, device=device)
+    if result.stop_reason == "time_limit":
+        console.print(
+            f"Stopped on the time limit (--max-minutes {config.max_minutes:g}) at step "
+            f"{result.steps} of {config.max_steps}."
+        )
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
     console.print(
         f"Finished at step {result.steps}: train loss {result.final_loss:.4f}, val loss {val}, "

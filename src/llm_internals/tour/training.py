@@ -91,6 +91,12 @@ def run(ctx: TourContext) -> None:
     )
     trainer = Trainer(config, model, tokenizer, splits, run_dir=config.out_dir, console=ctx.console)
     result = trainer.train()
+    if result.stop_reason == "time_limit":
+        ctx.console.print(
+            f"Training stopped on its time limit ({config.max_minutes:g} minutes) at step "
+            f"{result.steps} of {result.max_steps}; the cosine schedule was planned for "
+            f"{result.max_steps} steps, so the learning rate had not decayed fully."
+        )
 
     table = Table(title="loss (nats per token; lower is better)", title_justify="left")
     table.add_column("step", justify="right")

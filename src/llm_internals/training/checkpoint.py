@@ -5,21 +5,29 @@ A checkpoint is a directory `step-00000100/` under the run's folder holding
     config.json, model.safetensors   the model (models/checkpoint.py's format: loadable alone)
     optimizer.safetensors            every optimizer state tensor (moments, momentum buffers)
     tokenizer.json                   the tokenizer the token ids mean
-    trainer_state.json               train config, step, RNG states, data position, and the
-                                     optimizer state's structure with hyperparameters
+    trainer_state.json               train config, step, RNG states, data position, the
+                                     optimizer state's structure with hyperparameters, and a
+                                     SHA-256 of every other file in the folder ("checksums")
 
 No pickles anywhere: the optimizer's nested state dict is split into its tensors (safetensors,
 named by their path such as "adamw/state/3/exp_avg") and a JSON skeleton in which each tensor is
-replaced by {"tensor": name}. The directory is written under a temporary name and renamed into
-place, and `latest` (a one-line file) is rewritten atomically last, so a crash mid-save leaves
-the previous checkpoint as the one a resume finds.
+replaced by {"tensor": name} (module_checkpoint.py). The directory is written under a temporary
+name `.step-00000100.tmp-<pid>` and renamed into place, and `latest` (a one-line file) is
+rewritten atomically last, so a crash mid-save leaves the previous checkpoint as the one a resume
+finds; a staging folder a crash left behind is removed when the next run starts.
+
+Loading a run folder tries `latest` first; a checkpoint that fails to load (a checksum that does
+not match, a damaged trainer_state.json, a missing file) is reported as a warning and the next
+older step-* folder is tried. Only `keep` checkpoints are kept (the newest; 0 keeps all).
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,66 +40,46 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write, atomic_write_text, read_json, write_json
 from llm_internals.models.checkpoint import load_checkpoint, save_checkpoint
 from llm_internals.models.loading import LATEST_FILE
+from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
 from llm_internals.training.config import TrainConfig
+from llm_internals.training.module_checkpoint import flatten_state, unflatten_state
+
+__all__ = [
+    "KEEP_CHECKPOINTS",
+    "TrainingCheckpoint",
+    "decode_rng",
+    "encode_rng",
+    "flatten_state",
+    "load_training_checkpoint",
+    "remove_orphaned_staging",
+    "resolve_checkpoint",
+    "run_folder_of",
+    "save_training_checkpoint",
+    "unflatten_state",
+]
 
 STATE_FORMAT = "llm-internals-train-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added "checksums"; version 1 folders still load (without the check)
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+STEP_NAME = re.compile(r"step-\d{8}")
+STAGING_GLOB = ".step-*.tmp-*"
 
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = 2  # the default of TrainConfig.keep_checkpoints
 
-
-# ----- nested state <-> (JSON skeleton, tensors) ---------------------------------------------
-def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
-    """JSON-able skeleton of `obj`; its tensors go to `tensors` under their path names.
-
-    Dicts become {"items": [[key, value], ...]} so integer keys (optimizer param ids) survive,
-    tuples become {"tuple": [...]} (torch compares betas as tuples).
-    """
-    if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().contiguous().cpu()
-        return {"tensor": path}
-    if isinstance(obj, dict):
-        return {"items": [[k, flatten_state(v, tensors, f"{path}/{k}")] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"tuple": [flatten_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [flatten_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise LLMInternalsError(f"cannot store {type(obj).__name__} at {path!r} of an optimizer state")
+Warn = Callable[[str], None]
 
 
-def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor], source: str) -> Any:
-    """Inverse of `flatten_state`."""
-    if isinstance(skeleton, dict):
-        if "tensor" in skeleton:
-            name = skeleton["tensor"]
-            if name not in tensors:
-                raise LLMInternalsError(f"{source}: tensor {name!r} is missing")
-            return tensors[name]
-        if "items" in skeleton:
-            return {k: unflatten_state(v, tensors, source) for k, v in skeleton["items"]}
-        if "tuple" in skeleton:
-            return tuple(unflatten_state(v, tensors, source) for v in skeleton["tuple"])
-        raise LLMInternalsError(f"{source}: unreadable optimizer state entry {skeleton!r}")
-    if isinstance(skeleton, list):
-        return [unflatten_state(v, tensors, source) for v in skeleton]
-    return skeleton
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def encode_rng(state: torch.Tensor) -> str:
-    """A generator state (uint8 tensor) as base64 text for JSON."""
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def decode_rng(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-# ----- save / load ---------------------------------------------------------------------------
+# ----- save ----------------------------------------------------------------------------------
 @dataclass
 class TrainingCheckpoint:
     """What `load_training_checkpoint` returns; the trainer puts each part back in place."""
@@ -101,7 +89,7 @@ class TrainingCheckpoint:
     optimizer_state: dict[str, Any]
     config: TrainConfig
     step: int
-    state: dict[str, Any]  # rng states, data positions, log bookkeeping
+    state: dict[str, Any]  # rng states (decoded to tensors), data positions, log bookkeeping
 
 
 def save_training_checkpoint(
@@ -112,8 +100,9 @@ def save_training_checkpoint(
     config: TrainConfig,
     tokenizer: Any,
     state: dict[str, Any],
+    keep: int = KEEP_CHECKPOINTS,
 ) -> Path:
-    """Write `run_dir/step-<step>/`, point `run_dir/latest` at it, prune old checkpoints."""
+    """Write `run_dir/step-<step>/`, point `run_dir/latest` at it, keep the newest `keep`."""
     run_dir = Path(run_dir)
     final = run_dir / f"step-{step:08d}"
     staging = run_dir / f".step-{step:08d}.tmp-{os.getpid()}"
@@ -125,6 +114,7 @@ def save_training_checkpoint(
         skeleton = flatten_state(optimizer.state_dict(), tensors, "optimizer")
         atomic_write(staging / OPTIMIZER_FILE, lambda tmp: save_file(tensors, str(tmp)))
         tokenizer.save(staging / TOKENIZER_FILE)
+        checksums = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         write_json(
             staging / STATE_FILE,
             {
@@ -134,6 +124,7 @@ def save_training_checkpoint(
                 "train_config": config.to_dict(),
                 "optimizer": skeleton,
                 "optimizer_class": type(optimizer).__name__,
+                "checksums": checksums,
                 **state,
             },
         )
@@ -144,46 +135,123 @@ def save_training_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     atomic_write_text(run_dir / LATEST_FILE, final.name + "\n")
-    for old in sorted(run_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        for old in step_folders(run_dir)[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or a run folder whose `latest` names one."""
-    path = Path(path)
+def step_folders(run_dir: Path) -> list[Path]:
+    """The run's step-NNNNNNNN folders, oldest first."""
+    return sorted(p for p in run_dir.glob("step-*") if STEP_NAME.fullmatch(p.name) and p.is_dir())
+
+
+def remove_orphaned_staging(run_dir: str | Path) -> list[Path]:
+    """Delete `.step-*.tmp-*` folders a crashed save left in `run_dir`; return what was removed."""
+    removed = sorted(Path(run_dir).glob(STAGING_GLOB))
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# ----- find ----------------------------------------------------------------------------------
+def _candidates(path: Path) -> list[Path]:
+    """Checkpoint folders to try for `path`, best first (one when `path` is a step folder)."""
     if (path / STATE_FILE).exists():
-        return path
+        return [path]
+    found: list[Path] = []
     latest = path / LATEST_FILE
-    if latest.exists():
-        target = path / latest.read_text().strip()
-        if not (target / STATE_FILE).exists():
-            raise LLMInternalsError(f"{latest} names {target.name}, which has no {STATE_FILE}")
-        return target
+    if latest.is_file():
+        name = latest.read_text(errors="replace").strip()
+        if not STEP_NAME.fullmatch(name):  # never follow a path out of the run folder
+            found.append(path / "latest names an invalid folder")
+        else:
+            found.append(path / name)
+    found += [p for p in reversed(step_folders(path)) if p not in found]
+    if found:
+        return found
     if not path.exists():
         raise LLMInternalsError(f"checkpoint {path} does not exist")
     raise LLMInternalsError(
         f"{path} is neither a checkpoint (no {STATE_FILE}) nor a run folder (no {LATEST_FILE})",
-        hint="pass the run's out_dir or one of its step-* folders",
+        hint="pass the run's out_dir or one of its step-* folders to --resume",
     )
 
 
-def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
-    """Read a checkpoint written by `save_training_checkpoint`; every problem names its file."""
-    directory = resolve_checkpoint(path)
-    meta = read_json(directory / STATE_FILE)
-    source = str(directory / STATE_FILE)
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the step-* folder a run folder's `latest` names (not
+    verified; `load_training_checkpoint` verifies and falls back)."""
+    first = _candidates(Path(path))[0]
+    if not (first / STATE_FILE).exists():
+        raise LLMInternalsError(
+            f"{Path(path) / LATEST_FILE} names {first.name}, which has no {STATE_FILE}"
+        )
+    return first
+
+
+def run_folder_of(checkpoint_dir: Path) -> Path:
+    """The run folder holding a step-* checkpoint: a resume writes its log and new checkpoints
+    there (and nowhere else, whatever out_dir the saved config names)."""
+    run_dir = checkpoint_dir.parent
+    if not (STEP_NAME.fullmatch(checkpoint_dir.name) and (run_dir / LATEST_FILE).is_file()):
+        raise LLMInternalsError(
+            f"{checkpoint_dir} is not a step-* folder inside a run folder, so a resume has "
+            "nowhere safe to write",
+            hint=f"copy it into an empty folder with a '{LATEST_FILE}' file naming it, and pass "
+            "that folder to --resume",
+        )
+    return run_dir
+
+
+# ----- load ----------------------------------------------------------------------------------
+def load_training_checkpoint(path: str | Path, warn: Warn | None = None) -> TrainingCheckpoint:
+    """Read a checkpoint written by `save_training_checkpoint`; every problem names its file.
+
+    For a run folder, a damaged newest checkpoint is reported through `warn` and the one
+    before it is loaded instead; an explicitly named step folder must load itself.
+    """
+    path = Path(path)
+    errors: list[str] = []
+    for directory in _candidates(path):
+        try:
+            checkpoint = _load_one(directory)
+        except LLMInternalsError as err:
+            errors.append(f"{directory.name}: {err.message}")
+            continue
+        if errors and warn is not None:
+            warn(
+                f"warning: {'; '.join(errors)}. Resuming from the intact {directory.name} "
+                f"(step {checkpoint.step}) instead."
+            )
+        return checkpoint
+    if len(errors) == 1 and (path / STATE_FILE).exists():
+        raise LLMInternalsError(errors[0].split(": ", 1)[1])
+    raise LLMInternalsError(f"{path}: no intact checkpoint ({'; '.join(errors)})")
+
+
+def _load_one(directory: Path) -> TrainingCheckpoint:
+    state_path = directory / STATE_FILE
+    if not state_path.exists():
+        raise LLMInternalsError(f"{directory} has no {STATE_FILE}")
+    meta = read_json(state_path, "trainer state file")
+    source = str(state_path)
     if meta.get("format") != STATE_FORMAT:
         raise LLMInternalsError(f"{source}: field 'format' is not {STATE_FORMAT!r}")
-    if meta.get("format_version") != STATE_VERSION:
+    version = meta.get("format_version")
+    if version not in (1, STATE_VERSION):
         raise LLMInternalsError(
-            f"{source}: format_version {meta.get('format_version')!r} is not supported "
-            f"(this version reads {STATE_VERSION})"
+            f"{source}: format_version {version!r} is not supported "
+            f"(this version reads 1 and {STATE_VERSION})"
         )
     for key in ("step", "train_config", "optimizer"):
         if key not in meta:
             raise LLMInternalsError(f"{source}: field {key!r} is missing")
+    if version == STATE_VERSION:
+        verify_checksums(directory, meta.get("checksums"), source)
+    state = check_state(meta, source)
+    if not isinstance(meta["train_config"], dict):
+        raise LLMInternalsError(f"{source}: field 'train_config' must be an object")
     config = TrainConfig.from_dict(meta["train_config"], source=f"{source}: train_config")
     model = load_checkpoint(directory)
     optimizer_path = directory / OPTIMIZER_FILE
@@ -196,5 +264,26 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
             f"{optimizer_path}: not a readable safetensors file ({err})"
         ) from None
     optimizer_state = unflatten_state(meta["optimizer"], tensors, str(optimizer_path))
-    state = {k: v for k, v in meta.items() if k not in ("format", "format_version", "optimizer")}
-    return TrainingCheckpoint(directory, model, optimizer_state, config, int(meta["step"]), state)
+    if not isinstance(optimizer_state, dict):
+        raise LLMInternalsError(f"{source}: field 'optimizer' is not an optimizer state")
+    return TrainingCheckpoint(directory, model, optimizer_state, config, state["step"], state)
+
+
+def verify_checksums(directory: Path, checksums: Any, source: str) -> None:
+    """Every file of the folder but trainer_state.json is listed, and its SHA-256 matches."""
+    if not isinstance(checksums, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()
+    ):
+        raise LLMInternalsError(f"{source}: field 'checksums' must map file names to SHA-256s")
+    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != STATE_FILE}
+    unlisted = sorted(present - set(checksums))
+    if unlisted:
+        raise LLMInternalsError(f"{source}: file(s) {', '.join(unlisted)} have no checksum")
+    for name, expected in sorted(checksums.items()):
+        if name not in present:
+            raise LLMInternalsError(f"{directory / name} is missing (listed in {source})")
+        if file_sha256(directory / name) != expected:
+            raise LLMInternalsError(
+                f"{directory / name}: SHA-256 does not match the one in {STATE_FILE} "
+                "(the file was damaged after it was written)"
+            )

@@ -15,6 +15,7 @@ overrides a model field. Unknown keys are errors that name the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ class TrainConfig:
     max_steps, which still sets the length of the cosine schedule. threads > 0 sets torch's
     intra-op thread count (0 keeps torch's default); on a CPU shared with other processes 1
     thread per process can be many times faster than spin-waiting threads.
+    keep_checkpoints: how many step-* checkpoints a run folder keeps (the newest; 0 keeps all).
+    warmup_from_zero: warm up as lr = lr * step / warmup_steps (0 at step 0, the peak at
+    step == warmup_steps) instead of lr * (step + 1) / warmup_steps (the peak one step earlier).
     """
 
     model: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +61,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
+    warmup_from_zero: bool = False
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -69,6 +74,7 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_prompt: str = "\n"
     checkpoint_interval: int = 0
+    keep_checkpoints: int = 2
     seed: int = 1337
     dtype: str = "float32"
     fast: bool = True
@@ -92,6 +98,7 @@ class TrainConfig:
             "sample_interval",
             "sample_tokens",
             "checkpoint_interval",
+            "keep_checkpoints",
             "seed",
             "threads",
         ):
@@ -100,11 +107,19 @@ class TrainConfig:
                 raise LLMInternalsError(
                     f"train config: {name} must be an integer >= 0, got {value!r}"
                 )
-        for name in ("lr", "min_lr", "weight_decay", "muon_lr", "grad_clip", "max_minutes"):
+        for name in ("lr", "min_lr", "weight_decay", "muon_lr", "grad_clip", "max_minutes",
+                     "val_fraction", "beta1", "beta2"):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            # NaN fails every comparison, so `value < 0` alone would let it (and inf) through.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise LLMInternalsError(
-                    f"train config: {name} must be a number >= 0, got {value!r}"
+                    f"train config: {name} must be a finite number >= 0, got {value!r}",
+                    hint=f"pass e.g. --{name.replace('_', '-')} {_default_of(name)!r}",
                 )
         if self.min_lr > self.lr:
             raise LLMInternalsError(
@@ -130,6 +145,16 @@ class TrainConfig:
                 f"train config: unknown dtype {self.dtype!r}",
                 hint=f"use one of {', '.join(DTYPES)}",
             )
+        for name in ("fast", "warmup_from_zero"):
+            if not isinstance(getattr(self, name), bool):
+                raise LLMInternalsError(
+                    f"train config: {name} must be true or false, got {getattr(self, name)!r}"
+                )
+        for name in ("corpus", "tokenizer", "out_dir", "sample_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise LLMInternalsError(
+                    f"train config: {name} must be a string, got {getattr(self, name)!r}"
+                )
         if not isinstance(self.model, dict):
             raise LLMInternalsError("train config: [model] must be a table of ModelConfig fields")
         if "vocab_size" in self.model:
@@ -184,6 +209,40 @@ class TrainConfig:
             else:
                 data[key] = value
         return TrainConfig.from_dict(data, source=source)
+
+
+# Fields a resumed run cannot change: the checkpoint's model, tokenizer and data were made with
+# them, so a new value would be ignored (model, tokenizer) or train on different data.
+FIXED_ON_RESUME = ("corpus", "tokenizer", "bpe_vocab_size", "val_fraction", "block_size",
+                   "optimizer")  # fmt: skip
+
+
+def check_resume_config(saved: TrainConfig, config: TrainConfig, step: int) -> None:
+    """Refuse a resume `config` that changes what the saved run was built with, or whose
+    max_steps lies before the checkpoint's `step`."""
+    changed = [f"--{name.replace('_', '-')} {getattr(config, name)!r}" for name in FIXED_ON_RESUME
+               if getattr(config, name) != getattr(saved, name)]  # fmt: skip
+    keys = sorted(set(saved.model) | set(config.model))
+    changed += [
+        f"--set model.{key}={config.model.get(key)!r}"
+        for key in keys
+        if saved.model.get(key) != config.model.get(key)
+    ]
+    if changed:
+        raise LLMInternalsError(
+            f"resume cannot change {', '.join(changed)}: the checkpoint's model, tokenizer and "
+            "data were made with the saved values",
+            hint="drop these flags to continue the run, or start a new run with --out-dir NEW",
+        )
+    if config.max_steps < step:
+        raise LLMInternalsError(
+            f"--max-steps {config.max_steps} is below the checkpoint's step {step}",
+            hint=f"pass --max-steps {step} or more to continue the run",
+        )
+
+
+def _default_of(name: str) -> Any:
+    return next(_default(f) for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def _default(f: dataclasses.Field) -> Any:

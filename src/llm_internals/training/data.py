@@ -13,6 +13,8 @@ Batches (nanoGPT-style): pick `batch_size` random start offsets i, take x = toke
 and y = tokens[i + 1 : i + T + 1] (the next token at every position). The offsets come from a
 torch.Generator owned by the sampler, so a seed fixes every batch, and its state (saved in
 checkpoints) lets a resumed run draw exactly the batches the uninterrupted run would have drawn.
+The generator stays on the CPU whatever `device` the batches go to, so a seed draws the same
+batches on every machine; on CUDA the rows travel through pinned memory, without blocking.
 """
 
 from __future__ import annotations
@@ -142,7 +144,14 @@ def build_splits(
 class BatchSampler:
     """Random contiguous blocks of `block_size` + 1 tokens, drawn with its own generator."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        block_size: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if len(tokens) < block_size + 1:
             raise LLMInternalsError(
                 f"the token array has {len(tokens)} tokens, fewer than block_size + 1 = "
@@ -153,14 +162,20 @@ class BatchSampler:
         self.batch_size = batch_size
         self.block_size = block_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
         self.batches_drawn = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), each int64 of shape (batch_size, block_size); y is x shifted by one token."""
+        """(x, y), each int64 of shape (batch_size, block_size) on the sampler's device; y is x
+        shifted by one token."""
         high = len(self.tokens) - self.block_size
         starts = torch.randint(high, (self.batch_size,), generator=self.generator).tolist()
         rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts])
         block = torch.from_numpy(rows.astype(np.int64))
+        if self.device.type == "cuda":
+            block = block.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            block = block.to(self.device)
         self.batches_drawn += 1
         return block[:, :-1], block[:, 1:]
 

@@ -17,7 +17,11 @@ from rich.console import Console
 from llm_internals.console import console as default_console
 from llm_internals.data import corpus, train_val_split
 from llm_internals.models.loading import load_tokenizer
-from llm_internals.training.checkpoint import resolve_checkpoint
+from llm_internals.training.checkpoint import (
+    TrainingCheckpoint,
+    load_training_checkpoint,
+    run_folder_of,
+)
 from llm_internals.training.config import TrainConfig
 from llm_internals.training.data import TokenSplits, build_splits
 from llm_internals.training.distributed import (
@@ -62,11 +66,16 @@ def prepare_data(
 
 def run_training(
     config: TrainConfig,
-    resume: str | Path | None = None,
+    resume: str | Path | TrainingCheckpoint | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    device: str | torch.device = "auto",
 ) -> TrainResult:
-    """Train (or resume) as configured; under torchrun every process calls this."""
+    """Train (or resume) as configured on `device`; under torchrun every process calls this.
+
+    A resume writes into the run folder holding the checkpoint (config.out_dir is set to it):
+    a copied run folder continues in the copy, never in the folder it was copied from.
+    """
     console = console or default_console
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -75,24 +84,28 @@ def run_training(
         if not dist_ctx.is_main:
             barrier(dist_ctx)  # rank 0 builds the tokenizer and token files first
         if resume is not None:
-            checkpoint = resolve_checkpoint(resume)
-            tokenizer, splits = prepare_data(config, load_tokenizer(checkpoint / "tokenizer.json"))
+            if not isinstance(resume, TrainingCheckpoint):
+                resume = load_training_checkpoint(resume, warn=console.print)
+            config = config.replace(out_dir=str(run_folder_of(resume.directory)))
+            tokenizer = load_tokenizer(resume.directory / "tokenizer.json")
+            tokenizer, splits = prepare_data(config, tokenizer)
         else:
             tokenizer, splits = prepare_data(config)
         if dist_ctx.is_main:
             barrier(dist_ctx)
         if resume is not None:
             trainer = Trainer.from_checkpoint(
-                checkpoint,
+                resume,
                 splits,
                 config=config,
                 run_dir=config.out_dir,
                 console=console,
                 dist_ctx=dist_ctx,
                 show_progress=show_progress,
+                device=device,
             )
             if dist_ctx.is_main:
-                console.print(f"Resuming {checkpoint} at step {trainer.step}.")
+                console.print(f"Resuming {resume.directory} at step {trainer.step}.")
         else:
             model = build_model(config, tokenizer.vocab_size)
             trainer = Trainer(
@@ -104,13 +117,14 @@ def run_training(
                 console=console,
                 dist_ctx=dist_ctx,
                 show_progress=show_progress,
+                device=device,
             )
         if dist_ctx.is_main:
             n_params = sum(p.numel() for p in trainer.model.parameters())
             console.print(
                 f"{n_params:,} parameters; {len(splits.train):,} train / {len(splits.val):,} val "
                 f"tokens; {config.tokens_per_step:,} tokens per step on {dist_ctx.world_size} "
-                f"process(es)."
+                f"process(es) on {trainer.device}."
             )
         return trainer.train()
     finally:

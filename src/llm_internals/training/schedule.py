@@ -1,6 +1,9 @@
 """Learning-rate schedule: linear warmup, then cosine decay to a floor.
 
-    step < warmup:             lr = max_lr * (step + 1) / warmup
+    step < warmup:             lr = max_lr * (step + 1) / warmup     (default: the first
+                                                                   step already moves)
+                               lr = max_lr * step / warmup           (from_zero: lr 0 at step 0,
+                                                                   max_lr at step == warmup)
     warmup <= step <= decay:   lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2,
                                p = (step - warmup) / (decay - warmup)
     step > decay:              lr = min_lr
@@ -21,17 +24,22 @@ from llm_internals.errors import LLMInternalsError
 
 @dataclass(frozen=True)
 class WarmupCosine:
-    """lr(step) for linear warmup over `warmup_steps` then cosine decay until `decay_steps`."""
+    """lr(step) for linear warmup over `warmup_steps` then cosine decay until `decay_steps`.
+
+    from_zero picks the warmup that starts at 0 (as in many course implementations); the
+    default reaches max_lr one step earlier, at step warmup_steps - 1 (as nanoGPT does).
+    """
 
     max_lr: float
     min_lr: float
     warmup_steps: int
     decay_steps: int
+    from_zero: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_lr <= self.max_lr:
+        if not (math.isfinite(self.max_lr) and 0 <= self.min_lr <= self.max_lr):
             raise LLMInternalsError(
-                f"schedule needs 0 <= min_lr <= max_lr, got min_lr={self.min_lr}, "
+                f"schedule needs 0 <= min_lr <= max_lr < inf, got min_lr={self.min_lr}, "
                 f"max_lr={self.max_lr}"
             )
         if self.warmup_steps < 0 or self.decay_steps < self.warmup_steps:
@@ -42,7 +50,7 @@ class WarmupCosine:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.max_lr * (step + 1) / self.warmup_steps
+            return self.max_lr * (step + (0 if self.from_zero else 1)) / self.warmup_steps
         if step >= self.decay_steps:
             return self.min_lr if self.decay_steps > self.warmup_steps else self.max_lr
         progress = (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps)

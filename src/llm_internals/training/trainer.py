@@ -10,6 +10,11 @@ One optimizer step:
 
 Around it: a progress bar (step, loss, lr, tokens/s, time left), periodic train/validation loss
 on fixed batches, sample generations, a JSONL log, checkpoints, exact resume, and DDP.
+
+The model and batches live on `device` (CPU, CUDA or MPS); token sampling stays on the CPU so a
+seed draws the same batches everywhere, and checkpoints hold CPU tensors. A step whose loss is
+NaN or infinite is not applied: training stops with LossNotFinite, and the run folder keeps its
+last good checkpoint.
 """
 
 from __future__ import annotations
@@ -28,20 +33,24 @@ from rich.console import Console
 
 from llm_internals.console import console as default_console
 from llm_internals.console import progress
+from llm_internals.devices import resolve_device
+from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text
 from llm_internals.models import DecoderLM, ModelConfig
 from llm_internals.training.adamw import AdamW
 from llm_internals.training.checkpoint import (
-    decode_rng,
-    encode_rng,
+    TrainingCheckpoint,
     load_training_checkpoint,
+    remove_orphaned_staging,
     save_training_checkpoint,
 )
-from llm_internals.training.config import TrainConfig
+from llm_internals.training.checkpoint_state import encode_rng
+from llm_internals.training.config import TrainConfig, check_resume_config
 from llm_internals.training.data import BatchSampler, TokenSplits
 from llm_internals.training.distributed import DistributedContext, wrap_model
 from llm_internals.training.gradients import clip_grad_norm
 from llm_internals.training.loss import cross_entropy_fast
+from llm_internals.training.module_checkpoint import load_optimizer_state
 from llm_internals.training.muon_adamw import MuonWithAdamW
 from llm_internals.training.preview import generate_preview
 from llm_internals.training.schedule import WarmupCosine, set_lr
@@ -55,7 +64,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> DecoderLM:
     if config.fast:
         fields.update(attn_impl="sdpa", fused_ops=True)
     torch.manual_seed(config.seed)
-    return DecoderLM(ModelConfig.from_dict(fields, source="train config [model]"))
+    return DecoderLM(ModelConfig.from_dict(fields, source="train config, model table"))
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[Any, list[float]]:
@@ -87,9 +96,17 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[Any, l
     return AdamW(groups, lr=config.lr, betas=betas), [config.lr, config.lr]
 
 
+class LossNotFinite(LLMInternalsError):
+    """The loss became NaN or infinite; the step that produced it was not applied."""
+
+
+STOP_REASONS = ("max_steps", "time_limit", "until")
+
+
 @dataclass
 class TrainResult:
-    """What a run measured. history holds every logged record (as written to the JSONL log)."""
+    """What a run measured. history holds every logged record (as written to the JSONL log).
+    stop_reason: "max_steps" (done), "time_limit" (max_minutes ran out first) or "until"."""
 
     steps: int
     final_loss: float
@@ -99,6 +116,8 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+    stop_reason: str = "max_steps"
+    max_steps: int = 0
 
 
 class Trainer:
@@ -114,22 +133,37 @@ class Trainer:
         console: Console | None = None,
         dist_ctx: DistributedContext | None = None,
         show_progress: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
+        """`device`: where model and batches go ("auto", "cpu", "cuda:1", ...); None keeps the
+        model where it is."""
         self.config = config
-        self.model = model
+        self.device = next(model.parameters()).device if device is None else resolve_device(device)
+        self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.splits = splits
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.console = console or default_console
         self.dist = dist_ctx or DistributedContext()
         self.show_progress = show_progress and self.dist.is_main
+        if self.run_dir is not None and self.dist.is_main:
+            for orphan in remove_orphaned_staging(self.run_dir):
+                self.console.print(f"Removed {orphan.name}, left behind by an interrupted save.")
         self.train_model = wrap_model(model, self.dist)
         self.optimizer, self.base_lrs = build_optimizer(model, config)
         self.schedule = WarmupCosine(
-            config.lr, config.min_lr, min(config.warmup_steps, config.max_steps), config.max_steps
+            config.lr,
+            config.min_lr,
+            min(config.warmup_steps, config.max_steps),
+            config.max_steps,
+            from_zero=config.warmup_from_zero,
         )
         self.batches = BatchSampler(
-            splits.train, config.batch_size * config.grad_accum, config.block_size, config.seed
+            splits.train,
+            config.batch_size * config.grad_accum,
+            config.block_size,
+            config.seed,
+            device=self.device,
         )
         self.step = 0
         self.step_losses: list[float] = []
@@ -140,58 +174,80 @@ class Trainer:
     # ----- resume ------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, splits: TokenSplits, config: TrainConfig | None = None, **kwargs: Any
+        cls,
+        path: str | Path | TrainingCheckpoint,
+        splits: TokenSplits,
+        config: TrainConfig | None = None,
+        **kwargs: Any,
     ) -> Trainer:
         """Continue a run: model, optimizer, RNG states, data position and log as saved.
 
-        `config` may change fields that do not alter the run's past (max_steps, intervals).
+        `path` is a run folder (a damaged newest checkpoint falls back to the one before, with
+        a warning), a step-* folder, or an already loaded checkpoint. `config` may change fields
+        that do not alter the run's past (max_steps, intervals, lr); changing the model,
+        tokenizer, corpus or optimizer is refused (check_resume_config).
         """
         from llm_internals.models.loading import load_tokenizer
 
-        ckpt = load_training_checkpoint(path)
+        if isinstance(path, TrainingCheckpoint):
+            ckpt = path
+        else:
+            ckpt = load_training_checkpoint(
+                path, warn=(kwargs.get("console") or default_console).print
+            )
         config = config or ckpt.config
+        check_resume_config(ckpt.config, config, ckpt.step)
         tokenizer = load_tokenizer(ckpt.directory / "tokenizer.json")
         model = ckpt.model
         if config.fast:
             model.set_attn_impl("sdpa")
             model.set_fused_ops(True)
         trainer = cls(config, model, tokenizer, splits, **kwargs)
-        trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+        load_optimizer_state(trainer.optimizer, ckpt.optimizer_state, str(ckpt.directory))
         trainer.step = ckpt.step
         state = ckpt.state
         trainer.batches.load_state_dict(
-            {
-                "generator": decode_rng(state["rng"]["batches"]),
-                "batches_drawn": state["data"]["batches_drawn"],
-            }
+            {"generator": state["rng"]["batches"], "batches_drawn": state["data"]["batches_drawn"]}
         )
-        torch.set_rng_state(decode_rng(state["rng"]["torch"]))
-        trainer.step_losses = list(state.get("step_losses", []))
-        trainer.history = [r for r in state.get("history", []) if r["step"] <= ckpt.step]
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], trainer.device)
+        trainer.step_losses = list(state["step_losses"])
+        trainer.history = [r for r in state["history"] if r["step"] <= ckpt.step]
         trainer._rewrite_log()
         return trainer
 
     def save_checkpoint(self) -> Path | None:
         if self.run_dir is None or not self.dist.is_main:
             return None
+        rng = {
+            "batches": encode_rng(self.batches.generator.get_state()),
+            "torch": encode_rng(torch.get_rng_state()),
+        }
+        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         state = {
-            "rng": {
-                "batches": encode_rng(self.batches.generator.get_state()),
-                "torch": encode_rng(torch.get_rng_state()),
-            },
+            "rng": rng,
             "data": {"batches_drawn": self.batches.batches_drawn},
             "step_losses": self.step_losses,
             "history": self.history,
             "world_size": self.dist.world_size,
         }
         return save_training_checkpoint(
-            self.run_dir, self.step, self.model, self.optimizer, self.config, self.tokenizer, state
+            self.run_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            self.config,
+            self.tokenizer,
+            state,
+            keep=self.config.keep_checkpoints,
         )
 
     # ----- one step ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.dtype == "bfloat16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -200,12 +256,13 @@ class Trainer:
         return cross_entropy_fast(logits.float(), y)
 
     def train_step(self) -> float:
-        """One optimizer step; returns the mean loss over its micro-batches (and processes)."""
+        """One optimizer step; returns the mean loss over its micro-batches (and processes).
+        A non-finite loss returns without touching the weights (the step is not counted)."""
         cfg = self.config
         lr = set_lr(self.optimizer, self.schedule, self.step, self.base_lrs)
         x, y = self.batches.next_batch()
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         micro_x, micro_y = x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)
         for j, (mx, my) in enumerate(zip(micro_x, micro_y, strict=True)):
             last = j == cfg.grad_accum - 1
@@ -218,12 +275,15 @@ class Trainer:
                 loss = self._loss(self.train_model, self.dist.shard(mx), self.dist.shard(my))
                 (loss / cfg.grad_accum).backward()
             total += loss.detach()
+        mean_loss = float(self.dist.mean(total / cfg.grad_accum))
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return mean_loss
         grad_norm = (
             clip_grad_norm(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         )
         self.optimizer.step()
         self.step += 1
-        mean_loss = float(self.dist.mean(total / cfg.grad_accum))
         self.step_losses.append(mean_loss)
         self._last_lr, self._last_grad_norm = lr, None if grad_norm is None else float(grad_norm)
         return mean_loss
@@ -234,7 +294,9 @@ class Trainer:
         """Mean loss over eval_iters batches drawn with a fixed seed (the same at every eval,
         so successive estimates differ only because the model changed)."""
         cfg = self.config
-        sampler = BatchSampler(tokens, cfg.batch_size, cfg.block_size, seed=cfg.seed + 1)
+        sampler = BatchSampler(
+            tokens, cfg.batch_size, cfg.block_size, seed=cfg.seed + 1, device=self.device
+        )
         self.model.eval()
         losses = []
         for _ in range(cfg.eval_iters):
@@ -288,6 +350,7 @@ class Trainer:
         started = time.perf_counter()
         window_start, window_steps = started, 0
         first_step = self.step
+        stop_reason = "max_steps" if until is None or until >= cfg.max_steps else "until"
         bar = progress() if self.show_progress else None
         task = bar.add_task("training", total=cfg.max_steps, completed=self.step) if bar else None
         with bar if bar is not None else contextlib.nullcontext():
@@ -295,8 +358,7 @@ class Trainer:
                 loss = self.train_step()
                 window_steps += 1
                 if not math.isfinite(loss):
-                    self.console.print(f"[red]loss is {loss} at step {self.step}: stopping[/red]")
-                    break
+                    self._stop_on_bad_loss(loss)
                 if self.step % max(cfg.log_interval, 1) == 0 or self.step == cfg.max_steps:
                     now = time.perf_counter()
                     tps = tokens_per_step * window_steps / max(now - window_start, 1e-9)
@@ -324,7 +386,8 @@ class Trainer:
                 if self.dist.enabled:  # every process must stop at the same step
                     out_of_time = float(self.dist.mean(torch.tensor(float(out_of_time)))) > 0
                 self._periodic(self.step == cfg.max_steps or out_of_time)
-                if out_of_time:
+                if out_of_time and self.step < last_step:
+                    stop_reason = "time_limit"
                     break
         elapsed = time.perf_counter() - started
         steps_run = self.step - first_step
@@ -337,6 +400,21 @@ class Trainer:
             step_losses=list(self.step_losses),
             history=list(self.history),
             samples=list(self.samples),
+            stop_reason=stop_reason,
+            max_steps=cfg.max_steps,
+        )
+
+    def _stop_on_bad_loss(self, loss: float) -> None:
+        saved = self.run_dir / "latest" if self.run_dir is not None else None
+        kept = (
+            f"the last good checkpoint, {saved.read_text().strip()}, is kept in {self.run_dir}"
+            if saved is not None and saved.exists()
+            else "no checkpoint was written yet"
+        )
+        raise LossNotFinite(
+            f"loss became {loss} at step {self.step + 1}; training stopped before applying that "
+            f"step and {kept}",
+            hint="resume with --resume RUN and a smaller --lr or --grad-clip, or --dtype float32",
         )
 
     def _periodic(self, final: bool) -> None:
