@@ -9,15 +9,21 @@ import transformers
 
 from llm_internals.cli import main
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_memory import (
-    PRESETS,
     kv_cache_bytes,
     load_shape,
     normalize_dtype,
     shape_from_hf_config,
     shape_from_model_config,
 )
+from llm_internals.models import DecoderLM, load_pretrained, save_checkpoint, save_pretrained
 from llm_internals.models.config import ModelConfig
+from llm_internals.models.encoder import EncoderLM
+from llm_internals.models.published import decoders, hf_config
+from llm_internals.tokenizer.char import CharTokenizer
+from llm_internals.training.checkpoint import save_training_checkpoint
+from llm_internals.training.config import TrainConfig
 
 TINY_CONFIGS = {
     "llama-gqa": lambda: transformers.LlamaConfig(
@@ -62,12 +68,10 @@ def test_formula_equals_hf_cache_allocation(tmp_path, family, dtype):
         assert shape.cache_bytes(tokens, batch) == hf_cache_bytes(model, batch, tokens)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_read_the_same_shape_hf_derives_from_the_config(name):
-    preset = dict(PRESETS[name])
-    config_class = transformers.AutoConfig.for_model(preset.pop("model_type")).__class__
-    hf = config_class(**preset)
-    shape = shape_from_hf_config(PRESETS[name], name)
+@pytest.mark.parametrize("name", decoders())
+def test_published_decoders_read_the_same_shape_hf_derives_from_the_config(name):
+    hf = transformers.AutoConfig.for_model(**hf_config(name))
+    shape = load_shape(name)
     assert shape.layers == hf.num_hidden_layers
     assert shape.heads == hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
@@ -99,12 +103,12 @@ def test_model_config_and_formula():
 
 
 def test_text_config_of_multimodal_checkpoints_is_used():
-    config = {"model_type": "llava", "text_config": PRESETS["llama-3-8b"]}
+    config = {"model_type": "llava", "text_config": hf_config("llama-3-8b")}
     assert shape_from_hf_config(config).bytes_per_token == 128 * 1024
 
 
 def test_bad_input_names_the_problem(tmp_path):
-    with pytest.raises(LLMInternalsError, match="neither a preset nor an existing config"):
+    with pytest.raises(LLMInternalsError, match="neither a published model nor an existing path"):
         load_shape(tmp_path / "missing.json")
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{oops")
@@ -134,7 +138,7 @@ def test_cli_prints_the_total_and_per_token_bytes(capsys):
     assert f"{total:,} bytes" in out and "4 GiB" in out and "128 KiB" in out
     assert main(["kv-memory", "all", "--tokens", "4096", "131072"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in PRESETS)
+    assert all(name in out for name in decoders())
 
 
 def test_cli_errors_are_one_line(capsys):
@@ -143,3 +147,68 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["kv-memory", "gpt2", "--batch", "0"]) == 2
     out = capsys.readouterr().out
     assert "Traceback" not in out and out.count("error:") == 3
+
+
+# Every config the project itself writes, and the bytes our own cache allocates for it.
+TINY = ModelConfig(vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=16)
+
+
+def our_cache_bytes(folder, batch: int, tokens: int) -> int:
+    """Bytes of the ContiguousKVCache our generate allocates for the model in `folder`."""
+    model = load_pretrained(folder)
+    return ContiguousKVCache.for_model(model, batch=batch, max_len=tokens).nbytes()
+
+
+def test_our_checkpoint_folder_and_its_config_json(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(DecoderLM(TINY), tmp_path)
+    for source in (tmp_path, tmp_path / "config.json"):
+        assert load_shape(source).cache_bytes(7, 2) == our_cache_bytes(tmp_path, 2, 7)
+
+
+def test_bare_model_config_json(tmp_path):
+    TINY.save(tmp_path / "model.json")
+    shape = load_shape(tmp_path / "model.json")
+    assert (shape.layers, shape.heads, shape.kv_heads, shape.head_dim) == (3, 4, 2, 8)
+    torch.manual_seed(0)
+    save_checkpoint(DecoderLM(TINY), tmp_path / "ckpt")
+    assert shape.cache_bytes(5, 3) == our_cache_bytes(tmp_path / "ckpt", 3, 5)
+
+
+def test_training_run_folder_and_step_folder(tmp_path):
+    torch.manual_seed(0)
+    model = DecoderLM(TINY)
+    optimizer = torch.optim.AdamW(model.parameters())
+    step_dir = save_training_checkpoint(
+        tmp_path, 3, model, optimizer, TrainConfig(), CharTokenizer.train("abc"), {}
+    )
+    expected = our_cache_bytes(step_dir, 1, 9)
+    assert load_shape(tmp_path).cache_bytes(9) == load_shape(step_dir).cache_bytes(9) == expected
+
+
+def test_our_hf_export(tmp_path):
+    torch.manual_seed(0)
+    save_pretrained(DecoderLM(TINY.replace(family="llama")), tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert load_shape(tmp_path).cache_bytes(6, 2) == hf_cache_bytes(hf, 2, 6)
+
+
+def test_published_names_and_repo_ids():
+    by_repo = load_shape("meta-llama/Meta-Llama-3-8B")
+    assert by_repo.bytes_per_token == load_shape("LLAMA-3-8B").bytes_per_token
+    assert by_repo.name == "meta-llama/Meta-Llama-3-8B"
+
+
+def test_encoders_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(LLMInternalsError, match="not a decoder-only model"):
+        load_shape("bert-base")
+    with pytest.raises(LLMInternalsError, match="not a decoder-only model"):
+        load_shape("t5-base")
+    config = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, family="bert",
+                         position="learned", norm="layernorm", norm_position="post", ffn="mlp",
+                         activation="gelu")  # fmt: skip
+    save_checkpoint(EncoderLM(config), tmp_path)
+    with pytest.raises(
+        LLMInternalsError, match="model_class .EncoderLM. is not a decoder-only model"
+    ):
+        load_shape(tmp_path)

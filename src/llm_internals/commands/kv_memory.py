@@ -9,7 +9,8 @@ from rich.table import Table
 
 from llm_internals.console import console
 from llm_internals.errors import LLMInternalsError
-from llm_internals.inference.kv_memory import DTYPE_BYTES, PRESETS, KVShape, load_shape
+from llm_internals.inference.kv_memory import DTYPE_BYTES, KVShape, load_shape
+from llm_internals.models import published
 
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8": "fp8"}
 
@@ -19,11 +20,17 @@ def add_parser(subparsers) -> None:
         "kv-memory",
         help="how much memory a model's KV cache needs for N tokens x B sequences",
         description="KV-cache bytes = 2 x layers x kv_heads x head_dim x tokens x batch x "
-        "bytes_per_element. CONFIG is an HF config.json (or its directory), a preset "
-        f"({', '.join(PRESETS)}), or 'all' for every preset. Token counts accept a k suffix "
-        "(4k = 4096, 128k = 131072).",
+        "bytes_per_element. CONFIG is any config the project or HF writes (a config.json, a "
+        "checkpoint folder, a training run folder or one of its step-* folders), a published "
+        f"model ({published.choices()}), or 'all' for every published decoder. Token counts "
+        "accept a k suffix (4k = 4096, 128k = 131072).",
     )
-    p.add_argument("config", metavar="CONFIG", help="config.json path, model directory, or preset")
+    p.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="config.json, checkpoint/run/step folder, published model name or HF repo id, or "
+        "'all'",
+    )
     p.add_argument(
         "--tokens", nargs="+", default=["4k"], metavar="N", help="tokens per sequence (default 4k)"
     )
@@ -65,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch <= 0:
         raise LLMInternalsError(f"--batch must be a positive integer, got {args.batch}")
     token_counts = [parse_tokens(t) for t in args.tokens]
-    names = list(PRESETS) if args.config == "all" else [args.config]
+    names = published.decoders() if args.config == "all" else [args.config]
     shapes = [load_shape(name, args.dtype) for name in names]
     table = Table(
         title=f"KV cache for batch {args.batch}: 2 x layers x kv_heads x d_head x tokens x batch "

@@ -5,11 +5,12 @@ Every layer stores one key and one value vector per KV head for every token of e
     bytes = 2 (K and V) x layers x kv_heads x head_dim x tokens x batch x bytes_per_element
 
 Grouped-query attention (kv_heads < heads) and multi-query attention (kv_heads = 1) shrink it by
-heads / kv_heads; the dtype sets bytes_per_element. The shape is read from one of our
-ModelConfigs, from a Hugging Face config.json (GPT-2, Llama, Mistral, Qwen, Falcon key names), or
-from `PRESETS`: real published configs of well-known models, kept as the config.json keys that
-matter here. (Not modelled: sliding-window layers that keep fewer tokens, MLA's compressed
-cache, cache quantization.)
+heads / kv_heads; the dtype sets bytes_per_element. The shape is read from a Hugging Face
+config.json (GPT-2, Llama, Mistral, Qwen, Falcon key names) or from one of our ModelConfigs; a
+published model's config.json fields come from the table in models/published.py, and go through
+the same `shape_from_hf_config` as a downloaded file. `load_shape` takes any config the project
+or HF writes (see its docstring). (Not modelled: sliding-window layers that keep fewer tokens,
+MLA's compressed cache, cache quantization, encoder-decoder cross-attention caches.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import read_json
+from llm_internals.models import published
+from llm_internals.models.checkpoint import is_own_checkpoint
+from llm_internals.models.config import ModelConfig
+from llm_internals.models.loading import CONFIG_FILE, resolve_model_directory
 
 DTYPE_BYTES = {
     "float32": 4,
@@ -31,53 +36,11 @@ DTYPE_BYTES = {
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
                  "fp8": "float8", "float": "float32"}  # fmt: skip
 
-# Published config.json values (only the keys the KV cache depends on), by Hugging Face repo.
-PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": {  # openai-community/gpt2 (no torch_dtype: the weights are float32)
-        "model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024,
-    },
-    "gpt2-xl": {  # openai-community/gpt2-xl
-        "model_type": "gpt2", "n_layer": 48, "n_head": 25, "n_embd": 1600, "n_positions": 1024,
-    },
-    "smollm2-135m": {  # HuggingFaceTB/SmolLM2-135M
-        "model_type": "llama", "num_hidden_layers": 30, "num_attention_heads": 9,
-        "num_key_value_heads": 3, "hidden_size": 576, "max_position_embeddings": 8192,
-        "torch_dtype": "bfloat16",
-    },
-    "qwen2-0.5b": {  # Qwen/Qwen2-0.5B
-        "model_type": "qwen2", "num_hidden_layers": 24, "num_attention_heads": 14,
-        "num_key_value_heads": 2, "hidden_size": 896, "torch_dtype": "bfloat16",
-    },
-    "mistral-7b": {  # mistralai/Mistral-7B-v0.1
-        "model_type": "mistral", "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "hidden_size": 4096, "max_position_embeddings": 32768,
-        "torch_dtype": "bfloat16",
-    },
-    "falcon-7b": {  # tiiuae/falcon-7b: multi-query attention, one KV head
-        "model_type": "falcon", "n_layer": 32, "n_head": 71, "hidden_size": 4544,
-        "multi_query": True, "torch_dtype": "bfloat16",
-    },
-    "llama-3-8b": {  # meta-llama/Meta-Llama-3-8B
-        "model_type": "llama", "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "hidden_size": 4096, "max_position_embeddings": 8192,
-        "torch_dtype": "bfloat16",
-    },
-    "llama-3-70b": {  # meta-llama/Meta-Llama-3-70B
-        "model_type": "llama", "num_hidden_layers": 80, "num_attention_heads": 64,
-        "num_key_value_heads": 8, "hidden_size": 8192, "max_position_embeddings": 8192,
-        "torch_dtype": "bfloat16",
-    },
-    "llama-3.1-405b": {  # meta-llama/Llama-3.1-405B
-        "model_type": "llama", "num_hidden_layers": 126, "num_attention_heads": 128,
-        "num_key_value_heads": 8, "hidden_size": 16384, "max_position_embeddings": 131072,
-        "torch_dtype": "bfloat16",
-    },
-}  # fmt: skip
-
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_head_kv")
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+NOT_DECODERS = ("bert", "marian")  # ModelConfig families of encoder and encoder-decoder models
 
 
 @dataclass(frozen=True)
@@ -141,6 +104,12 @@ def shape_from_hf_config(config: dict[str, Any], name: str = "config") -> KVShap
         raise LLMInternalsError(f"{name}: expected a JSON object, got {type(config).__name__}")
     if isinstance(config.get("text_config"), dict):
         config = {**config, **config["text_config"]}
+    if config.get("is_encoder_decoder") or config.get("model_type") in published.ENCODER_TYPES:
+        raise LLMInternalsError(
+            f"{name}: model_type {config.get('model_type')!r} is not a decoder-only model",
+            hint="kv-memory sizes decoder self-attention caches; encoders keep no KV cache and "
+            "encoder-decoder cross-attention caches are not modelled",
+        )
     layers = _first_int(config, LAYER_KEYS, name)
     heads = _first_int(config, HEAD_KEYS, name)
     if config.get("multi_query") and not config.get("new_decoder_architecture"):
@@ -166,6 +135,11 @@ def shape_from_hf_config(config: dict[str, Any], name: str = "config") -> KVShap
 
 def shape_from_model_config(config: Any, dtype: str = "float32", name: str = "model") -> KVShape:
     """From one of our ModelConfigs (n_layers, n_heads, n_kv_heads, head_dim)."""
+    if config.family in NOT_DECODERS:
+        raise LLMInternalsError(
+            f"{name}: a {config.family} model is not decoder-only",
+            hint="kv-memory sizes decoder self-attention caches",
+        )
     return KVShape(
         name,
         layers=int(config.n_layers),
@@ -176,22 +150,44 @@ def shape_from_model_config(config: Any, dtype: str = "float32", name: str = "mo
     )
 
 
-def load_shape(source: str | Path, dtype: str | None = None) -> KVShape:
-    """A preset name, a config.json path, or a directory holding config.json; `dtype` overrides."""
-    text = str(source)
-    if text.lower() in PRESETS:
-        shape = shape_from_hf_config(PRESETS[text.lower()], text.lower())
-    else:
-        path = Path(text)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
+def shape_from_config_json(config: Any, name: str) -> KVShape:
+    """From any config.json the project or HF writes: our checkpoint's ({"format":
+    "llm-internals", "config": {...}}), a bare ModelConfig (`ModelConfig.save`), or HF's.
+    Our own configs carry no dtype; the trainer writes float32 weights, so float32 it is."""
+    if isinstance(config, dict) and is_own_checkpoint(config):
+        model_class = config.get("model_class")
+        if model_class != "DecoderLM":
             raise LLMInternalsError(
-                f"kv memory: {text!r} is neither a preset nor an existing config file ({path})",
-                hint=f"presets: {', '.join(PRESETS)}; or a path to an HF config.json",
+                f"{name}: model_class {model_class!r} is not a decoder-only model",
+                hint="kv-memory sizes decoder self-attention caches",
             )
-        config = read_json(path, "config file")
-        shape = shape_from_hf_config(config, str(path))
+        model_config = ModelConfig.from_dict(config.get("config"), f"{name}: field config")
+        return shape_from_model_config(model_config, name=name)
+    if isinstance(config, dict) and "model_type" not in config and "d_model" in config:
+        return shape_from_model_config(ModelConfig.from_dict(config, name), name=name)
+    return shape_from_hf_config(config, name)
+
+
+def load_shape(source: str | Path, dtype: str | None = None) -> KVShape:
+    """The KV shape of `source`; `dtype` overrides the config's. `source` is, in this order:
+    an existing path (a config.json file, a checkpoint folder of ours or HF's, a training run
+    folder or one of its step-* folders), or a published model (alias or HF repo id; a local
+    folder of the same name wins, as in HF's from_pretrained)."""
+    text = str(source)
+    path = Path(text)
+    if path.is_file():
+        shape = shape_from_config_json(read_json(path, "config file"), str(path))
+    elif path.is_dir():
+        config_path = resolve_model_directory(path) / CONFIG_FILE
+        shape = shape_from_config_json(read_json(config_path, "config file"), str(config_path))
+    elif published.is_published(text):
+        shape = shape_from_hf_config(published.hf_config(text), text)
+    else:
+        raise LLMInternalsError(
+            f"kv memory: {text!r} is neither a published model nor an existing path",
+            hint=f"published models: {published.choices()}; or a config.json, a checkpoint "
+            "folder or a training run folder",
+        )
     if dtype is not None:
         shape = KVShape(shape.name, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
                         normalize_dtype(dtype, "--dtype"))  # fmt: skip

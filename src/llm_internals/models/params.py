@@ -6,15 +6,30 @@ Per layer, with d = d_model, h = head_dim, H = n_heads, G = n_kv_heads, f = d_ff
     norms      d per RMSNorm, 2d per LayerNorm (weight and bias), 2h for Qwen3's QK-norm
 embeddings = vocab*d (+ max_seq_len*d for learned positions); the output head adds vocab*d
 unless tied to the embedding.
+
+Two families outside the decoder formula, with an "other" column for what fits no component:
+BERT (BertModel, with the pooler), per layer with d = hidden, f = intermediate:
+    attention 4 (d^2 + d)  ffn 2 d f + f + d  norms 2 * 2d
+    embeddings (vocab + positions + token types) d, plus one LayerNorm 2d; pooler d^2 + d (other)
+T5 (T5ForConditionalGeneration, read from its HF config fields: it does not fit ModelConfig; no
+biases anywhere, RMS-style norms of d weights, with i = num_heads * d_kv):
+    encoder layer: 4 d i attention + 2 d f ffn (3 d f when gated) + 2 d norms
+    decoder layer: 8 d i self + cross attention + the same ffn + 3 d norms
+    shared embedding vocab d, tied to the output head (transformers 5 ties it for every T5,
+    whatever tie_word_embeddings says), one relative-position bias table (buckets x heads) per
+    stack (other), one final norm d per stack.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
 from llm_internals.models.config import ModelConfig
 
 COMPONENTS = ("embeddings", "attention", "ffn", "norms", "lm_head")
+ALL_COMPONENTS = (*COMPONENTS, "other")
 
 
 def count_parameters(config: ModelConfig) -> dict[str, int]:
@@ -45,6 +60,46 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     }
     counts["total"] = sum(counts.values())
     return counts
+
+
+def with_all_components(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` over ALL_COMPONENTS (missing ones 0), with "total" recomputed."""
+    counts = {name: counts.get(name, 0) for name in ALL_COMPONENTS}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def count_bert_parameters(config: ModelConfig, pooler: bool = True) -> dict[str, int]:
+    """BertModel's parameters by component ("other" is the pooler's dense layer)."""
+    d, f = config.d_model, config.d_ff
+    type_vocab = config.extra.get("type_vocab_size", 2)
+    return with_all_components(
+        {
+            "embeddings": (config.vocab_size + config.max_seq_len + type_vocab) * d,
+            "attention": 4 * (d * d + d) * config.n_layers,
+            "ffn": (2 * d * f + f + d) * config.n_layers,
+            "norms": 2 * d + 2 * 2 * d * config.n_layers,  # embedding LayerNorm + 2 per layer
+            "other": d * d + d if pooler else 0,
+        }
+    )
+
+
+def count_t5_parameters(hf: dict[str, Any]) -> dict[str, int]:
+    """T5ForConditionalGeneration's parameters from its HF config.json fields ("other" holds
+    the two relative-position bias tables). Defaults are T5Config's."""
+    d, inner = hf["d_model"], hf["num_heads"] * hf.get("d_kv", 64)
+    enc = hf["num_layers"]
+    dec = hf.get("num_decoder_layers") or enc
+    ffn_mats = 3 if hf.get("feed_forward_proj", "relu").startswith("gated-") else 2
+    return with_all_components(
+        {
+            "embeddings": hf["vocab_size"] * d,
+            "attention": 4 * d * inner * (enc + 2 * dec),  # q, k, v, o; decoder: self + cross
+            "ffn": ffn_mats * d * hf["d_ff"] * (enc + dec),
+            "norms": d * (2 * enc + 3 * dec + 2),
+            "other": 2 * hf.get("relative_attention_num_buckets", 32) * hf["num_heads"],
+        }
+    )
 
 
 def _component(name: str) -> str:
