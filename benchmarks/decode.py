@@ -45,22 +45,24 @@ from rich.table import Table
 from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import generate
 from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
+from llm_internals.models.published import hf_config
 
 console = Console(highlight=False, width=200)
 PROMPT_LEN = 16
 
 
+def hf_random(name: str) -> transformers.PreTrainedModel:
+    """A random fp32 HF model with a published shape (models/published.py)."""
+    config = transformers.AutoConfig.for_model(**hf_config(name))
+    return getattr(transformers, config.architectures[0])(config)
+
+
 def hf_gpt2() -> transformers.PreTrainedModel:
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    return hf_random("gpt2-124m")
 
 
 def hf_smollm() -> transformers.PreTrainedModel:
-    config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config)
+    return hf_random("smollm-135m")
 
 
 MODELS: dict[str, Callable[[], transformers.PreTrainedModel]] = {

@@ -28,31 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_internals.models import load_pretrained
+from llm_internals.models.published import hf_config
 
 
 def hf_models(name: str):
+    """The HF model class and config of a published shape (models/published.py)."""
     import transformers
 
-    if name == "gpt2-124m":
-        config = transformers.GPT2Config(
-            vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024
-        )
-        return transformers.GPT2LMHeadModel, config
-    if name == "smollm-135m":
-        config = transformers.LlamaConfig(
-            vocab_size=49152,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            max_position_embeddings=2048,
-            rms_norm_eps=1e-5,
-            rope_theta=10000.0,
-            tie_word_embeddings=True,
-        )
-        return transformers.LlamaForCausalLM, config
-    raise SystemExit(f"unknown model {name!r}")
+    config = transformers.AutoConfig.for_model(**hf_config(name))
+    return getattr(transformers, config.architectures[0]), config
 
 
 def time_once(fn) -> float:
@@ -104,7 +88,13 @@ def bench_model(name: str, reps: int, batch: int, seq: int, console: Console) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["gpt2-124m", "smollm-135m"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["gpt2-124m", "smollm-135m"],
+        help="published decoders (names of models/published.py) to time with random weights "
+        "(default: gpt2-124m smollm-135m)",
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)

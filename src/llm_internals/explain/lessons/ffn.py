@@ -13,14 +13,7 @@ from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
 from llm_internals.layers.ffn import MLP, GatedMLP
-from llm_internals.models.presets import gpt2_124m, llama3_8b, qwen3_0_6b, smollm_135m
-from llm_internals.models.published_configs import (
-    bert_base,
-    count_bert_parameters,
-    count_decoder_parameters,
-    llama3_70b,
-    mistral_7b,
-)
+from llm_internals.models.published import model_config, parameter_counts
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -61,11 +54,11 @@ def run_layers() -> tuple[MLP, GatedMLP, dict[str, torch.Tensor], dict[str, torc
 
 def models() -> dict[str, dict[str, int]]:
     """Parameter counts by component of published configs."""
-    counts = {"BERT-base": count_bert_parameters(bert_base())}
-    for name, config in (("GPT-2 (124M)", gpt2_124m), ("SmolLM-135M", smollm_135m),
-                         ("Qwen3-0.6B", qwen3_0_6b), ("Llama-3-8B", llama3_8b),
-                         ("Llama-3-70B", llama3_70b)):  # fmt: skip
-        counts[name] = count_decoder_parameters(config())
+    counts = {"BERT-base": parameter_counts("bert-base")}
+    for name, model in (("GPT-2 (124M)", "gpt2-124m"), ("SmolLM-135M", "smollm-135m"),
+                        ("Qwen3-0.6B", "qwen3-0.6b"), ("Llama-3-8B", "llama-3-8b"),
+                        ("Llama-3-70B", "llama-3-70b")):  # fmt: skip
+        counts[name] = parameter_counts(model)
     return counts
 
 
@@ -79,7 +72,7 @@ def share_rows() -> list[list]:
 
 
 def moe_rows() -> list[list]:
-    dense = count_decoder_parameters(mistral_7b())
+    dense = parameter_counts("mistral-7b")
     experts = MOE_EXPERTS * dense["ffn"]
     total = dense["total"] - dense["ffn"] + experts
     active = dense["total"] - dense["ffn"] + MOE_ACTIVE * dense["ffn"]
@@ -104,9 +97,9 @@ def build() -> Lesson:
     real_shapes = [
         [name, c.d_model, c.d_ff, c.d_ff / c.d_model, c.ffn, c.activation]
         for name, c in (
-            ("GPT-2 (124M)", gpt2_124m()),
-            ("Llama-3-8B", llama3_8b()),
-            ("Llama-3-70B", llama3_70b()),
+            ("GPT-2 (124M)", model_config("gpt2-124m")),
+            ("Llama-3-8B", model_config("llama-3-8b")),
+            ("Llama-3-70B", model_config("llama-3-70b")),
         )  # fmt: skip
     ]
     sections = [

@@ -16,11 +16,10 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.inference.kv_memory import KVShape, load_shape, shape_from_model_config
+from llm_internals.inference.kv_memory import KVShape, load_shape
 from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.models.gqa_uptrain import uptrain_init
 from llm_internals.models.hf import load_pretrained
-from llm_internals.models.published_configs import llama2_7b
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -66,7 +65,7 @@ def as_mha(attention: MultiHeadAttention) -> MultiHeadAttention:
 
 def kv_shapes() -> list[KVShape]:
     shapes = [load_shape(name, dtype="bfloat16") for name in KV_MODELS]
-    shapes.insert(1, shape_from_model_config(llama2_7b(), "bfloat16", "llama-2-7b"))
+    shapes.insert(1, load_shape("llama-2-7b", dtype="bfloat16"))
     return shapes
 
 

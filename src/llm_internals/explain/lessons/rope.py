@@ -17,8 +17,7 @@ from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.multihead import MultiHeadAttention
 from llm_internals.layers.positional import sinusoidal_table
 from llm_internals.layers.rope import RotaryEmbedding, apply_rope
-from llm_internals.models.presets import llama3_8b, qwen3_0_6b, smollm_135m
-from llm_internals.models.published_configs import llama2_7b, mistral_7b, qwen2_5_7b
+from llm_internals.models.published import model_config
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -67,9 +66,10 @@ def permutation_check() -> tuple[torch.Tensor, float]:
 
 
 def theta_rows() -> list[list]:
-    models = [("Llama-2-7B", llama2_7b()), ("Mistral-7B-v0.1", mistral_7b()),
-              ("SmolLM-135M", smollm_135m()), ("Llama-3-8B", llama3_8b()),
-              ("Qwen2.5-7B", qwen2_5_7b()), ("Qwen3-0.6B", qwen3_0_6b())]  # fmt: skip
+    models = [(label, model_config(name)) for label, name in (
+        ("Llama-2-7B", "llama-2-7b"), ("Mistral-7B-v0.1", "mistral-7b"),
+        ("SmolLM-135M", "smollm-135m"), ("Llama-3-8B", "llama-3-8b"),
+        ("Qwen2.5-7B", "qwen2.5-7b"), ("Qwen3-0.6B", "qwen3-0.6b"))]  # fmt: skip
     rows = []
     for name, config in models:
         inv_freq = RotaryEmbedding(config.head_dim, config.rope_theta).inv_freq

@@ -3,7 +3,7 @@
 A BPE tokenizer is trained on one line of Hamlet; a tiny GPT-2-style `DecoderLM` (2 layers,
 d_model 16, 4 heads) and a tiny post-norm `Seq2SeqLM` run under a recorder, and the lesson lists
 what they recorded with its shape. Parameter counts of real published configs come from
-`models.params.count_parameters` (decoders) and `models.published_configs` (BERT, T5).
+`models.published.parameter_counts` (decoders, BERT, T5; formulas in `models.params`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,7 @@ from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
-from llm_internals.models.presets import gpt2_124m, llama3_8b
-from llm_internals.models.published_configs import (
-    bert_base,
-    count_bert_parameters,
-    count_decoder_parameters,
-    count_t5_parameters,
-    t5_base,
-)
+from llm_internals.models.published import parameter_counts
 from llm_internals.models.seq2seq import Seq2SeqLM
 from llm_internals.tokenizer import Tokenizer, train_bpe
 from llm_internals.trace import Recording, recording
@@ -112,10 +105,10 @@ def data_flow(rec: Recording, n_layers: int) -> list[list]:
 
 def family_counts() -> list[list]:
     models = [
-        ("BERT-base", "encoder-only", count_bert_parameters(bert_base())),
-        ("GPT-2 (124M)", "decoder-only", count_decoder_parameters(gpt2_124m())),
-        ("Llama-3-8B", "decoder-only", count_decoder_parameters(llama3_8b())),
-        ("T5-base", "encoder-decoder", count_t5_parameters(t5_base())),
+        ("BERT-base", "encoder-only", parameter_counts("bert-base")),
+        ("GPT-2 (124M)", "decoder-only", parameter_counts("gpt2-124m")),
+        ("Llama-3-8B", "decoder-only", parameter_counts("llama-3-8b")),
+        ("T5-base", "encoder-decoder", parameter_counts("t5-base")),
     ]
     return [
         [
