@@ -49,25 +49,30 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise LLMInternalsError(
-            f"unknown device {name!r}", hint="use auto, cpu, cuda, cuda:N or mps"
+            f"unknown device {name!r}", hint="use --device auto, cpu, cuda, cuda:N or mps"
         ) from None
+    here = ", ".join(available_devices())
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise LLMInternalsError(
-                f"device {name!r} asked for, but this torch build sees no CUDA GPU",
-                hint=f"available here: {', '.join(available_devices())} (or --device auto)",
+                f"--device {name}: this torch sees no CUDA GPU (available here: {here})",
+                hint="use --device auto (the best available) or --device cpu",
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise LLMInternalsError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here, "
+                f"numbered from 0",
+                hint="use --device cuda (the current one) or cuda:N with a smaller N",
             )
     elif device.type == "mps" and not mps_available():
         raise LLMInternalsError(
-            f"device {name!r} asked for, but MPS is not available",
-            hint=f"available here: {', '.join(available_devices())}",
+            f"--device {name}: MPS is not available (available here: {here})",
+            hint="use --device auto (the best available) or --device cpu",
         )
     elif device.type not in ("cpu", "cuda", "mps", "meta"):
-        raise LLMInternalsError(f"unsupported device {name!r}", hint="use auto, cpu, cuda or mps")
+        raise LLMInternalsError(
+            f"unsupported device {name!r}", hint="use --device auto, cpu, cuda, cuda:N or mps"
+        )
     return device
 
 
@@ -81,7 +86,8 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
         key = DTYPE_ALIASES.get(name, name)
         if key not in DTYPES:
             raise LLMInternalsError(
-                f"unknown dtype {name!r}", hint=f"use auto, {', '.join(DTYPES)} (or bf16, fp16)"
+                f"unknown dtype {name!r}",
+                hint=f"use --dtype auto, {', '.join(DTYPES)} (or bf16, fp16)",
             )
         dtype = DTYPES[key]
     if dtype == torch.float16 and device.type == "cpu":
@@ -92,8 +98,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     return dtype
 
 
-def add_device_arguments(parser, *, dtype: bool = True) -> None:
-    """Add --device (and --dtype) to an argparse parser, with help text and choices."""
+def add_device_arguments(parser, *, dtype: bool = True, dtype_help: str = "") -> None:
+    """Add --device (and --dtype) to an argparse parser, with help text and choices;
+    `dtype_help` says what the dtype applies to where that is not the whole command."""
     parser.add_argument(
         "--device",
         default="auto",
@@ -105,9 +112,24 @@ def add_device_arguments(parser, *, dtype: bool = True) -> None:
             "--dtype",
             default="auto",
             choices=["auto", *DTYPES, *DTYPE_ALIASES],
-            help="parameter dtype; auto = float32. bfloat16/float16 halve memory on a GPU "
-            "(default: auto)",
+            help="parameter dtype; auto = float32. bfloat16/float16 halve memory on a GPU"
+            f"{dtype_help} (default: auto)",
         )
+
+
+def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype an argparse namespace from `add_device_arguments` asks for (a
+    namespace without --dtype gets float32)."""
+    device = resolve_device(args.device)
+    return device, resolve_dtype(getattr(args, "dtype", "auto"), device)
+
+
+def describe_device(device: torch.device) -> str:
+    """'cpu', 'cuda:0 (NVIDIA H200)' or 'mps': for the line a command prints."""
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
 
 
 def synchronize(device: torch.device) -> None:

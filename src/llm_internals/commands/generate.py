@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from llm_internals.console import console
+from llm_internals.devices import add_device_arguments, describe_device, device_and_dtype
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import Timing, stream
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--no-cache", action="store_true", help="recompute everything at every step")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -81,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
     )
     prompt_ids = None if args.prompt_ids is None else parse_prompt_ids(args.prompt_ids)
+    device, dtype = device_and_dtype(args)
     model, tokenizer, eos = load_model_and_tokenizer(
-        args.model, args.tokenizer, allow_seq2seq=True, require_tokenizer=prompt_ids is None
-    )
-    model = use_decode_layout(model)
+        args.model, args.tokenizer, allow_seq2seq=True, require_tokenizer=prompt_ids is None,
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    if device.type == "cpu":  # a CPU BLAS layout choice (see decode_layout.py)
+        model = use_decode_layout(model)
     if prompt_ids is not None:
         tokenizer = None  # ids in, ids out
     if tokenizer is None and params.stop:
@@ -117,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"[dim]{timing.tokens} tokens in {wall:.2f} s: {timing.tokens / wall:.1f} tokens/s "
         f"(prefill {timing.prefill_s * 1e3:.0f} ms, decode {decode_rate:.1f} tokens/s, "
-        f"{'no cache' if args.no_cache else 'KV cache'}); finished: {reason}[/dim]",
+        f"{'no cache' if args.no_cache else 'KV cache'}, {describe_device(device)}, "
+        f"{str(dtype).removeprefix('torch.')}); finished: {reason}[/dim]",
         soft_wrap=True,
     )
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llm_internals.devices import add_device_arguments
 from llm_internals.tour import run_tour
 
 
@@ -22,9 +23,15 @@ def add_parser(subparsers) -> None:
         default=Path("out/tour"),
         help="where the tour saves what it builds (default: out/tour)",
     )
+    add_device_arguments(
+        p,
+        dtype_help="; for the generation and serving stages (training keeps float32 weights "
+        "and runs in bf16 autocast)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    run_tour(corpus_source=args.corpus, workdir=args.workdir)
+    run_tour(corpus_source=args.corpus, workdir=args.workdir, device=args.device,
+             dtype=args.dtype)  # fmt: skip
     return 0

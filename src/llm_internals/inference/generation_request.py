@@ -161,16 +161,17 @@ def prepare(
 
 
 def pad_prompts(
-    prompts: list[list[int]], side: str, pad_id: int = 0
+    prompts: list[list[int]], side: str, pad_id: int = 0, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask, index of each row's last real token), padded to one width."""
+    """(ids, attention_mask, index of each row's last real token), padded to one width, built
+    on the CPU and moved to `device` in one copy each."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device="cpu")
     last = []
     for row, prompt in enumerate(prompts):
         start = width - len(prompt) if side == "left" else 0
-        ids[row, start : start + len(prompt)] = torch.tensor(prompt)
+        ids[row, start : start + len(prompt)] = torch.tensor(prompt, device="cpu")
         mask[row, start : start + len(prompt)] = 1
         last.append(start + len(prompt) - 1)
-    return ids, mask, torch.tensor(last)
+    return ids.to(device), mask.to(device), torch.tensor(last, device=device)

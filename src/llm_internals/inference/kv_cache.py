@@ -56,9 +56,15 @@ class ContiguousKVCache:
 
     @classmethod
     def for_model(
-        cls, model: torch.nn.Module, batch: int, max_len: int, dtype: torch.dtype | None = None
+        cls,
+        model: torch.nn.Module,
+        batch: int,
+        max_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> ContiguousKVCache:
-        """A cache shaped for `model` (anything with a ModelConfig in `.config`)."""
+        """A cache shaped for `model` (anything with a ModelConfig in `.config`), by default on
+        the model's device and in its dtype."""
         config = model.config
         weight = next(model.parameters())
         return cls(
@@ -68,7 +74,7 @@ class ContiguousKVCache:
             max_len,
             config.head_dim,
             dtype=weight.dtype if dtype is None else dtype,
-            device=weight.device,
+            device=weight.device if device is None else device,
         )
 
     @property

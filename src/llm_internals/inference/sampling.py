@@ -32,11 +32,25 @@ from llm_internals.layers.softmax import softmax
 from llm_internals.trace import is_recording, record
 
 
-def make_generator(seed: int | None) -> torch.Generator | None:
-    """A CPU generator seeded with `seed`, or None (use the sampler's shared generator)."""
+def make_generator(
+    seed: int | None, device: torch.device | str = "cpu"
+) -> torch.Generator | None:
+    """A generator on `device` seeded with `seed`, or None (use the sampler's shared generator).
+
+    The default is a CPU generator whatever device the logits are on: the sampler draws one
+    uniform per row, so drawing on the CPU costs one tiny copy, and a seed then gives the same
+    tokens on the CPU, CUDA and MPS (a CUDA generator's stream differs from the CPU's).
+    """
     if seed is None:
         return None
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n float64 Uniform[0, 1) draws from `generator` (None: torch's global CPU generator), on
+    the CPU."""
+    device = "cpu" if generator is None else generator.device
+    return torch.rand(n, dtype=torch.float64, generator=generator, device=device).cpu()
 
 
 def _per_row(values: torch.Tensor | float | int, logits: torch.Tensor) -> torch.Tensor:
@@ -160,9 +174,11 @@ class Sampler:
         record("sampling.logits", logits)
         logits = self._penalize(logits, params, prompt_ids, output_ids)
 
-        column = torch.tensor([[p.temperature] for p in params], dtype=logits.dtype)
+        column = torch.tensor(
+            [[p.temperature] for p in params], dtype=logits.dtype, device=logits.device
+        )
         greedy_rows = torch.tensor([p.greedy for p in params], device=logits.device)
-        logits = logits / torch.where(column > 0, column, 1.0).to(logits.device)
+        logits = logits / torch.where(column > 0, column, 1.0)
         record("sampling.tempered", logits, note="logits / temperature (greedy rows: / 1)")
 
         keep = torch.ones_like(logits, dtype=torch.bool)
@@ -256,15 +272,13 @@ class Sampler:
         self, rows: list[int], generators: Sequence[torch.Generator | None] | None
     ) -> torch.Tensor:
         """One float64 Uniform[0, 1) per row: from the row's generator, else the shared one."""
-        uniforms = torch.empty(len(rows), dtype=torch.float64)
+        uniforms = torch.empty(len(rows), dtype=torch.float64, device="cpu")
         shared = [i for i, row in enumerate(rows) if generators is None or generators[row] is None]
         if shared:
-            uniforms[shared] = torch.rand(
-                len(shared), dtype=torch.float64, generator=self.generator
-            )
+            uniforms[shared] = _rand(len(shared), self.generator)
         for i, row in enumerate(rows):
             if generators is not None and generators[row] is not None:
-                uniforms[i] = torch.rand((), dtype=torch.float64, generator=generators[row])
+                uniforms[i] = _rand(1, generators[row])[0]
         return uniforms
 
 

@@ -92,8 +92,7 @@ def seq2seq_loop(
     # from column 0 (Marian, like HF, does not derive them from the mask), so left padding would
     # shift every real token's position and change the translation. HF's Marian tokenizer pads
     # right for the same reason.
-    src, src_mask, _ = pad_prompts([s.prompt_ids for s in seqs], "right", pad_id)
-    src, src_mask = src.to(device), src_mask.to(device)
+    src, src_mask, _ = pad_prompts([s.prompt_ids for s in seqs], "right", pad_id, device)
     src_mask = None if bool(src_mask.all()) else src_mask
     targets = torch.tensor([s.decoder_ids for s in seqs], device=device)  # (batch, 1)
     n_layers = len(model.decoder_blocks)

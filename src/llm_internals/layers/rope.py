@@ -79,6 +79,16 @@ class RotaryEmbedding(nn.Module):
             )
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        """`model.to(device)` moves the frequencies; `model.to(torch.bfloat16)` must not round
+        them: w_i in bfloat16 keeps 8 significant bits, so the angle m * w_i at position
+        m = 1000 would be off by up to ~4 radians. Whatever `fn` does, they stay float32."""
+        exact = self.inv_freq.float()
+        super()._apply(fn, recurse)
+        moved = self.inv_freq  # meta (no values to keep) moves as fn says, cast back to float32
+        self.inv_freq = moved.float() if exact.is_meta else exact.to(moved.device)
+        return self
+
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
     ) -> tuple[torch.Tensor, torch.Tensor]:

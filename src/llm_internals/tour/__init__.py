@@ -1,7 +1,9 @@
 """The tour: every stage of the stack run in order on one corpus, each printing what it measured.
 
 A stage is a module in this package with `run(ctx: TourContext) -> None`; STAGES lists them in
-order, and a stage whose module is None is shown as not yet built.
+order, and a stage whose module is None is shown as not yet built. Models live on `ctx.device`;
+training keeps float32 weights (bf16 autocast) and the generation and serving stages run in
+`ctx.dtype`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from llm_internals.console import console as default_console
+from llm_internals.devices import describe_device, resolve_device, resolve_dtype
 
 STAGES: list[tuple[str, str | None]] = [
     ("corpus", "corpus"),
@@ -37,11 +41,29 @@ class TourContext:
     train_text: str = ""
     val_text: str = ""
     artifacts: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on the tour's device, in its dtype (in place, as Module.to is)."""
+        return model.to(device=self.device, dtype=self.dtype)
+
+    def where(self) -> str:
+        """'cpu, float32' or 'cuda:0 (NVIDIA H200), bfloat16': for the stages' messages."""
+        return f"{describe_device(self.device)}, {str(self.dtype).removeprefix('torch.')}"
 
 
-def run_tour(corpus_source: str = "shakespeare", workdir: Path = Path("out/tour")) -> TourContext:
-    """Run every built stage in order; returns the context with everything the stages produced."""
-    ctx = TourContext(console=default_console, workdir=workdir, corpus_source=corpus_source)
+def run_tour(
+    corpus_source: str = "shakespeare",
+    workdir: Path = Path("out/tour"),
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+) -> TourContext:
+    """Run every built stage in order; returns the context with everything the stages produced.
+    device: auto (cuda, then mps, then cpu) or a name; dtype: auto (float32) or a name."""
+    placement = resolve_device(device)
+    ctx = TourContext(console=default_console, workdir=workdir, corpus_source=corpus_source,
+                      device=placement, dtype=resolve_dtype(dtype, placement))  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for number, (title, module_name) in enumerate(STAGES, start=1):

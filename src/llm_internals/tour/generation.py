@@ -65,14 +65,15 @@ def run(ctx: TourContext) -> None:
 
 def _run(ctx: TourContext) -> None:
     model, tokenizer, source = _artifacts(ctx)
+    model = ctx.place(model)
     prompt_len = len(tokenizer.encode(PROMPT))
     new_tokens = model.config.max_seq_len - prompt_len  # fill the context window
     ctx.console.print(
         f"Generating {new_tokens} tokens after {PROMPT!r} with {source} (context "
         f"{model.config.max_seq_len} tokens; temperature {SAMPLING['temperature']}, top-k "
         f"{SAMPLING['top_k']}, seed {SAMPLING['seed']}), once with the KV cache and once "
-        f"recomputing the whole sequence at every step. Median of {REPEATS} runs each, one "
-        "CPU thread."
+        f"recomputing the whole sequence at every step. Median of {REPEATS} runs each, on "
+        f"{ctx.where()}{' (one thread)' if ctx.device.type == 'cpu' else ''}."
     )
     cached, cached_s = _timed(model, tokenizer, new_tokens, use_cache=True)
     uncached, uncached_s = _timed(model, tokenizer, new_tokens, use_cache=False)

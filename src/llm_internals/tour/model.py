@@ -17,7 +17,7 @@ from llm_internals.training.trainer import build_model
 def run(ctx: TourContext) -> None:
     tokenizer = ctx.artifacts.get("tokenizer")
     vocab_size = tokenizer.vocab_size if tokenizer is not None else FALLBACK_VOCAB
-    model = build_model(TOUR_CONFIG, vocab_size)
+    model = build_model(TOUR_CONFIG, vocab_size).to(ctx.device)  # float32: training casts none
     config = model.config
     ctx.console.print(
         f"A GPT-2-style decoder: {config.n_layers} layers, {config.n_heads} heads, d_model "

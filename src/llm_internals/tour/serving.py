@@ -113,7 +113,7 @@ def run(ctx: TourContext) -> None:
 
 def _run(ctx: TourContext) -> None:
     model, tokenizer, source = _artifacts(ctx)
-    model.eval()
+    model = ctx.place(model).eval()
     text = ctx.val_text or ctx.text or FALLBACK_TEXT
     token_ids = tokenizer.encode(text[:20_000])
     requests = workload(token_ids, model.config.max_seq_len)
@@ -123,7 +123,7 @@ def _run(ctx: TourContext) -> None:
         f"of {min(m for _, m in requests)}-{max(m for _, m in requests)} tokens (greedy), all "
         f"submitted at once to the paged engine (blocks of {BLOCK_SIZE} tokens), then as one "
         f"static padded batch through the contiguous-cache generate. Median of {REPEATS} runs, "
-        "one CPU thread."
+        f"on {ctx.where()}{' (one thread)' if ctx.device.type == 'cpu' else ''}."
     )
     paged_runs = [serve_paged(model, tokenizer, requests) for _ in range(REPEATS)]
     contiguous_runs = [serve_contiguous(model, requests) for _ in range(REPEATS)]

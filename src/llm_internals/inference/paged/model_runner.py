@@ -118,8 +118,8 @@ class ModelRunner:
         for seq, n in prefills:
             start = seq.num_computed_tokens
             end = start + n
-            chunk_positions = torch.arange(start, end)
-            table = torch.tensor(seq.block_table[: -(-end // block_size)])
+            chunk_positions = torch.arange(start, end, device="cpu")  # host-side bookkeeping
+            table = torch.tensor(seq.block_table[: -(-end // block_size)], device="cpu")
             chunk_slots = table[chunk_positions // block_size] * block_size + (
                 chunk_positions % block_size
             )
@@ -149,8 +149,10 @@ class ModelRunner:
             prefills=chunks,
         )
         if is_recording():
-            record("paged.input_ids", torch.tensor(ids), note="all scheduled tokens, one row")
-            record("paged.positions", torch.tensor(positions), note="position of each token")
+            record("paged.input_ids", torch.tensor(ids, device="cpu"),
+                   note="all scheduled tokens, one row")  # fmt: skip
+            record("paged.positions", torch.tensor(positions, device="cpu"),
+                   note="position of each token")  # fmt: skip
             record("paged.slot_mapping", context.slot_mapping, note="block * block_size + offset")
             for group in groups:
                 record("paged.decode_block_ids", group.block_ids, note="block tables, padded")
