@@ -60,98 +60,114 @@ def changed_rows(a: torch.Tensor, b: torch.Tensor) -> str:
     return ", ".join(rows) if rows else "none"
 
 
-def build() -> Lesson:
-    attention, x, changed = inputs()
+def _section_without_masking_token(attention, x, changed) -> Section:
     open_run, open_changed = attend(attention, x, False), attend(attention, changed, False)
+    return Section(
+        "Without masking: a token sees the future",
+        [
+            Step(
+                f"Plain self-attention over '{' '.join(WORDS)}': every row has weight on "
+                "every column. Row 0 ('the') attends to 'cat', 'sat' and 'down', words that "
+                "come after it. When training to predict the next word, the answer would be "
+                "in plain view.",
+                values={"weights (no mask)": open_run["weights"]},
+            ),
+            Step(
+                "Proof by experiment: change only the last token's vector ('down') and run "
+                "again. Every output changes, including the first token's, so the model at "
+                "position 0 is reading position 3.",
+                values={
+                    "outputs that changed": changed_rows(
+                        open_run["output"], open_changed["output"]
+                    ),
+                },
+            ),
+        ],
+    )
+
+
+def _section_masking(attention, x, changed) -> Section:
     masked_run, masked_changed = attend(attention, x, True), attend(attention, changed, True)
-    mask = causal_mask(len(WORDS))
-    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    return Section(
+        "With masking",
+        [
+            Step(
+                "With the causal mask every score above the diagonal (a key later than its "
+                "query) is set to -inf before softmax, so its weight is exactly 0. Token i "
+                "mixes only tokens 0..i, and each row still sums to 1.",
+                values={
+                    "masked scores": masked_run["masked_scores"],
+                    "weights (causal)": masked_run["weights"],
+                },
+            ),
+            Step(
+                "The same experiment: changing the last token now changes only the last "
+                "output. Training on all positions at once is safe: each position predicts "
+                "its next token from the past alone, as it will have to at generation time.",
+                values={
+                    "outputs that changed": changed_rows(
+                        masked_run["output"], masked_changed["output"]
+                    ),
+                },
+            ),
+        ],
+    )
+
+
+def _section_implementation(mask) -> Section:
     cached = causal_mask(2, 5)
     pad = padding_mask(torch.tensor([[0, 1, 1, 1]]))
     combined = combine_masks(mask, pad)[0, 0]
+    return Section(
+        "Implementation",
+        [
+            Step(
+                "The library builds a boolean mask (True = may attend) by comparing indices, "
+                "and fills disallowed scores with -inf in place before the softmax: "
+                "`scores.masked_fill_(~mask, -inf)`. -inf rather than a large negative "
+                "number gives exact zeros, and the library's softmax turns a row with no "
+                "visible key into zeros instead of NaN.",
+                formula="allowed_ij = (j <= i)",
+            ),
+            Step(
+                "With a KV cache the queries are the last tokens of a longer sequence: 2 new "
+                "queries against 5 keys. Query i sits at position i + (keys - queries), so "
+                "the mask is the bottom rows of the 5x5 triangle.",
+                values={"causal_mask(2, 5)": cached.int()},
+            ),
+            Step(
+                "Padding masks combine with a logical AND. Here the first position is "
+                "padding: no query may attend to it, and the padding query's own row is "
+                "empty (its output becomes zeros).",
+                values={"causal AND padding (0, 1, 1, 1)": combined.int()},
+            ),
+        ],
+    )
+
+
+def _section_mask_matrix(mask) -> Section:
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    return Section(
+        "The mask matrix",
+        [
+            Step(
+                "For 4 tokens: 1 where attending is allowed (on and below the diagonal), 0 "
+                "above it. Written additively it is 0 where allowed and -inf where not, "
+                "added to the scores.",
+                values={"causal_mask(4)": mask.int(), "as added to the scores": additive},
+                decimals=0,
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    attention, x, changed = inputs()
+    mask = causal_mask(len(WORDS))
     sections = [
-        Section(
-            "Without masking: a token sees the future",
-            [
-                Step(
-                    f"Plain self-attention over '{' '.join(WORDS)}': every row has weight on "
-                    "every column. Row 0 ('the') attends to 'cat', 'sat' and 'down', words that "
-                    "come after it. When training to predict the next word, the answer would be "
-                    "in plain view.",
-                    values={"weights (no mask)": open_run["weights"]},
-                ),
-                Step(
-                    "Proof by experiment: change only the last token's vector ('down') and run "
-                    "again. Every output changes, including the first token's, so the model at "
-                    "position 0 is reading position 3.",
-                    values={
-                        "outputs that changed": changed_rows(
-                            open_run["output"], open_changed["output"]
-                        ),
-                    },
-                ),
-            ],
-        ),
-        Section(
-            "With masking",
-            [
-                Step(
-                    "With the causal mask every score above the diagonal (a key later than its "
-                    "query) is set to -inf before softmax, so its weight is exactly 0. Token i "
-                    "mixes only tokens 0..i, and each row still sums to 1.",
-                    values={
-                        "masked scores": masked_run["masked_scores"],
-                        "weights (causal)": masked_run["weights"],
-                    },
-                ),
-                Step(
-                    "The same experiment: changing the last token now changes only the last "
-                    "output. Training on all positions at once is safe: each position predicts "
-                    "its next token from the past alone, as it will have to at generation time.",
-                    values={
-                        "outputs that changed": changed_rows(
-                            masked_run["output"], masked_changed["output"]
-                        ),
-                    },
-                ),
-            ],
-        ),
-        Section(
-            "Implementation",
-            [
-                Step(
-                    "The library builds a boolean mask (True = may attend) by comparing indices, "
-                    "and fills disallowed scores with -inf in place before the softmax: "
-                    "`scores.masked_fill_(~mask, -inf)`. -inf rather than a large negative "
-                    "number gives exact zeros, and the library's softmax turns a row with no "
-                    "visible key into zeros instead of NaN.",
-                    formula="allowed_ij = (j <= i)",
-                ),
-                Step(
-                    "With a KV cache the queries are the last tokens of a longer sequence: 2 new "
-                    "queries against 5 keys. Query i sits at position i + (keys - queries), so "
-                    "the mask is the bottom rows of the 5x5 triangle.",
-                    values={"causal_mask(2, 5)": cached.int()},
-                ),
-                Step(
-                    "Padding masks combine with a logical AND. Here the first position is "
-                    "padding: no query may attend to it, and the padding query's own row is "
-                    "empty (its output becomes zeros).",
-                    values={"causal AND padding (0, 1, 1, 1)": combined.int()},
-                ),
-            ],
-        ),
-        Section(
-            "The mask matrix",
-            [
-                Step(
-                    "For 4 tokens: 1 where attending is allowed (on and below the diagonal), 0 "
-                    "above it. Written additively it is 0 where allowed and -inf where not, "
-                    "added to the scores.",
-                    values={"causal_mask(4)": mask.int(), "as added to the scores": additive},
-                    decimals=0,
-                )
-            ],
-        ),
+        _section_without_masking_token(attention, x, changed),
+        _section_masking(attention, x, changed),
+        _section_implementation(mask),
+        _section_mask_matrix(mask),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -80,8 +80,98 @@ def moe_rows() -> list[list]:
             [f"{MOE_EXPERTS} experts, top-{MOE_ACTIVE}", experts, total, active]]  # fmt: skip
 
 
-def build() -> Lesson:
-    mlp, gated, plain, swiglu = run_layers()
+def _section_what_it_is() -> Section:
+    return Section(
+        "What it is",
+        [
+            Step(
+                "A two-layer network applied to every token vector separately: project up to "
+                "a wider hidden size d_ff, apply a nonlinearity, project back. Attention "
+                "moves information between positions; the FFN transforms it within each "
+                "position, and is where much of a model's stored knowledge lives.",
+                formula="FFN(x) = W_down act(W_up x + b_up) + b_down",
+            )
+        ],
+    )
+
+
+def _section_where_sits() -> Section:
+    return Section(
+        "Where it sits",
+        [
+            Step(
+                "Second half of every block, after attention, with its own norm and residual "
+                "connection. The same weights are used at every position (hence "
+                "'position-wise').",
+                formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
+            )
+        ],
+    )
+
+
+def _section_step_by_step(plain, swiglu) -> Section:
+    return Section(
+        "Step by step",
+        [
+            Step(
+                f"One token vector (d_model = {D_MODEL}) through the library's MLP with GELU "
+                f"(d_ff = {D_FF}, random weights).",
+                values={
+                    "x": token()[0],
+                    "W_up x + b_up": plain["ffn_up"],
+                    "GELU(...)": plain["ffn_activated"],
+                    "W_down (...) + b_down": plain["ffn_output"],
+                },
+            ),
+            Step(
+                "Llama's SwiGLU uses three matrices: a gate passed through SiLU multiplies, "
+                "feature by feature, a second up-projection, then W_down contracts.",
+                formula="SwiGLU(x) = W_down (silu(W_gate x) * (W_up x))",
+                values={
+                    "silu(W_gate x)": swiglu["ffn_gate"],
+                    "W_up x": swiglu["ffn_up"],
+                    "gate * up": swiglu["ffn_activated"],
+                    "output": swiglu["ffn_output"],
+                },
+            ),
+        ],
+    )
+
+
+def _section_expand_then_contract(plain) -> Section:
+    real_shapes = [
+        [name, c.d_model, c.d_ff, c.d_ff / c.d_model, c.ffn, c.activation]
+        for name, c in (
+            ("GPT-2 (124M)", model_config("gpt2-124m")),
+            ("Llama-3-8B", model_config("llama-3-8b")),
+            ("Llama-3-70B", model_config("llama-3-70b")),
+        )  # fmt: skip
+    ]
+    return Section(
+        "Expand then contract",
+        [
+            Step(
+                "The hidden layer is wider than the model: 4x in GPT-2 and BERT. SwiGLU has "
+                "three matrices, so the original recipe shrank d_ff to 8/3 x to keep two 4x "
+                "matrices' worth of parameters; Llama 3 uses 3.5x. The wide layer gives room "
+                "for many feature detectors; contracting brings the result back to the "
+                "residual stream's width.",
+                values={
+                    "shapes here": f"x {tuple(token().shape)} -> "
+                    f"{tuple(plain['ffn_up'][None].shape)} -> "
+                    f"{tuple(plain['ffn_output'][None].shape)}",
+                    "real models": Table(
+                        ["model", "d_model", "d_ff", "d_ff / d_model", "kind", "activation"],
+                        real_shapes,
+                    ),
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_activations() -> Section:
     x = torch.tensor(ACTIVATION_INPUTS)
     activation_rows = [
         [v, r, g, t, s]
@@ -94,134 +184,72 @@ def build() -> Lesson:
             strict=True,
         )  # fmt: skip
     ]
-    real_shapes = [
-        [name, c.d_model, c.d_ff, c.d_ff / c.d_model, c.ffn, c.activation]
-        for name, c in (
-            ("GPT-2 (124M)", model_config("gpt2-124m")),
-            ("Llama-3-8B", model_config("llama-3-8b")),
-            ("Llama-3-70B", model_config("llama-3-70b")),
-        )  # fmt: skip
-    ]
+    return Section(
+        "Activations",
+        [
+            Step(
+                "ReLU (original Transformer) zeroes negatives. GELU (BERT; GPT-2 uses its tanh "
+                "approximation) is a smooth ReLU that lets small negatives through. SiLU "
+                "(x * sigmoid(x)) is the gate of SwiGLU.",
+                values={
+                    "library activations": Table(
+                        ["x", "relu", "gelu", "gelu_tanh", "silu"], activation_rows
+                    )
+                },
+            )
+        ],
+    )
+
+
+def _section_share_parameters() -> Section:
+    return Section(
+        "Share of the parameters",
+        [
+            Step(
+                "Counted from the published configs: the FFNs hold two thirds or more of the "
+                "parameters outside the embeddings, and most of a large model's weights.",
+                values={
+                    "FFN parameters": Table(
+                        ["model", "ffn", "total", "% of total", "% of non-embedding"],
+                        share_rows(),
+                    )
+                },
+                decimals=1,
+            )
+        ],
+    )
+
+
+def _section_ffns_mixture_experts() -> Section:
+    return Section(
+        "FFNs in mixture-of-experts models",
+        [
+            Step(
+                "Mixture-of-experts models (Mixtral, DeepSeek, Qwen-MoE) replace the one FFN "
+                "with several 'expert' FFNs and a router that sends each token to a few of "
+                f"them. Mixtral-8x7B is Mistral-7B's shape with {MOE_EXPERTS} experts and "
+                f"top-{MOE_ACTIVE} routing: far more parameters, about the same compute "
+                "per token as a 13B dense model (the router's 1M weights are left out).",
+                values={
+                    "parameters": Table(
+                        ["model", "ffn (all experts)", "total", "active per token"],
+                        moe_rows(),
+                    )
+                },
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    mlp, gated, plain, swiglu = run_layers()
     sections = [
-        Section(
-            "What it is",
-            [
-                Step(
-                    "A two-layer network applied to every token vector separately: project up to "
-                    "a wider hidden size d_ff, apply a nonlinearity, project back. Attention "
-                    "moves information between positions; the FFN transforms it within each "
-                    "position, and is where much of a model's stored knowledge lives.",
-                    formula="FFN(x) = W_down act(W_up x + b_up) + b_down",
-                )
-            ],
-        ),
-        Section(
-            "Where it sits",
-            [
-                Step(
-                    "Second half of every block, after attention, with its own norm and residual "
-                    "connection. The same weights are used at every position (hence "
-                    "'position-wise').",
-                    formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
-                )
-            ],
-        ),
-        Section(
-            "Step by step",
-            [
-                Step(
-                    f"One token vector (d_model = {D_MODEL}) through the library's MLP with GELU "
-                    f"(d_ff = {D_FF}, random weights).",
-                    values={
-                        "x": token()[0],
-                        "W_up x + b_up": plain["ffn_up"],
-                        "GELU(...)": plain["ffn_activated"],
-                        "W_down (...) + b_down": plain["ffn_output"],
-                    },
-                ),
-                Step(
-                    "Llama's SwiGLU uses three matrices: a gate passed through SiLU multiplies, "
-                    "feature by feature, a second up-projection, then W_down contracts.",
-                    formula="SwiGLU(x) = W_down (silu(W_gate x) * (W_up x))",
-                    values={
-                        "silu(W_gate x)": swiglu["ffn_gate"],
-                        "W_up x": swiglu["ffn_up"],
-                        "gate * up": swiglu["ffn_activated"],
-                        "output": swiglu["ffn_output"],
-                    },
-                ),
-            ],
-        ),
-        Section(
-            "Expand then contract",
-            [
-                Step(
-                    "The hidden layer is wider than the model: 4x in GPT-2 and BERT. SwiGLU has "
-                    "three matrices, so the original recipe shrank d_ff to 8/3 x to keep two 4x "
-                    "matrices' worth of parameters; Llama 3 uses 3.5x. The wide layer gives room "
-                    "for many feature detectors; contracting brings the result back to the "
-                    "residual stream's width.",
-                    values={
-                        "shapes here": f"x {tuple(token().shape)} -> "
-                        f"{tuple(plain['ffn_up'][None].shape)} -> "
-                        f"{tuple(plain['ffn_output'][None].shape)}",
-                        "real models": Table(
-                            ["model", "d_model", "d_ff", "d_ff / d_model", "kind", "activation"],
-                            real_shapes,
-                        ),
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "Activations",
-            [
-                Step(
-                    "ReLU (original Transformer) zeroes negatives. GELU (BERT; GPT-2 uses its tanh "
-                    "approximation) is a smooth ReLU that lets small negatives through. SiLU "
-                    "(x * sigmoid(x)) is the gate of SwiGLU.",
-                    values={
-                        "library activations": Table(
-                            ["x", "relu", "gelu", "gelu_tanh", "silu"], activation_rows
-                        )
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Share of the parameters",
-            [
-                Step(
-                    "Counted from the published configs: the FFNs hold two thirds or more of the "
-                    "parameters outside the embeddings, and most of a large model's weights.",
-                    values={
-                        "FFN parameters": Table(
-                            ["model", "ffn", "total", "% of total", "% of non-embedding"],
-                            share_rows(),
-                        )
-                    },
-                    decimals=1,
-                )
-            ],
-        ),
-        Section(
-            "FFNs in mixture-of-experts models",
-            [
-                Step(
-                    "Mixture-of-experts models (Mixtral, DeepSeek, Qwen-MoE) replace the one FFN "
-                    "with several 'expert' FFNs and a router that sends each token to a few of "
-                    f"them. Mixtral-8x7B is Mistral-7B's shape with {MOE_EXPERTS} experts and "
-                    f"top-{MOE_ACTIVE} routing: far more parameters, about the same compute "
-                    "per token as a 13B dense model (the router's 1M weights are left out).",
-                    values={
-                        "parameters": Table(
-                            ["model", "ffn (all experts)", "total", "active per token"],
-                            moe_rows(),
-                        )
-                    },
-                )
-            ],
-        ),
+        _section_what_it_is(),
+        _section_where_sits(),
+        _section_step_by_step(plain, swiglu),
+        _section_expand_then_contract(plain),
+        _section_activations(),
+        _section_share_parameters(),
+        _section_ffns_mixture_experts(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -134,166 +134,198 @@ def _uptrain_rows() -> tuple[float, list[list]]:
     return parity, rows
 
 
+def _section_mha_recap() -> Section:
+    return Section(
+        "MHA recap",
+        [
+            Step(
+                "Multi-head attention gives each of H heads its own query, key and value "
+                "projections. At generation time the keys and values of every past token "
+                "are kept (the KV cache) so that each new token only computes its own.",
+                formula="head_h = softmax(Q_h K_h^T / sqrt(d_k)) V_h,  h = 1..H",
+            )
+        ],
+    )
+
+
+def _section_kv_cache_problem() -> Section:
+    return Section(
+        "Its KV-cache problem",
+        [
+            Step(
+                "The cache holds 2 (K and V) x layers x heads x head_dim numbers per token. "
+                f"For Llama-2-7B (32 layers, 32 heads of 128) in bf16 that is 512 KiB per "
+                f"token, 4 GiB for one {CONTEXT}-token sequence: decoding reads all of it "
+                "for every new token, so memory bandwidth and capacity, not arithmetic, "
+                "limit speed and batch size.",
+                formula="KV bytes = 2 x layers x kv_heads x head_dim x tokens x bytes",
+            )
+        ],
+    )
+
+
+def _section_mqa() -> Section:
+    return Section(
+        "MQA",
+        [
+            Step(
+                "Multi-query attention (Shazeer, 2019) keeps H query heads but only one "
+                "key/value head shared by all of them: the cache shrinks H-fold, at some "
+                "cost in quality and training stability (Falcon-7B, PaLM)."
+            )
+        ],
+    )
+
+
+def _section_gqa() -> Section:
+    d = 4096
+    variants = [[name, kv, 2 * 32 * kv * 128 * 2 / 1024, 2 * d * kv * 128]
+                for name, kv in (("MHA", 32), ("GQA-8", 8), ("GQA-4", 4), ("MQA", 1))]  # fmt: skip
+    return Section(
+        "GQA",
+        [
+            Step(
+                "Grouped-query attention (Ainslie et al., 2023) takes the middle road: G "
+                "key/value heads, each shared by a group of H/G query heads. Llama-2-70B, "
+                "Llama 3, Mistral and Qwen use it, typically with G = 8. With "
+                "Llama-2-7B's shape (32 layers, d 4096, 32 heads of 128), bf16:",
+                values={
+                    "variants": Table(
+                        [
+                            "variant",
+                            "kv heads",
+                            "KV KiB per token",
+                            "W_k + W_v params per layer",
+                        ],
+                        variants,
+                    )
+                },
+                decimals=0,
+            )
+        ],
+    )
+
+
+def _section_head_grouping(attention, rec) -> Section:
+    grouping = [[h, h // attention.n_rep] for h in range(N_HEADS)]
+    return Section(
+        "How it works: head grouping",
+        [
+            Step(
+                f"A real GQA layer with {N_HEADS} query heads and {N_KV_HEADS} K/V heads on "
+                f"{TOKENS} tokens: q has {N_HEADS} heads, k and v only {N_KV_HEADS}. Query "
+                "head h reads K/V head h // (H/G): consecutive query heads share one.",
+                values={
+                    "query head -> K/V head": Table(["query head", "K/V head"], grouping),
+                    "q shape": str(tuple(rec["q"].shape)),
+                    "k shape": str(tuple(rec["k"].shape)),
+                    "K/V head 0 keys": rec["k"][0],
+                    "weights, query head 0": rec["weights"][0],
+                    "weights, query head 1": rec["weights"][1],
+                },
+            )
+        ],
+    )
+
+
+def _section_gqa_generalizes_mha(gqa_out, mha_out) -> Section:
+    return Section(
+        "GQA generalizes MHA and MQA",
+        [
+            Step(
+                "G = H is MHA, G = 1 is MQA. Equivalently, a GQA layer is an MHA layer whose "
+                "K/V projections are repeated within each group: copying them that way "
+                "into a plain MHA layer gives the same output.",
+                values={
+                    "max |GQA(x) - MHA with repeated K/V(x)|": float(
+                        (gqa_out - mha_out).abs().max()
+                    )
+                },  # fmt: skip
+                decimals=8,
+            )
+        ],
+    )
+
+
+def _section_kv_cache_bytes() -> Section:
+    return Section(
+        "KV-cache bytes of real models",
+        [
+            Step(
+                f"bf16 cache, one sequence of {CONTEXT} tokens, from the published configs. "
+                "The last column is how many times larger the cache would be with one K/V "
+                "head per query head.",
+                values={
+                    "KV cache": Table(
+                        [
+                            "model",
+                            "kind",
+                            "layers",
+                            "heads",
+                            "kv heads",
+                            "head_dim",
+                            "KiB per token",
+                            f"GiB at {CONTEXT}",
+                            "MHA / this",
+                        ],
+                        kv_rows(),
+                    )  # fmt: skip
+                },
+                decimals=2,
+            )
+        ],
+    )
+
+
+def _section_uptraining_mha_gqa() -> Section:
+    parity, uptrain = uptrain_rows()
+    return Section(
+        "Uptraining: MHA to GQA by mean-pooling",
+        [
+            Step(
+                "An existing MHA checkpoint becomes GQA by averaging the K and V projection "
+                "heads of each group, then training a little more (about 5% of the "
+                "original pretraining in the paper). No pretrained weights can be "
+                "downloaded here, so the model is a tiny random HF Llama (2 layers, 8 heads, "
+                "HF's default init) built with transformers and loaded with "
+                "load_pretrained. Random heads are unrelated to each other, the worst case "
+                "for pooling; trained heads are more alike. The logit change before any "
+                "further training, on 4 x 32 random tokens. A random model's next-token "
+                "distributions are nearly flat, so the argmax flips easily while the KL "
+                "divergence stays small; the short uptraining is what recovers quality.",
+                formula="W_k^g = mean of W_k^h over the heads h of group g (W_v likewise)",
+                values={
+                    "import parity: max |ours - HF| logits": f"{parity:.1e}",
+                    "logit change": Table(
+                        [
+                            "kv heads",
+                            "max |diff|",
+                            "mean |diff|",
+                            "KL(HF || pooled)",
+                            "top-1 agreement %",
+                        ],
+                        uptrain,
+                    ),  # fmt: skip
+                },
+                decimals=4,
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     attention, x, rec = grouped_attention()
     mha = as_mha(attention)
     with torch.no_grad():
         gqa_out, mha_out = attention(x, causal=True), mha(x, causal=True)
-    grouping = [[h, h // attention.n_rep] for h in range(N_HEADS)]
-    parity, uptrain = uptrain_rows()
-    d = 4096
-    variants = [[name, kv, 2 * 32 * kv * 128 * 2 / 1024, 2 * d * kv * 128]
-                for name, kv in (("MHA", 32), ("GQA-8", 8), ("GQA-4", 4), ("MQA", 1))]  # fmt: skip
     sections = [
-        Section(
-            "MHA recap",
-            [
-                Step(
-                    "Multi-head attention gives each of H heads its own query, key and value "
-                    "projections. At generation time the keys and values of every past token "
-                    "are kept (the KV cache) so that each new token only computes its own.",
-                    formula="head_h = softmax(Q_h K_h^T / sqrt(d_k)) V_h,  h = 1..H",
-                )
-            ],
-        ),
-        Section(
-            "Its KV-cache problem",
-            [
-                Step(
-                    "The cache holds 2 (K and V) x layers x heads x head_dim numbers per token. "
-                    f"For Llama-2-7B (32 layers, 32 heads of 128) in bf16 that is 512 KiB per "
-                    f"token, 4 GiB for one {CONTEXT}-token sequence: decoding reads all of it "
-                    "for every new token, so memory bandwidth and capacity, not arithmetic, "
-                    "limit speed and batch size.",
-                    formula="KV bytes = 2 x layers x kv_heads x head_dim x tokens x bytes",
-                )
-            ],
-        ),
-        Section(
-            "MQA",
-            [
-                Step(
-                    "Multi-query attention (Shazeer, 2019) keeps H query heads but only one "
-                    "key/value head shared by all of them: the cache shrinks H-fold, at some "
-                    "cost in quality and training stability (Falcon-7B, PaLM)."
-                )
-            ],
-        ),
-        Section(
-            "GQA",
-            [
-                Step(
-                    "Grouped-query attention (Ainslie et al., 2023) takes the middle road: G "
-                    "key/value heads, each shared by a group of H/G query heads. Llama-2-70B, "
-                    "Llama 3, Mistral and Qwen use it, typically with G = 8. With "
-                    "Llama-2-7B's shape (32 layers, d 4096, 32 heads of 128), bf16:",
-                    values={
-                        "variants": Table(
-                            [
-                                "variant",
-                                "kv heads",
-                                "KV KiB per token",
-                                "W_k + W_v params per layer",
-                            ],
-                            variants,
-                        )
-                    },
-                    decimals=0,
-                )
-            ],
-        ),
-        Section(
-            "How it works: head grouping",
-            [
-                Step(
-                    f"A real GQA layer with {N_HEADS} query heads and {N_KV_HEADS} K/V heads on "
-                    f"{TOKENS} tokens: q has {N_HEADS} heads, k and v only {N_KV_HEADS}. Query "
-                    "head h reads K/V head h // (H/G): consecutive query heads share one.",
-                    values={
-                        "query head -> K/V head": Table(["query head", "K/V head"], grouping),
-                        "q shape": str(tuple(rec["q"].shape)),
-                        "k shape": str(tuple(rec["k"].shape)),
-                        "K/V head 0 keys": rec["k"][0],
-                        "weights, query head 0": rec["weights"][0],
-                        "weights, query head 1": rec["weights"][1],
-                    },
-                )
-            ],
-        ),
-        Section(
-            "GQA generalizes MHA and MQA",
-            [
-                Step(
-                    "G = H is MHA, G = 1 is MQA. Equivalently, a GQA layer is an MHA layer whose "
-                    "K/V projections are repeated within each group: copying them that way "
-                    "into a plain MHA layer gives the same output.",
-                    values={
-                        "max |GQA(x) - MHA with repeated K/V(x)|": float(
-                            (gqa_out - mha_out).abs().max()
-                        )
-                    },  # fmt: skip
-                    decimals=8,
-                )
-            ],
-        ),
-        Section(
-            "KV-cache bytes of real models",
-            [
-                Step(
-                    f"bf16 cache, one sequence of {CONTEXT} tokens, from the published configs. "
-                    "The last column is how many times larger the cache would be with one K/V "
-                    "head per query head.",
-                    values={
-                        "KV cache": Table(
-                            [
-                                "model",
-                                "kind",
-                                "layers",
-                                "heads",
-                                "kv heads",
-                                "head_dim",
-                                "KiB per token",
-                                f"GiB at {CONTEXT}",
-                                "MHA / this",
-                            ],
-                            kv_rows(),
-                        )  # fmt: skip
-                    },
-                    decimals=2,
-                )
-            ],
-        ),
-        Section(
-            "Uptraining: MHA to GQA by mean-pooling",
-            [
-                Step(
-                    "An existing MHA checkpoint becomes GQA by averaging the K and V projection "
-                    "heads of each group, then training a little more (about 5% of the "
-                    "original pretraining in the paper). No pretrained weights can be "
-                    "downloaded here, so the model is a tiny random HF Llama (2 layers, 8 heads, "
-                    "HF's default init) built with transformers and loaded with "
-                    "load_pretrained. Random heads are unrelated to each other, the worst case "
-                    "for pooling; trained heads are more alike. The logit change before any "
-                    "further training, on 4 x 32 random tokens. A random model's next-token "
-                    "distributions are nearly flat, so the argmax flips easily while the KL "
-                    "divergence stays small; the short uptraining is what recovers quality.",
-                    formula="W_k^g = mean of W_k^h over the heads h of group g (W_v likewise)",
-                    values={
-                        "import parity: max |ours - HF| logits": f"{parity:.1e}",
-                        "logit change": Table(
-                            [
-                                "kv heads",
-                                "max |diff|",
-                                "mean |diff|",
-                                "KL(HF || pooled)",
-                                "top-1 agreement %",
-                            ],
-                            uptrain,
-                        ),  # fmt: skip
-                    },
-                    decimals=4,
-                )
-            ],
-        ),
+        _section_mha_recap(),
+        _section_kv_cache_problem(),
+        _section_mqa(),
+        _section_gqa(),
+        _section_head_grouping(attention, rec),
+        _section_gqa_generalizes_mha(gqa_out, mha_out),
+        _section_kv_cache_bytes(),
+        _section_uptraining_mha_gqa(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

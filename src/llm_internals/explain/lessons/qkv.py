@@ -62,114 +62,146 @@ def run() -> tuple[TokenEmbedding, MultiHeadAttention, dict[str, torch.Tensor]]:
     return embedding, attention, values
 
 
+def _section_attention_formula() -> Section:
+    return Section(
+        "The attention formula",
+        [
+            Step(
+                "Attention lets every token build its new vector from the other tokens' "
+                "vectors. Each token asks a question (its query), advertises what it holds "
+                "(its key) and offers content (its value). How well a query matches a key "
+                "decides how much of that key's value flows in.",
+                formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
+            )
+        ],
+    )
+
+
+def _section_from_words_vectors(r) -> Section:
+    row = {"rows": ", ".join(WORDS)}
+    return Section(
+        "From words to vectors",
+        [
+            Step(
+                f"The sentence '{' '.join(WORDS)}' becomes token ids 0, 1, 2, and the "
+                f"embedding table turns each id into a vector of d_model = {D_MODEL} numbers "
+                "(one row per word below).",
+                values={"X (embeddings)": r["token_embedding"], **row},
+                decimals=1,
+            )
+        ],
+    )
+
+
+def _section_creating_qkv(r, attention) -> Section:
+    return Section(
+        "Creating Q, K and V",
+        [
+            Step(
+                "Three learned matrices project every token vector into a query, a key and a "
+                "value (nn.Linear stores W as (out, in), so the product is x W^T).",
+                formula="Q = X W_q^T,  K = X W_k^T,  V = X W_v^T",
+                values={
+                    "W_q": attention.q_proj.weight.detach(),
+                    "W_k": attention.k_proj.weight.detach(),
+                    "W_v": attention.v_proj.weight.detach(),
+                },
+                decimals=1,
+            ),
+            Step(
+                "The results, one row per token.",
+                values={"Q": r["q"], "K": r["k"], "V": r["v"]},
+                decimals=2,
+            ),
+        ],
+    )
+
+
+def _section_scores(r) -> Section:
+    return Section(
+        "Scores: Q K^T",
+        [
+            Step(
+                "Row i, column j is the dot product of token i's query with token j's key: "
+                "how much token i is interested in token j.",
+                formula="scores_ij = q_i . k_j",
+                values={"scores": r["scores"]},
+            )
+        ],
+    )
+
+
+def _section_scaling(r) -> Section:
+    scale = 1 / math.sqrt(D_MODEL)
+    return Section(
+        "Scaling",
+        [
+            Step(
+                f"Divide by sqrt(d_k) = sqrt({D_MODEL}) = {math.sqrt(D_MODEL):g} so the scores "
+                "keep a similar spread whatever the head size (see the 'scaling' lesson).",
+                formula=f"scaled = scores * {scale:g}",
+                values={"scaled scores": r["scaled_scores"]},
+            )
+        ],
+    )
+
+
+def _section_softmax(r) -> Section:
+    return Section(
+        "Softmax",
+        [
+            Step(
+                "Softmax along each row turns scores into attention weights: positive, "
+                "summing to 1 per row.",
+                formula="weights_ij = exp(scaled_ij) / sum_j' exp(scaled_ij')",
+                values={
+                    "weights": r["weights"],
+                    "row sums": r["weights"].sum(dim=-1),
+                },
+            )
+        ],
+    )
+
+
+def _section_weights_times_v(r) -> Section:
+    return Section(
+        "Weights times V",
+        [
+            Step(
+                "Each token's output is the weighted average of all value vectors, using its "
+                "row of weights.",
+                formula="output_i = sum_j weights_ij v_j",
+                values={"output = weights V": r["output"]},
+            )
+        ],
+    )
+
+
+def _section_all_together(r) -> Section:
+    return Section(
+        "All together",
+        [
+            Step(
+                "The layer ran all of this in one call (MultiHeadAttention with one head); "
+                "after the output projection W_o (the identity here, a learned matrix in a "
+                "real model) the result goes back into the token's stream.",
+                formula="output = softmax(X W_q^T (X W_k^T)^T / sqrt(d_k)) X W_v^T W_o^T",
+                values={"layer output": r["attention_output"]},
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     _, attention, r = run()
-    scale = 1 / math.sqrt(D_MODEL)
-    row = {"rows": ", ".join(WORDS)}
     sections = [
-        Section(
-            "The attention formula",
-            [
-                Step(
-                    "Attention lets every token build its new vector from the other tokens' "
-                    "vectors. Each token asks a question (its query), advertises what it holds "
-                    "(its key) and offers content (its value). How well a query matches a key "
-                    "decides how much of that key's value flows in.",
-                    formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
-                )
-            ],
-        ),
-        Section(
-            "From words to vectors",
-            [
-                Step(
-                    f"The sentence '{' '.join(WORDS)}' becomes token ids 0, 1, 2, and the "
-                    f"embedding table turns each id into a vector of d_model = {D_MODEL} numbers "
-                    "(one row per word below).",
-                    values={"X (embeddings)": r["token_embedding"], **row},
-                    decimals=1,
-                )
-            ],
-        ),
-        Section(
-            "Creating Q, K and V",
-            [
-                Step(
-                    "Three learned matrices project every token vector into a query, a key and a "
-                    "value (nn.Linear stores W as (out, in), so the product is x W^T).",
-                    formula="Q = X W_q^T,  K = X W_k^T,  V = X W_v^T",
-                    values={
-                        "W_q": attention.q_proj.weight.detach(),
-                        "W_k": attention.k_proj.weight.detach(),
-                        "W_v": attention.v_proj.weight.detach(),
-                    },
-                    decimals=1,
-                ),
-                Step(
-                    "The results, one row per token.",
-                    values={"Q": r["q"], "K": r["k"], "V": r["v"]},
-                    decimals=2,
-                ),
-            ],
-        ),
-        Section(
-            "Scores: Q K^T",
-            [
-                Step(
-                    "Row i, column j is the dot product of token i's query with token j's key: "
-                    "how much token i is interested in token j.",
-                    formula="scores_ij = q_i . k_j",
-                    values={"scores": r["scores"]},
-                )
-            ],
-        ),
-        Section(
-            "Scaling",
-            [
-                Step(
-                    f"Divide by sqrt(d_k) = sqrt({D_MODEL}) = {math.sqrt(D_MODEL):g} so the scores "
-                    "keep a similar spread whatever the head size (see the 'scaling' lesson).",
-                    formula=f"scaled = scores * {scale:g}",
-                    values={"scaled scores": r["scaled_scores"]},
-                )
-            ],
-        ),
-        Section(
-            "Softmax",
-            [
-                Step(
-                    "Softmax along each row turns scores into attention weights: positive, "
-                    "summing to 1 per row.",
-                    formula="weights_ij = exp(scaled_ij) / sum_j' exp(scaled_ij')",
-                    values={
-                        "weights": r["weights"],
-                        "row sums": r["weights"].sum(dim=-1),
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Weights times V",
-            [
-                Step(
-                    "Each token's output is the weighted average of all value vectors, using its "
-                    "row of weights.",
-                    formula="output_i = sum_j weights_ij v_j",
-                    values={"output = weights V": r["output"]},
-                )
-            ],
-        ),
-        Section(
-            "All together",
-            [
-                Step(
-                    "The layer ran all of this in one call (MultiHeadAttention with one head); "
-                    "after the output projection W_o (the identity here, a learned matrix in a "
-                    "real model) the result goes back into the token's stream.",
-                    formula="output = softmax(X W_q^T (X W_k^T)^T / sqrt(d_k)) X W_v^T W_o^T",
-                    values={"layer output": r["attention_output"]},
-                )
-            ],
-        ),
+        _section_attention_formula(),
+        _section_from_words_vectors(r),
+        _section_creating_qkv(r, attention),
+        _section_scores(r),
+        _section_scaling(r),
+        _section_softmax(r),
+        _section_weights_times_v(r),
+        _section_all_together(r),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

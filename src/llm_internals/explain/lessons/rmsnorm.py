@@ -117,128 +117,156 @@ def timing_verdict(rows: list[list]) -> str:
     return steps + fused + ("" if fused.endswith(".") else ".")
 
 
+def _section_normalize(x) -> Section:
+    scaled = _run(rms_norm(4), torch.cat([x * 0.1, x, x * 100]))
+    return Section(
+        "Why normalize",
+        [
+            Step(
+                "A transformer adds each layer's output to a residual stream, dozens of "
+                "times. Without control the vectors' size drifts from layer to layer, and "
+                "training becomes unstable. A norm rescales each token's vector to a fixed "
+                "size before it enters a sublayer. The same vector at three scales gives "
+                "the same normalized result (eps inside the root changes it only for vectors "
+                "that are nearly zero):",
+                values={
+                    "inputs: x * 0.1, x, x * 100": torch.cat([x * 0.1, x, x * 100]),
+                    "RMSNorm outputs": scaled["norm_output"],
+                },
+            )
+        ],
+    )
+
+
+def _section_layernorm_recap(x, ln) -> Section:
+    return Section(
+        "LayerNorm recap",
+        [
+            Step(
+                "LayerNorm (GPT-2, BERT) subtracts the vector's mean, divides by its "
+                "standard deviation, then applies a learned gain and bias.",
+                formula="LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b",
+                values={
+                    "x": x[0],
+                    "mean": ln["norm_mean"][0],
+                    "var": ln["norm_variance"][0],
+                    "normalized": ln["normalized"][0],
+                    "g": torch.tensor(GAIN),
+                    "output (b = 0)": ln["norm_output"][0],
+                },
+            )
+        ],
+    )
+
+
+def _section_rmsnorm() -> Section:
+    return Section(
+        "RMSNorm",
+        [
+            Step(
+                "RMSNorm (Zhang and Sennrich, 2019; Llama, Mistral, Qwen) skips the mean and "
+                "the bias: it divides by the root mean square only. eps sits inside the "
+                "square root and the statistic is computed in float32, as in HF Llama.",
+                formula="RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g",
+            )
+        ],
+    )
+
+
+def _section_numeric_example(rms) -> Section:
+    return Section(
+        "A numeric example",
+        [
+            Step(
+                f"x = {EXAMPLE}, g = {GAIN}, eps = {EPS:g}.",
+                values={
+                    "mean(x^2)": rms["norm_mean_square"][0],
+                    "rms = sqrt(mean(x^2) + eps)": rms["norm_mean_square"][0].add(EPS).sqrt(),
+                    "x / rms": rms["normalized"][0],
+                    "times g": rms["norm_output"][0],
+                },
+            )
+        ],
+    )
+
+
+def _section_differences(x, ln, rms) -> Section:
+    centered = x - x.mean()
+    ln_c, rms_c = _run(layer_norm(4), centered), _run(rms_norm(4), centered)
+    return Section(
+        "Differences",
+        [
+            Step(
+                "LayerNorm's output has mean 0 and unit variance (before g); RMSNorm's has "
+                "unit mean square but keeps the input's mean direction. For an input whose "
+                "mean is already 0 the two agree. RMSNorm has d parameters instead of 2d "
+                "and one reduction instead of two.",
+                values={
+                    "LayerNorm(x) / g": ln["normalized"][0],
+                    "RMSNorm(x) / g": rms["normalized"][0],
+                    "x - mean(x)": centered[0],
+                    "LayerNorm(x - mean) / g": ln_c["normalized"][0],
+                    "RMSNorm(x - mean) / g": rms_c["normalized"][0],
+                },
+            )
+        ],
+    )
+
+
+def _section_modern_llms_prefer() -> Section:
+    timing_rows = timings()
+    return Section(
+        "Why modern LLMs prefer it",
+        [
+            Step(
+                "Zhang and Sennrich found that re-centering contributes little to quality "
+                "while re-scaling does the work; dropping it saves a reduction and a "
+                f"subtraction. Measured now on a {TIMING_SHAPE[0]} x {TIMING_SHAPE[1]} "
+                f"float32 batch on one CPU thread (best of {TIMING_REPEATS}; the machine may "
+                "be shared with other work, so treat the ratio as indicative).",
+                values={
+                    "time per call (ms)": Table(
+                        ["path", "LayerNorm", "RMSNorm", "LayerNorm / RMSNorm"], timing_rows
+                    ),
+                    "verdict": timing_verdict(timing_rows),
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_pre_norm() -> Section:
+    return Section(
+        "Where it sits: pre-norm",
+        [
+            Step(
+                "Modern decoders normalize the input of each sublayer and add the result "
+                "to the un-normalized stream (pre-norm), plus once more before the output "
+                "head. The original Transformer normalized after the addition (post-norm), "
+                "which needs learning-rate warm-up to train deep stacks. Recorded in a tiny "
+                "Llama-style model, with the mean RMS of each value: the norm's outputs "
+                "are at RMS 1 while the stream keeps its own scale.",
+                formula="h = h + Attention(RMSNorm(h));   h = h + FFN(RMSNorm(h))",
+                values={
+                    "one block": Table(["value", "recorded as", "mean RMS"], pre_norm_flow())
+                },  # fmt: skip
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     x = torch.tensor([EXAMPLE])
     ln = _run(layer_norm(4), x)
     rms = _run(rms_norm(4), x)
-    scaled = _run(rms_norm(4), torch.cat([x * 0.1, x, x * 100]))
-    centered = x - x.mean()
-    ln_c, rms_c = _run(layer_norm(4), centered), _run(rms_norm(4), centered)
-    timing_rows = timings()
     sections = [
-        Section(
-            "Why normalize",
-            [
-                Step(
-                    "A transformer adds each layer's output to a residual stream, dozens of "
-                    "times. Without control the vectors' size drifts from layer to layer, and "
-                    "training becomes unstable. A norm rescales each token's vector to a fixed "
-                    "size before it enters a sublayer. The same vector at three scales gives "
-                    "the same normalized result (eps inside the root changes it only for vectors "
-                    "that are nearly zero):",
-                    values={
-                        "inputs: x * 0.1, x, x * 100": torch.cat([x * 0.1, x, x * 100]),
-                        "RMSNorm outputs": scaled["norm_output"],
-                    },
-                )
-            ],
-        ),
-        Section(
-            "LayerNorm recap",
-            [
-                Step(
-                    "LayerNorm (GPT-2, BERT) subtracts the vector's mean, divides by its "
-                    "standard deviation, then applies a learned gain and bias.",
-                    formula="LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b",
-                    values={
-                        "x": x[0],
-                        "mean": ln["norm_mean"][0],
-                        "var": ln["norm_variance"][0],
-                        "normalized": ln["normalized"][0],
-                        "g": torch.tensor(GAIN),
-                        "output (b = 0)": ln["norm_output"][0],
-                    },
-                )
-            ],
-        ),
-        Section(
-            "RMSNorm",
-            [
-                Step(
-                    "RMSNorm (Zhang and Sennrich, 2019; Llama, Mistral, Qwen) skips the mean and "
-                    "the bias: it divides by the root mean square only. eps sits inside the "
-                    "square root and the statistic is computed in float32, as in HF Llama.",
-                    formula="RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g",
-                )
-            ],
-        ),
-        Section(
-            "A numeric example",
-            [
-                Step(
-                    f"x = {EXAMPLE}, g = {GAIN}, eps = {EPS:g}.",
-                    values={
-                        "mean(x^2)": rms["norm_mean_square"][0],
-                        "rms = sqrt(mean(x^2) + eps)": rms["norm_mean_square"][0].add(EPS).sqrt(),
-                        "x / rms": rms["normalized"][0],
-                        "times g": rms["norm_output"][0],
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Differences",
-            [
-                Step(
-                    "LayerNorm's output has mean 0 and unit variance (before g); RMSNorm's has "
-                    "unit mean square but keeps the input's mean direction. For an input whose "
-                    "mean is already 0 the two agree. RMSNorm has d parameters instead of 2d "
-                    "and one reduction instead of two.",
-                    values={
-                        "LayerNorm(x) / g": ln["normalized"][0],
-                        "RMSNorm(x) / g": rms["normalized"][0],
-                        "x - mean(x)": centered[0],
-                        "LayerNorm(x - mean) / g": ln_c["normalized"][0],
-                        "RMSNorm(x - mean) / g": rms_c["normalized"][0],
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Why modern LLMs prefer it",
-            [
-                Step(
-                    "Zhang and Sennrich found that re-centering contributes little to quality "
-                    "while re-scaling does the work; dropping it saves a reduction and a "
-                    f"subtraction. Measured now on a {TIMING_SHAPE[0]} x {TIMING_SHAPE[1]} "
-                    f"float32 batch on one CPU thread (best of {TIMING_REPEATS}; the machine may "
-                    "be shared with other work, so treat the ratio as indicative).",
-                    values={
-                        "time per call (ms)": Table(
-                            ["path", "LayerNorm", "RMSNorm", "LayerNorm / RMSNorm"], timing_rows
-                        ),
-                        "verdict": timing_verdict(timing_rows),
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "Where it sits: pre-norm",
-            [
-                Step(
-                    "Modern decoders normalize the input of each sublayer and add the result "
-                    "to the un-normalized stream (pre-norm), plus once more before the output "
-                    "head. The original Transformer normalized after the addition (post-norm), "
-                    "which needs learning-rate warm-up to train deep stacks. Recorded in a tiny "
-                    "Llama-style model, with the mean RMS of each value: the norm's outputs "
-                    "are at RMS 1 while the stream keeps its own scale.",
-                    formula="h = h + Attention(RMSNorm(h));   h = h + FFN(RMSNorm(h))",
-                    values={
-                        "one block": Table(["value", "recorded as", "mean RMS"], pre_norm_flow())
-                    },  # fmt: skip
-                )
-            ],
-        ),
+        _section_normalize(x),
+        _section_layernorm_recap(x, ln),
+        _section_rmsnorm(),
+        _section_numeric_example(rms),
+        _section_differences(x, ln, rms),
+        _section_modern_llms_prefer(),
+        _section_pre_norm(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

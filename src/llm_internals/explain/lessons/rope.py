@@ -80,129 +80,156 @@ def theta_rows() -> list[list]:
     return rows
 
 
-def build() -> Lesson:
+def _section_positions() -> Section:
     out, permutation_error = permutation_check()
+    return Section(
+        "Why positions",
+        [
+            Step(
+                "Attention compares every query with every key by dot products: nothing in "
+                "it depends on where a token sits. Reversing the input of a real attention "
+                "layer (no positional information) just reverses its output, so 'dog bites "
+                "man' and 'man bites dog' would look alike.",
+                values={"max |attn(reversed x) reversed - attn(x)|": permutation_error},
+                decimals=8,
+            )
+        ],
+    )
+
+
+def _section_older_approaches() -> Section:
+    return Section(
+        "Older approaches",
+        [
+            Step(
+                "The original Transformer added fixed sinusoids to the embeddings; GPT-2 and "
+                "BERT add a learned vector per position (so they cannot go beyond the "
+                "positions seen in training). Both mix position into the token vector "
+                "itself, and attention has to learn to untangle absolute positions into "
+                "relative ones. Sinusoidal table for 6 positions, d = 8:",
+                formula="PE(p, 2i) = sin(p / 10000^(2i/d)),  PE(p, 2i+1) = cos(p / 10000^(2i/d))",
+                values={"sinusoidal_table(6, 8)": sinusoidal_table(6, 8)},
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_2d_rotation() -> Section:
     positions = list(range(6))
     pair = rotate([1.0, 0.0], positions, theta=1.0)  # head_dim 2: one pair, w = 1 rad/position
+    return Section(
+        "The 2D rotation",
+        [
+            Step(
+                "RoPE instead rotates. Take a pair of features (a, b) as a point in the "
+                "plane and rotate it by an angle proportional to the position m. The vector "
+                "(1, 0) at positions 0..5 with frequency w = 1 radian per position:",
+                formula="(a, b) -> (a cos(m w) - b sin(m w),  a sin(m w) + b cos(m w))",
+                values={"rotated (1, 0)": pair},
+            )
+        ],
+    )
+
+
+def _section_applying_q_k() -> Section:
+    moved = rotate(QUERY, [0, 1, 2, 3])
+    return Section(
+        "Applying to Q and K",
+        [
+            Step(
+                "A head of size d is split into d/2 pairs, pair i rotating at frequency "
+                "w_i = theta^(-2i/d): fast for the first pairs, very slow for the last. "
+                "Only queries and keys are rotated (inside every attention layer), never "
+                "the values or the residual stream. HF checkpoints pair feature i with "
+                "i + d/2 ('rotate half'). The same query at positions 0..3 keeps its length:",
+                formula="q'_m = R(m) q,   k'_n = R(n) k",
+                values={
+                    "query at positions 0..3": moved,
+                    "lengths": moved.norm(dim=-1),
+                },
+            )
+        ],
+    )
+
+
+def _section_relative_position() -> Section:
+    return Section(
+        "Why the dot product sees relative position",
+        [
+            Step(
+                "Rotations compose: R(m)^T R(n) = R(n - m). So q'_m . k'_n = q . R(n - m) k "
+                "depends on the positions only through the offset m - n. The same q and k "
+                "placed at different positions, measured:",
+                formula="(R(m) q) . (R(n) k) = q . R(n - m) k",
+                values={
+                    "dot products": Table(
+                        ["query position m", "key position n", "m - n", "q'_m . k'_n"],
+                        relative_rows(),
+                    )
+                },
+                decimals=6,
+            )
+        ],
+    )
+
+
+def _section_small_numeric_example(cos, sin, rope, rec) -> Section:
+    q_rot = apply_rope(torch.tensor(QUERY).view(1, 1, 1, 4), cos, sin)[0, 0, 0]
+    return Section(
+        "A small numeric example",
+        [
+            Step(
+                f"head_dim 4, theta {THETA:g}: frequencies w = (1, 0.01). The query "
+                f"{QUERY} at position {EXAMPLE_POSITION}: angles {EXAMPLE_POSITION} * w; "
+                "cos and sin are laid out per feature (each frequency twice, 'half' layout), "
+                "and q' = q * cos + rotate_half(q) * sin with rotate_half(q) = (-q2, -q3, "
+                "q0, q1).",
+                values={
+                    "w": rope.inv_freq,
+                    "cos": rec.get("rope_cos")[0, 0],
+                    "sin": rec.get("rope_sin")[0, 0],
+                    "q": torch.tensor(QUERY),
+                    "q'": q_rot,
+                },
+            )
+        ],
+    )
+
+
+def _section_real_models_theta() -> Section:
+    return Section(
+        "Real models' theta",
+        [
+            Step(
+                "theta sets the slowest rotation: its wavelength (2 pi / smallest w, in "
+                "tokens) should exceed the context so that far-apart positions stay "
+                "distinguishable. Long-context models raised theta from 10,000 to 500,000 "
+                "or 1,000,000; Llama 3.1 also stretches its low frequencies by 8 for a "
+                "128k context. Values from the published config.json files:",
+                values={
+                    "rope_theta": Table(
+                        ["model", "theta", "head_dim", "longest wavelength (tokens)"],
+                        theta_rows(),
+                    )
+                },
+                decimals=0,
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
     rope = RotaryEmbedding(4, THETA)
     with recording() as rec:
         cos, sin = rope(torch.tensor([[EXAMPLE_POSITION]]))
-    q_rot = apply_rope(torch.tensor(QUERY).view(1, 1, 1, 4), cos, sin)[0, 0, 0]
-    moved = rotate(QUERY, [0, 1, 2, 3])
     sections = [
-        Section(
-            "Why positions",
-            [
-                Step(
-                    "Attention compares every query with every key by dot products: nothing in "
-                    "it depends on where a token sits. Reversing the input of a real attention "
-                    "layer (no positional information) just reverses its output, so 'dog bites "
-                    "man' and 'man bites dog' would look alike.",
-                    values={"max |attn(reversed x) reversed - attn(x)|": permutation_error},
-                    decimals=8,
-                )
-            ],
-        ),
-        Section(
-            "Older approaches",
-            [
-                Step(
-                    "The original Transformer added fixed sinusoids to the embeddings; GPT-2 and "
-                    "BERT add a learned vector per position (so they cannot go beyond the "
-                    "positions seen in training). Both mix position into the token vector "
-                    "itself, and attention has to learn to untangle absolute positions into "
-                    "relative ones. Sinusoidal table for 6 positions, d = 8:",
-                    formula="PE(p, 2i) = sin(p / 10000^(2i/d)),  "
-                    "PE(p, 2i+1) = cos(p / 10000^(2i/d))",
-                    values={"sinusoidal_table(6, 8)": sinusoidal_table(6, 8)},
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "The 2D rotation",
-            [
-                Step(
-                    "RoPE instead rotates. Take a pair of features (a, b) as a point in the "
-                    "plane and rotate it by an angle proportional to the position m. The vector "
-                    "(1, 0) at positions 0..5 with frequency w = 1 radian per position:",
-                    formula="(a, b) -> (a cos(m w) - b sin(m w),  a sin(m w) + b cos(m w))",
-                    values={"rotated (1, 0)": pair},
-                )
-            ],
-        ),
-        Section(
-            "Applying to Q and K",
-            [
-                Step(
-                    "A head of size d is split into d/2 pairs, pair i rotating at frequency "
-                    "w_i = theta^(-2i/d): fast for the first pairs, very slow for the last. "
-                    "Only queries and keys are rotated (inside every attention layer), never "
-                    "the values or the residual stream. HF checkpoints pair feature i with "
-                    "i + d/2 ('rotate half'). The same query at positions 0..3 keeps its length:",
-                    formula="q'_m = R(m) q,   k'_n = R(n) k",
-                    values={
-                        "query at positions 0..3": moved,
-                        "lengths": moved.norm(dim=-1),
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Why the dot product sees relative position",
-            [
-                Step(
-                    "Rotations compose: R(m)^T R(n) = R(n - m). So q'_m . k'_n = q . R(n - m) k "
-                    "depends on the positions only through the offset m - n. The same q and k "
-                    "placed at different positions, measured:",
-                    formula="(R(m) q) . (R(n) k) = q . R(n - m) k",
-                    values={
-                        "dot products": Table(
-                            ["query position m", "key position n", "m - n", "q'_m . k'_n"],
-                            relative_rows(),
-                        )
-                    },
-                    decimals=6,
-                )
-            ],
-        ),
-        Section(
-            "A small numeric example",
-            [
-                Step(
-                    f"head_dim 4, theta {THETA:g}: frequencies w = (1, 0.01). The query "
-                    f"{QUERY} at position {EXAMPLE_POSITION}: angles {EXAMPLE_POSITION} * w; "
-                    "cos and sin are laid out per feature (each frequency twice, 'half' layout), "
-                    "and q' = q * cos + rotate_half(q) * sin with rotate_half(q) = (-q2, -q3, "
-                    "q0, q1).",
-                    values={
-                        "w": rope.inv_freq,
-                        "cos": rec.get("rope_cos")[0, 0],
-                        "sin": rec.get("rope_sin")[0, 0],
-                        "q": torch.tensor(QUERY),
-                        "q'": q_rot,
-                    },
-                )
-            ],
-        ),
-        Section(
-            "Real models' theta",
-            [
-                Step(
-                    "theta sets the slowest rotation: its wavelength (2 pi / smallest w, in "
-                    "tokens) should exceed the context so that far-apart positions stay "
-                    "distinguishable. Long-context models raised theta from 10,000 to 500,000 "
-                    "or 1,000,000; Llama 3.1 also stretches its low frequencies by 8 for a "
-                    "128k context. Values from the published config.json files:",
-                    values={
-                        "rope_theta": Table(
-                            ["model", "theta", "head_dim", "longest wavelength (tokens)"],
-                            theta_rows(),
-                        )
-                    },
-                    decimals=0,
-                )
-            ],
-        ),
+        _section_positions(),
+        _section_older_approaches(),
+        _section_2d_rotation(),
+        _section_applying_q_k(),
+        _section_relative_position(),
+        _section_small_numeric_example(cos, sin, rope, rec),
+        _section_real_models_theta(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -79,120 +79,144 @@ def _row(d: int, runs: dict[str, dict[str, torch.Tensor]], kind: str) -> list:
     ]
 
 
-def build() -> Lesson:
-    stats = statistics()
+def _section_formula() -> Section:
+    return Section(
+        "The formula",
+        [
+            Step(
+                "Attention divides the query-key dot products by sqrt(d_k), the size of one "
+                "head, before the softmax. This lesson shows what goes wrong without it and "
+                "why exactly sqrt(d_k).",
+                formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
+            )
+        ],
+    )
+
+
+def _section_without_scaling(stats) -> Section:
     big = HEAD_SIZES[-1]
     example = {kind: stats[big][kind] for kind in ("none", "sqrt")}
+    return Section(
+        "Without scaling",
+        [
+            Step(
+                f"One query against {KEYS} keys with d_k = {big} and unit-variance entries. "
+                "Unscaled, the scores spread over tens of units, and softmax puts almost all "
+                "weight on the single largest score: the query copies one value vector and "
+                "the gradient to every other key nearly vanishes.",
+                values={
+                    "scores (unscaled)": example["none"]["scaled"][0],
+                    "weights (unscaled)": example["none"]["weights"][0],
+                },
+                decimals=3,
+            ),
+            Step(
+                f"The same row divided by sqrt({big}) = {math.sqrt(big):.2f}: the weights "
+                "are spread over several keys, and each receives gradient.",
+                values={
+                    "scores / sqrt(d_k)": example["sqrt"]["scaled"][0],
+                    "weights (scaled)": example["sqrt"]["weights"][0],
+                },
+                decimals=3,
+            ),
+        ],
+    )
+
+
+def _section_dot_products_grow() -> Section:
+    return Section(
+        "Why dot products grow with d_k",
+        [
+            Step(
+                "q . k adds d_k products q_i k_i. With independent entries of mean 0 and "
+                "variance 1, each product has mean 0 and variance E[q_i^2] E[k_i^2] = 1, and "
+                "variances of independent terms add.",
+                formula="Var(q . k) = sum_i Var(q_i k_i) = d_k * 1 * 1 = d_k;  "
+                "std(q . k) = sqrt(d_k)",
+            )
+        ],
+    )
+
+
+def _section_checking_var_q(stats) -> Section:
+    return Section(
+        "Checking Var(q . k) = d_k",
+        [
+            Step(
+                f"Measured over {ROWS * KEYS:,} random query-key pairs per head size "
+                "(the unscaled scores the function recorded).",
+                values={
+                    "variance of q . k": Table(
+                        ["d_k", "derived Var = d_k", "measured Var", "measured / derived"],
+                        [
+                            [
+                                d,
+                                d,
+                                float(stats[d]["none"]["scores"].var()),
+                                float(stats[d]["none"]["scores"].var()) / d,
+                            ]
+                            for d in HEAD_SIZES
+                        ],
+                    )
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_large_scores_softmax(columns, stats) -> Section:
+    return Section(
+        "What large scores do to softmax",
+        [
+            Step(
+                f"Averaged over {ROWS} rows of {KEYS} keys. Uniform weights would give max "
+                f"weight 1/{KEYS} = {1 / KEYS:.4f} and entropy log2({KEYS}) = "
+                f"{math.log2(KEYS):.0f} bits; one-hot gives 1 and 0 bits. Unscaled, attention "
+                "becomes more one-hot the larger the head.",
+                values={
+                    "unscaled": Table(columns, [_row(d, stats[d], "none") for d in HEAD_SIZES]),
+                    "scaled by 1/sqrt(d_k)": Table(
+                        columns, [_row(d, stats[d], "sqrt") for d in HEAD_SIZES]
+                    ),
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_sqrt_d_k(columns, stats) -> Section:
+    return Section(
+        "Why sqrt(d_k) is right",
+        [
+            Step(
+                "Dividing a random variable by c divides its variance by c^2. Dividing by "
+                "sqrt(d_k) brings Var(q . k) = d_k back to 1 for every head size, so softmax "
+                "sees the same spread of scores whatever d_k is. Dividing by d_k "
+                "over-corrects: the variance falls to 1/d_k and large heads attend almost "
+                "uniformly.",
+                formula="Var(q . k / sqrt(d_k)) = d_k / d_k = 1;   Var(q . k / d_k) = 1 / d_k",
+                values={
+                    "scaled by 1/d_k (too much)": Table(
+                        columns, [_row(d, stats[d], "linear") for d in HEAD_SIZES]
+                    ),
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    stats = statistics()
     columns = ["d_k", "var(score)", "mean max weight", "mean entropy (bits)"]
     sections = [
-        Section(
-            "The formula",
-            [
-                Step(
-                    "Attention divides the query-key dot products by sqrt(d_k), the size of one "
-                    "head, before the softmax. This lesson shows what goes wrong without it and "
-                    "why exactly sqrt(d_k).",
-                    formula="Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V",
-                )
-            ],
-        ),
-        Section(
-            "Without scaling",
-            [
-                Step(
-                    f"One query against {KEYS} keys with d_k = {big} and unit-variance entries. "
-                    "Unscaled, the scores spread over tens of units, and softmax puts almost all "
-                    "weight on the single largest score: the query copies one value vector and "
-                    "the gradient to every other key nearly vanishes.",
-                    values={
-                        "scores (unscaled)": example["none"]["scaled"][0],
-                        "weights (unscaled)": example["none"]["weights"][0],
-                    },
-                    decimals=3,
-                ),
-                Step(
-                    f"The same row divided by sqrt({big}) = {math.sqrt(big):.2f}: the weights "
-                    "are spread over several keys, and each receives gradient.",
-                    values={
-                        "scores / sqrt(d_k)": example["sqrt"]["scaled"][0],
-                        "weights (scaled)": example["sqrt"]["weights"][0],
-                    },
-                    decimals=3,
-                ),
-            ],
-        ),
-        Section(
-            "Why dot products grow with d_k",
-            [
-                Step(
-                    "q . k adds d_k products q_i k_i. With independent entries of mean 0 and "
-                    "variance 1, each product has mean 0 and variance E[q_i^2] E[k_i^2] = 1, and "
-                    "variances of independent terms add.",
-                    formula="Var(q . k) = sum_i Var(q_i k_i) = d_k * 1 * 1 = d_k;  "
-                    "std(q . k) = sqrt(d_k)",
-                )
-            ],
-        ),
-        Section(
-            "Checking Var(q . k) = d_k",
-            [
-                Step(
-                    f"Measured over {ROWS * KEYS:,} random query-key pairs per head size "
-                    "(the unscaled scores the function recorded).",
-                    values={
-                        "variance of q . k": Table(
-                            ["d_k", "derived Var = d_k", "measured Var", "measured / derived"],
-                            [
-                                [
-                                    d,
-                                    d,
-                                    float(stats[d]["none"]["scores"].var()),
-                                    float(stats[d]["none"]["scores"].var()) / d,
-                                ]
-                                for d in HEAD_SIZES
-                            ],
-                        )
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "What large scores do to softmax",
-            [
-                Step(
-                    f"Averaged over {ROWS} rows of {KEYS} keys. Uniform weights would give max "
-                    f"weight 1/{KEYS} = {1 / KEYS:.4f} and entropy log2({KEYS}) = "
-                    f"{math.log2(KEYS):.0f} bits; one-hot gives 1 and 0 bits. Unscaled, attention "
-                    "becomes more one-hot the larger the head.",
-                    values={
-                        "unscaled": Table(columns, [_row(d, stats[d], "none") for d in HEAD_SIZES]),
-                        "scaled by 1/sqrt(d_k)": Table(
-                            columns, [_row(d, stats[d], "sqrt") for d in HEAD_SIZES]
-                        ),
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "Why sqrt(d_k) is right",
-            [
-                Step(
-                    "Dividing a random variable by c divides its variance by c^2. Dividing by "
-                    "sqrt(d_k) brings Var(q . k) = d_k back to 1 for every head size, so softmax "
-                    "sees the same spread of scores whatever d_k is. Dividing by d_k "
-                    "over-corrects: the variance falls to 1/d_k and large heads attend almost "
-                    "uniformly.",
-                    formula="Var(q . k / sqrt(d_k)) = d_k / d_k = 1;   Var(q . k / d_k) = 1 / d_k",
-                    values={
-                        "scaled by 1/d_k (too much)": Table(
-                            columns, [_row(d, stats[d], "linear") for d in HEAD_SIZES]
-                        ),
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
+        _section_formula(),
+        _section_without_scaling(stats),
+        _section_dot_products_grow(),
+        _section_checking_var_q(stats),
+        _section_large_scores_softmax(columns, stats),
+        _section_sqrt_d_k(columns, stats),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -123,159 +123,190 @@ def family_counts() -> list[list]:
     ]
 
 
-def build() -> Lesson:
-    tok = tokenizer()
-    ids = tok.encode(PROMPT)
+def _section_why_needed() -> Section:
+    return Section(
+        "Why it was needed",
+        [
+            Step(
+                "Recurrent networks read a sentence one token at a time, carrying one state "
+                "vector forward: training cannot run the positions in parallel, and "
+                "information from far back must survive many updates. The Transformer "
+                "(Vaswani et al., 2017) drops recurrence: attention lets every position read "
+                "every other position directly, and all positions are computed at once."
+            )
+        ],
+    )
+
+
+def _section_two_halves() -> Section:
+    return Section(
+        "The two halves",
+        [
+            Step(
+                "The original model translates. An encoder reads the whole source sentence "
+                "(bidirectional attention); a decoder writes the target one token at a time "
+                "(causal self-attention) and reads the encoder's output through "
+                "cross-attention. Both are stacks of identical blocks: attention, then a "
+                "feed-forward network, each wrapped in a residual connection and a norm."
+            )
+        ],
+    )
+
+
+def _section_tokenization_embedding_positional(ids, tok, config, rec) -> Section:
     pieces = [tok.decode([i]) for i in ids]
-    model, rec = run_decoder(ids)
-    config = model.config
+    return Section(
+        "Tokenization, embedding, positional encoding",
+        [
+            Step(
+                f"A byte-level BPE tokenizer (trained here on one repeated line, vocabulary "
+                f"{VOCAB_SIZE}) cuts the text into tokens and maps them to ids.",
+                values={
+                    "text": PROMPT,
+                    "tokens": Table(
+                        ["piece", "id"],
+                        [[repr(p), i] for p, i in zip(pieces, ids, strict=True)],
+                    ),  # fmt: skip
+                },
+            ),
+            Step(
+                f"Each id selects a row of the embedding table ({config.vocab_size} x "
+                f"{config.d_model}). Attention itself ignores order, so a position vector is "
+                "added (learned here as in GPT-2; sinusoidal in the original; rotations of "
+                "q and k in Llama, see 'rope').",
+                formula="h_0 = E_tok[ids] + E_pos[0..T-1]",
+                values={"h_0": rec.get("embedding")[0]},
+                decimals=3,
+            ),
+        ],
+    )
+
+
+def _section_attention_multi_head(config, rec) -> Section:
+    return Section(
+        "Attention and multi-head",
+        [
+            Step(
+                f"d_model = {config.d_model} is split into {config.n_heads} heads of "
+                f"{config.head_dim}: each head has its own Q, K, V projections and attends "
+                "independently, so different heads can follow different relations. Head "
+                "outputs are concatenated and mixed by W_o. Layer 1's weights per head: the "
+                "model is untrained (GPT-2's init, std 0.02), so they are nearly uniform "
+                "over the visible tokens; training is what makes them selective.",
+                values={
+                    f"head {h} weights": rec.all("weights")[0][0, h] for h in range(config.n_heads)
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_ffn_residuals_layer(config) -> Section:
+    return Section(
+        "FFN, residuals, layer norm",
+        [
+            Step(
+                "After attention each position goes through the same two-layer MLP on its "
+                f"own ({config.d_model} -> {config.d_ff} -> {config.d_model}). Each sublayer "
+                "adds its result to its input (the residual stream), so a block refines "
+                "rather than replaces, and gradients flow straight through the additions. "
+                "A norm keeps the scale of the stream under control (pre-norm in GPT-2).",
+                formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
+            )
+        ],
+    )
+
+
+def _section_encoder_decoder(ids, tok) -> Section:
     seq_rec = run_seq2seq(tok.encode(SOURCE), ids)
     cross_weights = seq_rec.all("weights")[-1]  # the decoder's last attention is cross-attention
     self_weights = seq_rec.all("weights")[-2]
+    return Section(
+        "Encoder and decoder",
+        [
+            Step(
+                f"A tiny encoder-decoder (post-norm, sinusoidal positions, ReLU) translating "
+                f"'{SOURCE}' to '{PROMPT}': the decoder's self-attention is causal "
+                "(target x target, zeros above the diagonal), its cross-attention is "
+                "target x source with no mask: every target token may read the whole "
+                "source.",
+                values={
+                    "encoder output shape": str(tuple(seq_rec.get("encoder_output").shape)),
+                    "decoder self-attention (head 0)": self_weights[0, 0],
+                    "cross-attention (head 0)": cross_weights[0, 0],
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
+def _section_data_flow_shape(ids, rec, config) -> Section:
+    return Section(
+        "The data flow, shape by shape",
+        [
+            Step(
+                f"What the tiny decoder recorded for a batch of 1 x {len(ids)} tokens: "
+                "(batch, tokens, d_model) between steps, (batch, heads, tokens, head_dim) "
+                "and (batch, heads, tokens, tokens) inside attention. Layer 2 repeats "
+                "layer 1; the final LayerNorm and the tied output head give one logit per "
+                "vocabulary entry at every position.",
+                values={
+                    "steps": Table(
+                        ["step", "recorded as", "shape"], data_flow(rec, config.n_layers)
+                    )
+                },
+            )
+        ],
+    )
+
+
+def _section_three_variants() -> Section:
+    return Section(
+        "The three variants",
+        [
+            Step(
+                "Encoder-only (BERT: bidirectional, for understanding and embeddings), "
+                "decoder-only (GPT, Llama: causal, for generation; today's LLMs), "
+                "encoder-decoder (T5, the original: for input-to-output tasks such as "
+                "translation). Parameter counts from the published configs; 'other' is "
+                "BERT's pooler and T5's relative-position tables; a head of 0 is tied to "
+                "the embedding.",
+                values={
+                    "parameters": Table(
+                        [
+                            "model",
+                            "family",
+                            "embeddings",
+                            "attention",
+                            "ffn",
+                            "norms",
+                            "lm_head",
+                            "other",
+                            "total",
+                        ],  # fmt: skip
+                        family_counts(),
+                    )
+                },
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    tok = tokenizer()
+    ids = tok.encode(PROMPT)
+    model, rec = run_decoder(ids)
+    config = model.config
     sections = [
-        Section(
-            "Why it was needed",
-            [
-                Step(
-                    "Recurrent networks read a sentence one token at a time, carrying one state "
-                    "vector forward: training cannot run the positions in parallel, and "
-                    "information from far back must survive many updates. The Transformer "
-                    "(Vaswani et al., 2017) drops recurrence: attention lets every position read "
-                    "every other position directly, and all positions are computed at once."
-                )
-            ],
-        ),
-        Section(
-            "The two halves",
-            [
-                Step(
-                    "The original model translates. An encoder reads the whole source sentence "
-                    "(bidirectional attention); a decoder writes the target one token at a time "
-                    "(causal self-attention) and reads the encoder's output through "
-                    "cross-attention. Both are stacks of identical blocks: attention, then a "
-                    "feed-forward network, each wrapped in a residual connection and a norm."
-                )
-            ],
-        ),
-        Section(
-            "Tokenization, embedding, positional encoding",
-            [
-                Step(
-                    f"A byte-level BPE tokenizer (trained here on one repeated line, vocabulary "
-                    f"{VOCAB_SIZE}) cuts the text into tokens and maps them to ids.",
-                    values={
-                        "text": PROMPT,
-                        "tokens": Table(
-                            ["piece", "id"],
-                            [[repr(p), i] for p, i in zip(pieces, ids, strict=True)],
-                        ),  # fmt: skip
-                    },
-                ),
-                Step(
-                    f"Each id selects a row of the embedding table ({config.vocab_size} x "
-                    f"{config.d_model}). Attention itself ignores order, so a position vector is "
-                    "added (learned here as in GPT-2; sinusoidal in the original; rotations of "
-                    "q and k in Llama, see 'rope').",
-                    formula="h_0 = E_tok[ids] + E_pos[0..T-1]",
-                    values={"h_0": rec.get("embedding")[0]},
-                    decimals=3,
-                ),
-            ],
-        ),
-        Section(
-            "Attention and multi-head",
-            [
-                Step(
-                    f"d_model = {config.d_model} is split into {config.n_heads} heads of "
-                    f"{config.head_dim}: each head has its own Q, K, V projections and attends "
-                    "independently, so different heads can follow different relations. Head "
-                    "outputs are concatenated and mixed by W_o. Layer 1's weights per head: the "
-                    "model is untrained (GPT-2's init, std 0.02), so they are nearly uniform "
-                    "over the visible tokens; training is what makes them selective.",
-                    values={
-                        f"head {h} weights": rec.all("weights")[0][0, h]
-                        for h in range(config.n_heads)
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "FFN, residuals, layer norm",
-            [
-                Step(
-                    "After attention each position goes through the same two-layer MLP on its "
-                    f"own ({config.d_model} -> {config.d_ff} -> {config.d_model}). Each sublayer "
-                    "adds its result to its input (the residual stream), so a block refines "
-                    "rather than replaces, and gradients flow straight through the additions. "
-                    "A norm keeps the scale of the stream under control (pre-norm in GPT-2).",
-                    formula="h = h + Attention(Norm(h));   h = h + FFN(Norm(h))",
-                )
-            ],
-        ),
-        Section(
-            "Encoder and decoder",
-            [
-                Step(
-                    f"A tiny encoder-decoder (post-norm, sinusoidal positions, ReLU) translating "
-                    f"'{SOURCE}' to '{PROMPT}': the decoder's self-attention is causal "
-                    "(target x target, zeros above the diagonal), its cross-attention is "
-                    "target x source with no mask: every target token may read the whole "
-                    "source.",
-                    values={
-                        "encoder output shape": str(tuple(seq_rec.get("encoder_output").shape)),
-                        "decoder self-attention (head 0)": self_weights[0, 0],
-                        "cross-attention (head 0)": cross_weights[0, 0],
-                    },
-                    decimals=3,
-                )
-            ],
-        ),
-        Section(
-            "The data flow, shape by shape",
-            [
-                Step(
-                    f"What the tiny decoder recorded for a batch of 1 x {len(ids)} tokens: "
-                    "(batch, tokens, d_model) between steps, (batch, heads, tokens, head_dim) "
-                    "and (batch, heads, tokens, tokens) inside attention. Layer 2 repeats "
-                    "layer 1; the final LayerNorm and the tied output head give one logit per "
-                    "vocabulary entry at every position.",
-                    values={
-                        "steps": Table(
-                            ["step", "recorded as", "shape"], data_flow(rec, config.n_layers)
-                        )
-                    },
-                )
-            ],
-        ),
-        Section(
-            "The three variants",
-            [
-                Step(
-                    "Encoder-only (BERT: bidirectional, for understanding and embeddings), "
-                    "decoder-only (GPT, Llama: causal, for generation; today's LLMs), "
-                    "encoder-decoder (T5, the original: for input-to-output tasks such as "
-                    "translation). Parameter counts from the published configs; 'other' is "
-                    "BERT's pooler and T5's relative-position tables; a head of 0 is tied to "
-                    "the embedding.",
-                    values={
-                        "parameters": Table(
-                            [
-                                "model",
-                                "family",
-                                "embeddings",
-                                "attention",
-                                "ffn",
-                                "norms",
-                                "lm_head",
-                                "other",
-                                "total",
-                            ],  # fmt: skip
-                            family_counts(),
-                        )
-                    },
-                )
-            ],
-        ),
+        _section_why_needed(),
+        _section_two_halves(),
+        _section_tokenization_embedding_positional(ids, tok, config, rec),
+        _section_attention_multi_head(config, rec),
+        _section_ffn_residuals_layer(config),
+        _section_encoder_decoder(ids, tok),
+        _section_data_flow_shape(ids, rec, config),
+        _section_three_variants(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
