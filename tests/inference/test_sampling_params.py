@@ -86,7 +86,7 @@ def test_sampler_rejects_nan_or_fully_masked_rows():
     logits[1, 2] = math.nan
     with pytest.raises(LLMInternalsError, match="row 1 has NaN"):
         Sampler()(logits, [SamplingParams()] * 3)
-    with pytest.raises(LLMInternalsError, match="row 0 has NaN or no finite value"):
+    with pytest.raises(LLMInternalsError, match="row 0 has no finite value"):
         Sampler()(torch.full((1, 4), -math.inf), [SamplingParams()])
 
 

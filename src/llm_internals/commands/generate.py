@@ -49,6 +49,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--no-cache", action="store_true", help="recompute everything at every step")
+    p.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="past the model's context, keep its last max_seq_len tokens and go on (as "
+        "nanoGPT's sample does; each step then recomputes the window without a cache); "
+        "default: stop when the context window is full",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         eos_token_id=eos,
         timing=timing,
+        sliding_window=args.sliding_window,
     )
     shown_prompt = args.prompt if prompt_ids is None else " ".join(map(str, prompt_ids))
     separator = "\n" if is_seq2seq(model) else ("" if prompt_ids is None else " ")
@@ -118,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         reason = chunk.finish_reason or reason
     wall = time.perf_counter() - started
     console.print()
+    if reason == "context":
+        reason = (f"context window ({model.config.max_seq_len} tokens) reached; pass "
+                  "--sliding-window to continue")  # fmt: skip
     decode_rate = timing.decode_steps / timing.decode_s if timing.decode_s > 0 else 0.0
     console.print(
         f"[dim]{timing.tokens} tokens in {wall:.2f} s: {timing.tokens / wall:.1f} tokens/s "

@@ -9,6 +9,13 @@
 With `use_cache=False` every step runs the model over the whole sequence again (the O(n^2)
 baseline the cache removes); the tokens are the same. A sequence that finishes leaves the batch
 (its cache rows are dropped) while the others continue.
+
+Past the context (`sliding_window=True`, as nanoGPT's sample does): each step feeds the last
+max_seq_len tokens of every row, cropped afresh, and the cache is dropped. Cropping the oldest
+token changes what every later position attended to, so every layer's K/V changes: nothing
+cached can be reused, and one forward over the window costs what re-prefilling a cache with it
+would. So from the first crop on the loop recomputes without a cache (tokens then equal running
+the model on the cropped window directly); until then it decodes with the cache as usual.
 """
 
 from __future__ import annotations
@@ -32,25 +39,18 @@ def sample_and_accept(
     sampler: Sampler, logits: torch.Tensor, active: list[SequenceState]
 ) -> tuple[list[int], list[StreamChunk]]:
     """Sample one token per active row (each with its own params and generator) and hand each
-    to its sequence, which decides whether it is finished.
-
-    All-greedy batches without penalties take the argmax directly: the Sampler would return the
-    same tokens (argmax of logits / 1) after also computing a softmax over the vocabulary, which
-    costs ~1-3 ms per step for a 50k vocabulary, several % of a batch-1 decode step. While
-    recording (the explain path) the Sampler runs, so its steps are shown."""
-    if not is_recording() and all(s.params.greedy and not s.params.uses_penalties for s in active):
-        tokens = logits.argmax(dim=-1).tolist()
-    else:
-        tokens = sampler(
-            logits,
-            [s.params for s in active],
-            [s.generator for s in active],
-            prompt_ids=[s.decoder_ids for s in active],
-            output_ids=[s.output_ids for s in active],
-        ).tolist()
+    to its sequence, which decides whether it is finished. A row whose logits cannot be sampled
+    raises SamplingRowError (an LLMInternalsError): `generate` serves one caller, so it stops."""
+    tokens = sampler(
+        logits,
+        [s.params for s in active],
+        [s.generator for s in active],
+        prompt_ids=[s.decoder_ids for s in active],
+        output_ids=[s.output_ids for s in active],
+    ).tolist()
     if is_recording():
         record("generate.tokens", torch.tensor(tokens), note="one token per sequence")
-    return tokens, [s.accept(t) for s, t in zip(active, tokens, strict=True)]
+    return tokens, [s.accept_chunk(t) for s, t in zip(active, tokens, strict=True)]
 
 
 @dataclass
@@ -90,10 +90,21 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 
 def cache_length(seqs: list[SequenceState], width: int) -> int:
-    """Cache positions needed: the padded prompt plus every step that can still follow."""
+    """Cache positions needed: the padded prompt plus every step that can still follow (with a
+    sliding window, every step until the longest row fills the context)."""
     shortest = min(len(s.decoder_ids) for s in seqs)
-    steps = min(seqs[0].max_new_tokens - 1, seqs[0].context - shortest)
+    steps = min(seqs[0].max_new_tokens - 1, seqs[0].model_context - shortest)
     return width + max(steps, 0)
+
+
+def windows(
+    active: list[SequenceState], side: str, context: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's tokens so far (prompt and output), cropped to the last `context`, padded into
+    one batch: (ids, attention_mask, index of each row's last token)."""
+    rows = [(s.decoder_ids + s.output_ids)[-context:] for s in active]
+    ids, mask, last = pad_prompts(rows, side)
+    return ids.to(device), mask.to(device), last.to(device)
 
 
 def decoder_only_loop(
@@ -105,16 +116,17 @@ def decoder_only_loop(
 ) -> Iterator[StreamChunk]:
     """Yield one StreamChunk per sampled token until every sequence has finished."""
     device = next(model.parameters()).device
-    ids, mask, last = pad_prompts([s.prompt_ids for s in seqs], padding_side)
-    ids, mask, last = ids.to(device), mask.to(device), last.to(device)
-    padded = not bool(mask.all())
-    cache = None
-    if use_cache:
-        cache = ContiguousKVCache.for_model(model, len(seqs), cache_length(seqs, ids.shape[1]))
-    sampler = Sampler()
+    context = seqs[0].model_context
     active = list(seqs)  # row r of the current batch is active[r]
+    ids, mask, last = windows(active, padding_side, context, device)
+    cache = None
+    if use_cache and not any(s.decoder_length > context for s in seqs):
+        cache = ContiguousKVCache.for_model(model, len(seqs), cache_length(seqs, ids.shape[1]))
+    padded = not bool(mask.all())
+    sampler = Sampler()
     inputs = ids
     rows = torch.arange(len(seqs), device=device)
+    whole_rows = True  # inputs hold every row's whole window (prefill, or no cache)
     prefill = True
     with evaluating(model):
         while True:
@@ -123,8 +135,8 @@ def decoder_only_loop(
                 hidden = model.hidden_states(
                     inputs, attention_mask=mask if padded else None, cache=cache
                 )
-                # At prefill, each row's last real token (right padding: not column -1).
-                hidden_last = hidden[rows, last] if prefill else hidden[:, -1]
+                # Each row's last real token (right padding: not column -1).
+                hidden_last = hidden[rows, last] if whole_rows else hidden[:, -1]
                 tokens, chunks = sample_and_accept(sampler, model.lm_head(hidden_last), active)
             timing.add_step(time.perf_counter() - started, len(tokens), prefill)
             prefill = False
@@ -134,16 +146,18 @@ def decoder_only_loop(
             step = next_step(active, tokens, device)
             if step is None:
                 return
-            active, new_tokens = step.active, step.new_tokens
-            if step.index is not None:
-                ids, mask, rows = ids[step.index], mask[step.index], rows[: len(active)]
-                if cache is not None:
+            active = step.active
+            if cache is not None and any(s.decoder_length > context for s in active):
+                cache = None  # a sliding window crops from now on (see the module docstring)
+            if cache is None:  # the whole (cropped) sequences again
+                ids, mask, last = windows(active, padding_side, context, device)
+                padded, inputs = not bool(mask.all()), ids
+                rows, whole_rows = torch.arange(len(active), device=device), True
+            else:
+                if step.index is not None:
+                    mask = mask[step.index]
                     cache.select_rows(step.index)
-            if padded:  # without padding the mask is all ones and is never passed
-                mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            if cache is not None:
-                inputs = new_tokens
-            else:  # no cache: the whole sequence again
-                ids = torch.cat([ids, new_tokens], dim=1)
-                inputs = ids
+                if padded:  # without padding the mask is all ones and is never passed
+                    mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+                inputs, whole_rows = step.new_tokens, False
             timing.decode_s += time.perf_counter() - started

@@ -9,9 +9,11 @@ KV cache, sample with the shared Sampler, and stop on the same rules (inference/
 Prompts of different lengths are padded (left by default, as HF does for decoder-only models;
 right works too) into one batch with an attention_mask, and padding changes no result.
 
-Finish reasons: "length" (max_new_tokens reached), "eos" (the end-of-text token, not part of the
-output), "stop" (a stop token id or stop string from SamplingParams; the text is cut before it),
-"context" (the next token would sit past the model's max_seq_len).
+Finish reasons (inference/sequence_core.py, shared with the serving engine): "length"
+(max_new_tokens reached), "eos" (the end-of-text token, not part of the output), "stop" (a stop
+token id or stop string from SamplingParams; the text is cut before it), "context" (the next
+token would sit past the model's max_seq_len; `sliding_window=True` crops the oldest tokens
+instead and goes on).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def stream(
     eos_token_id: Any = "auto",
     padding_side: str = "left",
     timing: Timing | None = None,
+    sliding_window: bool = False,
     **sampling: Any,
 ) -> Iterator[StreamChunk]:
     """Generate, yielding a StreamChunk per sampled token as soon as it is sampled.
@@ -69,9 +72,12 @@ def stream(
     eos_token_id: "auto" (a Seq2SeqLM's eos id, else the tokenizer's end-of-text token), None, an
         id or a list of ids.
     timing: filled in with prefill/decode seconds (generator time only, not the consumer's).
+    sliding_window: past the context, keep the last max_seq_len tokens and go on (each step then
+        recomputes the cropped window without a cache; see decode_loop.py) instead of finishing
+        with reason "context". A prompt longer than the context is cropped the same way.
     """
     seqs, _ = prepare(model, tokenizer, prompt, max_new_tokens, params, eos_token_id,
-                      padding_side, sampling)  # fmt: skip
+                      padding_side, sampling, sliding_window)  # fmt: skip
     return _loop(model, seqs, use_cache, padding_side, timing or Timing())
 
 
@@ -85,6 +91,7 @@ def generate(
     use_cache: bool = True,
     eos_token_id: Any = "auto",
     padding_side: str = "left",
+    sliding_window: bool = False,
     **sampling: Any,
 ) -> GenerationResult | list[GenerationResult]:
     """Generate to the end and return the result (a list of results for a list of prompts).
@@ -92,7 +99,7 @@ def generate(
     Same arguments as `stream`; see there. Greedy unless sampling parameters are given.
     """
     seqs, single = prepare(model, tokenizer, prompt, max_new_tokens, params, eos_token_id,
-                           padding_side, sampling)  # fmt: skip
+                           padding_side, sampling, sliding_window)  # fmt: skip
     timing = Timing()
     for _chunk in _loop(model, seqs, use_cache, padding_side, timing):
         pass

@@ -45,8 +45,9 @@ def prompt_token_ids(prompt: Any, tokenizer: Any | None, label: str) -> list[int
     )
 
 
-def as_prompts(prompt: Any, tokenizer: Any | None) -> tuple[list[list[int]], bool]:
-    """(token ids of each prompt, whether a single prompt was given)."""
+def split_prompts(prompt: Any) -> tuple[list[Any], bool]:
+    """(the prompts of a request, whether a single prompt was given): a string or a list of ids
+    is one prompt; a list of those is a batch. Used by `generate` and `LLM.generate`."""
     if isinstance(prompt, torch.Tensor):
         prompt = prompt.tolist()
     single = isinstance(prompt, str) or (
@@ -58,16 +59,45 @@ def as_prompts(prompt: Any, tokenizer: Any | None) -> tuple[list[list[int]], boo
             "prompt must be a non-empty string, a list of token ids, or a list of either",
             hint='e.g. generate(model, tokenizer, "Once upon a time")',
         )
-    prompts = []
-    for i, item in enumerate(items):
-        ids = prompt_token_ids(item, tokenizer, f"prompt {i}")
-        if not ids:
-            raise LLMInternalsError(
-                f"prompt {i} is empty: generation needs at least one token to continue from",
-                hint="start from a newline or the tokenizer's beginning-of-text token",
-            )
-        prompts.append(ids)
-    return prompts, single
+    return list(items), single
+
+
+def check_prompt_ids(
+    ids: list[int], label: str, vocab_size: int, context: int | None, hint: str | None = None
+) -> None:
+    """The checks every prompt passes on both paths: not empty, ids inside the vocabulary, and
+    (unless `context` is None: a sliding window crops it) no longer than the context."""
+    if not ids:
+        raise LLMInternalsError(
+            f"{label} is empty: generation needs at least one token to continue from",
+            hint="start from a newline or the tokenizer's beginning-of-text token",
+        )
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise LLMInternalsError(
+            f"{label}: token id {bad[0]} is outside the vocabulary (size {vocab_size})"
+        )
+    if context is not None and len(ids) > context:
+        raise LLMInternalsError(
+            f"{label} has {len(ids)} tokens, more than the model's context of {context}",
+            hint=hint or f"shorten the prompt to at most {context} tokens",
+        )
+
+
+def check_stop_strings(params: SamplingParams, tokenizer: Any | None, label: str) -> None:
+    if params.stop and tokenizer is None:
+        raise LLMInternalsError(
+            f"{label}: stop strings need a tokenizer to decode the output",
+            hint="give the model's tokenizer (or drop --stop)",
+        )
+
+
+def as_prompts(prompt: Any, tokenizer: Any | None) -> tuple[list[list[int]], bool]:
+    """(token ids of each prompt, whether a single prompt was given)."""
+    items, single = split_prompts(prompt)
+    return [
+        prompt_token_ids(item, tokenizer, f"prompt {i}") for i, item in enumerate(items)
+    ], single
 
 
 def as_params(
@@ -109,7 +139,11 @@ def eos_ids(eos_token_id: Any, tokenizer: Any | None, model: torch.nn.Module) ->
 
 
 def check_request(
-    model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, padding_side: str
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    padding_side: str,
+    sliding_window: bool = False,
 ) -> int:
     """Validate; return the model's context length."""
     if not hasattr(model, "config") or not (hasattr(model, "hidden_states") or is_seq2seq(model)):
@@ -121,17 +155,24 @@ def check_request(
         max_new_tokens <= 0
     ):  # fmt: skip
         raise LLMInternalsError(
-            f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
+            f"max_new_tokens must be a positive integer, got {max_new_tokens!r}",
+            hint="--max-new-tokens takes a positive integer",
         )
     if padding_side not in PADDING_SIDES:
         raise LLMInternalsError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if not isinstance(sliding_window, bool):
+        raise LLMInternalsError(f"sliding_window must be True or False, got {sliding_window!r}")
+    if sliding_window and is_seq2seq(model):
+        raise LLMInternalsError(
+            "--sliding-window works with decoder-only models; an encoder-decoder reads its "
+            "whole source at once"
+        )
     context = model.config.max_seq_len
     for i, ids in enumerate(prompts):
-        if len(ids) > context:
-            raise LLMInternalsError(
-                f"prompt {i} has {len(ids)} tokens, more than the model's context of {context}",
-                hint=f"shorten the prompt (or keep its last {context} tokens)",
-            )
+        check_prompt_ids(ids, f"prompt {i}", model.config.vocab_size,
+                         None if sliding_window else context,
+                         hint=f"shorten the prompt, or pass --sliding-window to keep its last "
+                         f"{context} tokens")  # fmt: skip
     return context
 
 
@@ -144,17 +185,18 @@ def prepare(
     eos_token_id: Any,
     padding_side: str,
     sampling: dict[str, Any],
+    sliding_window: bool = False,
 ) -> tuple[list[SequenceState], bool]:
     """Check the request (errors before any work) and set up one SequenceState per prompt."""
     prompts, single = as_prompts(prompt, tokenizer)
     params_list = as_params(params, sampling, len(prompts))
-    context = check_request(model, prompts, max_new_tokens, padding_side)
-    if tokenizer is None and any(p.stop for p in params_list):
-        raise LLMInternalsError("stop strings need a tokenizer to decode the output")
+    context = check_request(model, prompts, max_new_tokens, padding_side, sliding_window)
+    for i, p in enumerate(params_list):
+        check_stop_strings(p, tokenizer, f"prompt {i}")
     eos = eos_ids(eos_token_id, tokenizer, model)
     start = [model.settings.decoder_start_token_id] if is_seq2seq(model) else None
     seqs = [
-        SequenceState(i, ids, p, tokenizer, eos, max_new_tokens, context, start)
+        SequenceState(i, ids, p, tokenizer, eos, max_new_tokens, context, start, not sliding_window)
         for i, (ids, p) in enumerate(zip(prompts, params_list, strict=True))
     ]
     return seqs, single

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from llm_internals.inference.params import SamplingParams
 
-FINISH_REASONS = ("length", "stop", "eos", "context")
+FINISH_REASONS = ("length", "stop", "eos", "context")  # generate's; all: sequence_core.py
 GREEDY = SamplingParams(temperature=0.0)
 
 

@@ -16,17 +16,25 @@ from typing import Any
 from llm_internals.errors import LLMInternalsError
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
+# The positive normal float32 range. The sampler divides float32 logits (|z| < 3.4e38) by the
+# repetition penalty in float64; a penalty inside this range keeps z / r and z * r below 1.2e77,
+# far from float64's 1.8e308 (1e-40 would not survive float32, 1e-320 not even float64).
+FLOAT32_TINY = 1.1754943508222875e-38
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings; invalid values raise LLMInternalsError naming the field.
 
-    temperature: >= 0; logits are divided by it (0 = greedy, take the argmax).
+    temperature: >= 0; logits are divided by it (0 = greedy, take the argmax). Any positive
+      value works: the sampler divides in float64 after subtracting the row maximum, so a
+      temperature of 1e-44 gives the greedy limit instead of overflowing.
     top_k: keep the k most likely tokens (ties with the k-th are kept too); 0 = off.
     top_p: keep the smallest set of most likely tokens whose mass reaches top_p; in (0, 1].
     min_p: keep tokens with probability >= min_p * (probability of the most likely); in [0, 1].
-    repetition_penalty: HF/CTRL style, on every token seen in prompt or output; > 0, 1 = off.
+    repetition_penalty: HF/CTRL style, on every token seen in prompt or output; 1 = off; in
+      [1.2e-38, 3.4e38], the positive normal float32 range (see FLOAT32_TINY).
     frequency_penalty, presence_penalty: OpenAI style, on output tokens; in [-2, 2], 0 = off.
     seed: seeds this request's own torch.Generator, so its draws do not depend on the batch.
     stop_token_ids: generation ends when one of these is sampled (it is not part of the text).
@@ -62,7 +70,14 @@ class SamplingParams:
             )
         _number(self, "top_p", low=0.0, high=1.0, low_open=True, hint="1 turns top-p off")
         _number(self, "min_p", low=0.0, high=1.0, hint="0 turns min-p off")
-        _number(self, "repetition_penalty", low=0.0, low_open=True, hint="1 turns it off")
+        _number(
+            self,
+            "repetition_penalty",
+            low=FLOAT32_TINY,
+            high=FLOAT32_MAX,
+            hint="1 turns it off (--repetition-penalty 1); 1.1-1.3 are usual; the range is that "
+            "of positive normal float32 numbers, beyond which the penalty overflows",
+        )
         _number(self, "frequency_penalty", low=-2.0, high=2.0, hint="0 turns it off")
         _number(self, "presence_penalty", low=-2.0, high=2.0, hint="0 turns it off")
         if self.seed is not None and (
@@ -110,9 +125,9 @@ def _number(
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         low_bracket = "(" if low_open else "["
-        high_text = "inf)" if high == math.inf else f"{high:g}]"
+        high_text = "inf)" if high == math.inf else f"{high:.3g}]"
         raise LLMInternalsError(
-            f"sampling parameter {name} must be a number in {low_bracket}{low:g}, {high_text}, "
+            f"sampling parameter {name} must be a number in {low_bracket}{low:.3g}, {high_text}, "
             f"got {value!r}",
             hint=hint,
         )

@@ -13,6 +13,15 @@ inverse-transform sampling: one uniform number per row, drawn from the request's
 `torch.Generator` when it has a seed, so a seeded request draws the same tokens whatever else is
 in the batch. Each filter returns a boolean "kept" mask; all steps are recorded for the explain
 path under the names "sampling.<step>".
+
+Extreme parameters survive: penalties and temperature run in float64 (|z| < 3.4e38 from float32
+logits, a repetition penalty of at least 1.2e-38: z / r stays below 3e76). Where z / T would not
+fit in float32 (a tiny T), the row maximum is subtracted before dividing (softmax does not
+change), so the other logits go to -inf (probability 0, the greedy limit) instead of the row
+overflowing to +inf and NaN. A row that
+still cannot be sampled (NaN or +inf logits from the model, or nothing finite) raises
+`SamplingRowError`, which names the rows and carries the tokens of the others: the serving engine
+fails those requests alone.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.params import FLOAT32_MAX, SamplingParams
 from llm_internals.inference.penalties import (
     apply_frequency_presence_penalty,
     apply_repetition_penalty,
@@ -32,9 +41,23 @@ from llm_internals.layers.softmax import softmax
 from llm_internals.trace import is_recording, record
 
 
-def make_generator(
-    seed: int | None, device: torch.device | str = "cpu"
-) -> torch.Generator | None:
+class SamplingRowError(LLMInternalsError):
+    """Some rows of a batch could not be sampled. `rows` maps row -> why; `tokens` holds the
+    tokens drawn for the other rows (-1 at the failed ones)."""
+
+    def __init__(self, rows: dict[int, str], tokens: torch.Tensor) -> None:
+        row, why = next(iter(rows.items()))
+        super().__init__(
+            f"logits row {row} {why}: nothing to sample"
+            + (f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""),
+            hint="the model produced invalid logits (check the weights for NaN, or overflow "
+            "in --dtype float16)",
+        )
+        self.rows = rows
+        self.tokens = tokens
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
     """A generator on `device` seeded with `seed`, or None (use the sampler's shared generator).
 
     The default is a CPU generator whatever device the logits are on: the sampler draws one
@@ -94,7 +117,11 @@ def top_p_mask(logits: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
         most = int((probs > 0).sum(dim=-1).max())
         sorted_probs, order = probs.topk(most, dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    in_nucleus = (mass_before < p) & (sorted_probs > 0)
+    # The most likely token is always kept (the nucleus of any p > 0 holds it), also when p is
+    # too small for float32 (1e-300 rounds to 0) or rounding makes mass_before positive.
+    in_nucleus = (
+        (mass_before < p) | (torch.arange(sorted_probs.shape[-1], device=p.device) == 0)
+    ) & (sorted_probs > 0)
     smallest_kept = torch.where(in_nucleus, sorted_probs, torch.ones_like(sorted_probs)).amin(
         dim=-1, keepdim=True
     )
@@ -145,6 +172,19 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return chosen
 
 
+def invalid_rows(logits: torch.Tensor) -> dict[int, str]:
+    """Rows that cannot be sampled, with why: a NaN, a +inf (no distribution gives it a finite
+    share), or no value above -inf."""
+    nan = torch.isnan(logits).any(dim=-1)
+    pos_inf = (logits == float("inf")).any(dim=-1)
+    empty = ~(logits > float("-inf")).any(dim=-1)
+    bad = (nan | pos_inf | empty).nonzero().flatten().tolist()
+    return {
+        row: "has NaN" if nan[row] else ("has +inf" if pos_inf[row] else "has no finite value")
+        for row in bad
+    }
+
+
 class Sampler:
     """Samples one token per row of a logits batch, each row with its own SamplingParams.
 
@@ -167,18 +207,71 @@ class Sampler:
 
         generators[i] (e.g. from `make_generator(params[i].seed)`) must persist across the
         steps of request i for its draws to be reproducible. prompt_ids / output_ids are needed
-        only when some row uses a penalty.
+        only when some row uses a penalty. Rows whose logits cannot be sampled raise
+        SamplingRowError after the other rows are drawn (their generators advance as usual).
+
+        All-greedy batches without penalties take the argmax directly: the full path would give
+        the same tokens (argmax of logits / 1) after a softmax over the vocabulary, which costs
+        ~1-3 ms per step for a 50k vocabulary, several % of a batch-1 decode step. While
+        recording (the explain path) the full path runs, so its steps are shown.
         """
         logits = self._check(logits, params, generators)
-        batch, vocab = logits.shape
-        record("sampling.logits", logits)
-        logits = self._penalize(logits, params, prompt_ids, output_ids)
+        bad = invalid_rows(logits)
+        good = [row for row in range(len(params)) if row not in bad]
+        tokens = torch.full((len(params),), -1, dtype=torch.long, device=logits.device)
+        if good:
+            if len(good) < len(params):
+                logits = logits[good]
+                params = [params[r] for r in good]
+                generators = None if generators is None else [generators[r] for r in good]
+                prompt_ids = None if prompt_ids is None else [prompt_ids[r] for r in good]
+                output_ids = None if output_ids is None else [output_ids[r] for r in good]
+            tokens[good] = self._sample(logits, params, generators, prompt_ids, output_ids)
+        if bad:
+            raise SamplingRowError(bad, tokens)
+        return tokens
 
-        column = torch.tensor(
-            [[p.temperature] for p in params], dtype=logits.dtype, device=logits.device
-        )
-        greedy_rows = torch.tensor([p.greedy for p in params], device=logits.device)
-        logits = logits / torch.where(column > 0, column, 1.0)
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None] | None,
+        prompt_ids: Sequence[Sequence[int]] | None,
+        output_ids: Sequence[Sequence[int]] | None,
+    ) -> torch.Tensor:
+        greedy = [p.greedy for p in params]
+        if all(greedy) and not any(p.uses_penalties for p in params) and not is_recording():
+            return logits.argmax(dim=-1)
+        record("sampling.logits", logits)
+        logits, probs = self.distribution(logits, params, prompt_ids, output_ids)
+        tokens = logits.argmax(dim=-1)
+        sampled_rows = [row for row, g in enumerate(greedy) if not g]
+        if sampled_rows:
+            uniforms = self._uniforms(sampled_rows, generators)
+            record("sampling.uniforms", uniforms, note="one Uniform[0, 1) draw per sampled row")
+            tokens[sampled_rows] = inverse_cdf_sample(probs[sampled_rows], uniforms)
+        record("sampling.tokens", tokens)
+        return tokens
+
+    def distribution(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        output_ids: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(filtered logits, the probabilities drawn from) of valid float32 (batch, vocab)
+        logits: penalties, temperature, top-k, top-p, min-p. Greedy rows are tempered by 1."""
+        z = self._penalize(logits.double(), params, prompt_ids, output_ids)
+        temperature = torch.tensor([[p.temperature if p.temperature > 0 else 1.0]
+                                    for p in params], dtype=torch.float64,
+                                   device=z.device)  # fmt: skip
+        tempered = z / temperature
+        overflow = tempered.amax(dim=-1, keepdim=True) > FLOAT32_MAX
+        if overflow.any():  # tiny T: shift the row so its largest is 0 (the same softmax)
+            shifted = (z - z.amax(dim=-1, keepdim=True)) / temperature  # overflow -> -inf only
+            tempered = torch.where(overflow, shifted, tempered)
+        logits = tempered.float()
         record("sampling.tempered", logits, note="logits / temperature (greedy rows: / 1)")
 
         keep = torch.ones_like(logits, dtype=torch.bool)
@@ -196,14 +289,7 @@ class Sampler:
 
         probs = softmax(logits, dim=-1)
         record("sampling.probs", probs, note="renormalized over the kept tokens")
-        tokens = logits.argmax(dim=-1)
-        sampled_rows = (~greedy_rows).nonzero().flatten().tolist()
-        if sampled_rows:
-            uniforms = self._uniforms(sampled_rows, generators)
-            record("sampling.uniforms", uniforms, note="one Uniform[0, 1) draw per sampled row")
-            tokens[sampled_rows] = inverse_cdf_sample(probs[sampled_rows], uniforms)
-        record("sampling.tokens", tokens)
-        return tokens
+        return logits, probs
 
     def _check(
         self,
@@ -224,14 +310,7 @@ class Sampler:
             raise LLMInternalsError(
                 f"sampler got {len(generators)} generators for a batch of {logits.shape[0]} rows"
             )
-        logits = logits.float()  # half-precision logits lose too much in exp and cumsum
-        bad_rows = (torch.isnan(logits).any(-1) | ~(logits > float("-inf")).any(-1)).nonzero()
-        if len(bad_rows):
-            raise LLMInternalsError(
-                f"logits row {int(bad_rows[0])} has NaN or no finite value: nothing to sample",
-                hint="the model produced invalid logits (check for overflow or a broken mask)",
-            )
-        return logits
+        return logits.float()  # half-precision logits lose too much in exp and cumsum
 
     def _penalize(
         self,
@@ -265,7 +344,8 @@ class Sampler:
             logits = apply_frequency_presence_penalty(
                 logits, output_counts, column("frequency_penalty"), column("presence_penalty")
             )
-        record("sampling.penalized", logits, note="after repetition/frequency/presence penalties")
+        record("sampling.penalized", logits.float(),
+               note="after repetition/frequency/presence penalties")  # fmt: skip
         return logits
 
     def _uniforms(

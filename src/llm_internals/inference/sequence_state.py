@@ -1,4 +1,4 @@
-"""One prompt's state during generation: its outputs, generator, detokenizer and stop rules."""
+"""One prompt's state during `generate`: the sequence core plus the prompt and its batch row."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ from typing import Any
 
 from llm_internals.inference.generation_types import StreamChunk
 from llm_internals.inference.params import SamplingParams
-from llm_internals.inference.sampling import make_generator
-from llm_internals.inference.stopping import IncrementalDetokenizer, StopChecker
+from llm_internals.inference.sequence_core import SequenceCore
 
 
-class SequenceState:
-    """Accepts sampled tokens one at a time and decides when the sequence is finished.
+class SequenceState(SequenceCore):
+    """Accepts sampled tokens one at a time (SequenceCore's stop rules) as StreamChunks.
 
     `decoder_ids` are the tokens already in the decoder before the first sampled one: the prompt
     for a decoder-only model, [decoder_start_token_id] for an encoder-decoder (whose prompt is the
-    source sentence, read by the encoder). They set the context limit, the penalties' history and
-    the detokenizer's left context.
+    source sentence, read by the encoder). `context` is the model's max_seq_len; with a sliding
+    window the sequence never stops for it (`limit_context=False`).
     """
 
     def __init__(
@@ -29,57 +28,23 @@ class SequenceState:
         max_new_tokens: int,
         context: int,
         decoder_ids: list[int] | None = None,
+        limit_context: bool = True,
     ) -> None:
-        self.index = index
         self.prompt_ids = prompt_ids
-        self.decoder_ids = prompt_ids if decoder_ids is None else decoder_ids
-        self.params = params
-        self.output_ids: list[int] = []
-        self.steps = 0
-        self.finish_reason: str | None = None
-        self.generator = make_generator(params.seed)
-        self.eos_ids = eos_ids
         self.max_new_tokens = max_new_tokens
-        self.context = context
-        self.detokenizer = (
-            IncrementalDetokenizer(tokenizer.decode, prompt_ids if decoder_ids is None else ())
-            if tokenizer is not None
-            else None
+        self.model_context = context
+        super().__init__(
+            prompt_ids if decoder_ids is None else decoder_ids,
+            params,
+            tokenizer=tokenizer,
+            eos_ids=eos_ids,
+            max_tokens=max_new_tokens,
+            context=context if limit_context else None,
+            text_context=None if decoder_ids is None else (),
         )
-        self.checker = StopChecker(params.stop)
+        self.row = index
 
-    def accept(self, token: int) -> StreamChunk:
-        """Take one sampled token; decide whether the sequence is finished."""
-        self.steps += 1
-        reason = None
-        if token in self.eos_ids:
-            reason = "eos"
-        elif token in self.params.stop_token_ids:
-            reason = "stop"
-        else:
-            self.output_ids.append(token)
-            new_text = self.detokenizer.push(token) if self.detokenizer is not None else ""
-            if self.checker.update(token, new_text):
-                reason = "stop"
-            if reason is None and self.steps >= self.max_new_tokens:
-                reason = "length"
-            # The token just sampled sits at position total - 1; feeding it needs that < context.
-            if reason is None and len(self.decoder_ids) + len(self.output_ids) > self.context:
-                reason = "context"
-        if reason is not None:
-            self.finish(reason)
-        text = ""
-        if self.detokenizer is not None:
-            text = self.checker.take_ready_text(final=reason is not None)
-        return StreamChunk(self.index, token, text, self.finish_reason)
-
-    def finish(self, reason: str) -> None:
-        if self.detokenizer is not None and reason != "stop":
-            rest = self.detokenizer.flush()  # an incomplete character held back, if any
-            if rest and self.checker.update(-1, rest):
-                reason = "stop"
-        self.finish_reason = reason
-
-    @property
-    def text(self) -> str | None:
-        return self.checker.text if self.detokenizer is not None else None
+    def accept_chunk(self, token: int) -> StreamChunk:
+        """Take one sampled token (see SequenceCore.accept) and say what it made visible."""
+        text = self.accept(token)
+        return StreamChunk(self.row, token, text, self.finish_reason)

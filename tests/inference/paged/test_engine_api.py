@@ -42,7 +42,9 @@ def test_requests_that_can_never_fit_are_rejected_and_others_continue(tiny_model
     before = (llm.stats(), llm.block_tables())
     with pytest.raises(LLMInternalsError, match="whole pool has 5"):
         llm.add_request("big", list(range(15)), SamplingParams(max_tokens=8))  # 22 slots > 20
-    with pytest.raises(LLMInternalsError, match="longer than the model's context of 64"):
+    with pytest.raises(
+        LLMInternalsError, match="has 65 tokens, more than the model's context of 64"
+    ):
         llm.add_request("long", [1] * 65, SamplingParams(max_tokens=1))
     with pytest.raises(LLMInternalsError, match="outside the vocabulary"):
         llm.add_request("bad", [1, 48], SamplingParams())

@@ -113,6 +113,6 @@ def test_generation_stops_at_the_context_window(model_factory, greedy_reference)
     prompt = random_prompts(1, 20, 20, seed=9)[0]
     llm = LLM(model, block_size=4, num_blocks=8)
     out = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=50))[0]
-    assert out.finish_reason == "length"
+    assert out.finish_reason == "context"
     assert out.token_ids == greedy_reference(model, prompt, 50)  # generate stops there too
     assert len(prompt) + len(out.token_ids) == 25  # the last token is sampled, never fed

@@ -11,6 +11,10 @@ calls `add_request` / `step` / `abort` itself.
 Parallel sampling (n > 1): the prompt is prefilled once; when its first token is sampled the
 sequence forks into n samples sharing its blocks (the shared last block is copied on write).
 A request is finished when all its samples are.
+
+No request stops the engine: a sample whose logits cannot be sampled (NaN or infinite values,
+SamplingRowError) finishes with reason "error" (RequestOutput.error says why) and its blocks are
+freed; the other samples of the step take their tokens and go on.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.inference.generation_request import eos_ids
+from llm_internals.inference.generation_request import eos_ids, split_prompts
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.paged.model_runner import ModelRunner
 from llm_internals.inference.paged.outputs import EngineStats, RequestOutput
@@ -33,6 +37,7 @@ from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.paged.snapshot import PoolSnapshot
 from llm_internals.inference.paged.validation import check_request, positive_int
 from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.sampling import SamplingRowError
 
 DEFAULT_KV_CACHE_GB = 1.0
 
@@ -180,14 +185,22 @@ class LLM:
         seqs, rows = self._fork(sampling)
         if not seqs:
             return outputs
-        tokens = self.runner.sample(seqs, logits[rows])
+        failed: dict[int, str] = {}
+        try:
+            tokens = self.runner.sample(seqs, logits[rows])
+        except SamplingRowError as err:  # those samples fail; the others keep their tokens
+            tokens, failed = err.tokens.tolist(), err.rows
         now = time.perf_counter()
-        self._counts["generated"] += len(tokens)
+        self._counts["generated"] += len(tokens) - len(failed)
         finished_requests = set()
         step_outputs = []
-        for seq, token in zip(seqs, tokens, strict=True):
+        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             before = seq.num_tokens
-            new_text = seq.append_token(token, now)
+            if row in failed:
+                seq.fail(f"logits {failed[row]}: nothing to sample")
+                new_text = ""
+            else:
+                new_text = seq.append_token(token, now)
             new_ids = seq.token_ids[before:]
             if seq.finish_reason is not None:
                 seq.metrics.finished_time = now
@@ -231,6 +244,7 @@ class LLM:
             new_text=new_text,
             finished=seq.finish_reason is not None,
             finish_reason=seq.finish_reason,
+            error=seq.error,
             metrics=seq.metrics,
             index=seq.index,
             request_finished=request_finished,
@@ -244,12 +258,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run prompts to completion; the final output of each sample, in prompt order (and
         sample order within a prompt). Every prompt is checked before any is queued."""
-        single = isinstance(prompts, str) or (
-            isinstance(prompts, SequenceOf) and bool(prompts) and isinstance(prompts[0], int)
-        )
-        items = [prompts] if single else list(prompts)
-        if not items:
-            raise LLMInternalsError("generate needs at least one prompt")
+        items, _ = split_prompts(prompts)
         params = SamplingParams() if params is None else params
         params_list = [params] * len(items) if isinstance(params, SamplingParams) else list(params)
         if len(params_list) != len(items):

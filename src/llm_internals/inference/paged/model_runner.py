@@ -51,11 +51,10 @@ class ModelRunner:
         return sample_seqs, logits
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per row, each with its sequence's SamplingParams and generator."""
+        """One token per row, each with its sequence's SamplingParams and generator (rows that
+        cannot be sampled raise SamplingRowError, which the engine turns into failed samples)."""
         params = [s.params for s in seqs]
         penalties = any(p.uses_penalties for p in params)
-        if not penalties and not is_recording() and all(p.greedy for p in params):
-            return logits.argmax(dim=-1).tolist()  # what the Sampler does for greedy rows
         with torch.inference_mode():
             tokens = self.sampler(
                 logits,
@@ -93,8 +92,8 @@ class ModelRunner:
         decodes = [(s, n) for s, n in work if n == 1]
         prefills = [(s, n) for s, n in work if n > 1]
 
-        owners: list[Sequence] = []  # the sequence of each row
         ids: list[int] = []
+        owners: list[Sequence] = []  # the sequence of each row
         positions: list[int] = []
         slots: list[int] = []
         sample_rows: list[int] = []
@@ -102,8 +101,8 @@ class ModelRunner:
         decodes.sort(key=lambda item: item[0].num_computed_tokens)  # similar lengths adjacent
         for seq, _ in decodes:
             p = seq.num_computed_tokens
-            owners.append(seq)
             ids.append(seq.token_ids[p])
+            owners.append(seq)
             positions.append(p)
             slots.append(seq.block_table[p // block_size] * block_size + p % block_size)
             if p + 1 == seq.num_tokens:  # else: a one-token prefill chunk
@@ -124,8 +123,8 @@ class ModelRunner:
                 chunk_positions % block_size
             )
             row = len(ids)
-            owners.extend([seq] * n)
             ids.extend(seq.token_ids[start:end])
+            owners.extend([seq] * n)
             positions.extend(range(start, end))
             slots.extend(chunk_slots.tolist())
             use_window = window is not None and end > window

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from llm_internals.inference.paged.sequence import RequestMetrics
 
-FINISH_REASONS = ("stop", "length", "abort", "eos")
+FINISH_REASONS = ("eos", "stop", "length", "context", "abort", "error")  # sequence_core.py
 
 
 @dataclass
@@ -15,8 +15,9 @@ class RequestOutput:
 
     token_ids: everything generated so far (an eos or stop token is not included);
     new_token_ids / new_text: what this step added (text is held back while it could still
-    become part of a stop string). `finished` and `finish_reason` ("stop" | "length" | "abort" |
-    "eos") are this sample's; `request_finished` is True once every sample of the request is.
+    become part of a stop string). `finished` and `finish_reason` (FINISH_REASONS, described in
+    inference/sequence_core.py) are this sample's; `error` says why when the reason is "error";
+    `request_finished` is True once every sample of the request is.
     `index` numbers the samples of a request with n > 1 (0 otherwise).
     """
 
@@ -31,6 +32,7 @@ class RequestOutput:
     metrics: RequestMetrics
     index: int = 0
     request_finished: bool = False
+    error: str | None = None
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 A request ("continue this prompt, n samples") becomes one `Sequence` on arrival. Its life:
 
-    WAITING --admitted--> RUNNING --eos / stop / length--> FINISHED
+    WAITING --admitted--> RUNNING --eos / stop / length / context / error--> FINISHED
        ^                     |
        +---- preempted ------+   (blocks freed; the tokens so far are recomputed later)
+
+What ends a sample is decided by the sequence core that `generate` uses too
+(inference/sequence_core.py), so both paths give the same tokens, text and finish reasons.
 
 Token bookkeeping, for a sequence of prompt + output tokens:
 
@@ -26,13 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from llm_internals.inference.params import SamplingParams
-from llm_internals.inference.sampling import make_generator
-from llm_internals.inference.stopping import IncrementalDetokenizer, StopChecker
-
-MAX_SEED = 2**64 - 1
+from llm_internals.inference.sequence_core import SequenceCore
 
 
 class SequenceStatus(enum.Enum):
@@ -72,9 +70,10 @@ class RequestMetrics:
 _ids = itertools.count()
 
 
-class Sequence:
+class Sequence(SequenceCore):
     """The state of one sample: its tokens, how many have K/V stored, its block table, and what
-    decides when it stops (eos ids, stop tokens and strings, max_tokens, the context window)."""
+    decides when it stops (SequenceCore: eos ids, stop tokens and strings, max_tokens, the
+    context window)."""
 
     def __init__(
         self,
@@ -89,30 +88,27 @@ class Sequence:
         eos_ids: frozenset[int] = frozenset(),
         max_seq_len: int | None = None,
     ) -> None:
+        super().__init__(
+            prompt_token_ids,
+            params,
+            tokenizer=tokenizer,
+            eos_ids=eos_ids,
+            max_tokens=params.max_tokens,
+            context=max_seq_len,
+            index=index,
+        )
         self.seq_id = next(_ids)
         self.request_id = request_id
-        self.index = index
-        self.prompt_token_ids = list(prompt_token_ids)
+        self.prompt_token_ids = self.decoder_ids
         self.token_ids = list(prompt_token_ids)
-        self.params = params
         self.arrival_order = arrival_order
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chained hash of each full block, in order
         self.pending_forks = params.n - 1  # samples still to split off at the first token
-        self.finish_reason: str | None = None
         self.num_preemptions = 0
-        self.tokenizer = tokenizer
-        self.eos_ids = frozenset() if params.ignore_eos else eos_ids
-        self.max_seq_len = max_seq_len
         self.metrics = RequestMetrics(time.perf_counter() if arrival_time is None else arrival_time)
-        self.generator = _sample_generator(params.seed, index)
-        self.detokenizer = (
-            IncrementalDetokenizer(tokenizer.decode, prompt_token_ids) if tokenizer else None
-        )
-        self.checker = StopChecker(params.stop)
-        self._text_sent = 0
 
     # --- token counts ---------------------------------------------------------------------
     @property
@@ -125,7 +121,7 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[len(self.prompt_token_ids) :]
+        return self.output_ids
 
     @property
     def num_uncomputed_tokens(self) -> int:
@@ -153,57 +149,26 @@ class Sequence:
     # --- parallel sampling ----------------------------------------------------------------
     def fork(self, index: int) -> Sequence:
         """A new sample of the same request sharing everything computed so far (the caller
-        increments the reference counts of the shared blocks)."""
+        increments the reference counts of the shared blocks). Forks happen at the first
+        sample, before any output."""
         child = Sequence.__new__(Sequence)
         child.__dict__.update(self.__dict__)
         child.seq_id = next(_ids)
-        child.index = index
         child.token_ids = list(self.token_ids)
         child.block_table = list(self.block_table)
         child.block_hashes = list(self.block_hashes)
         child.pending_forks = 0
         child.metrics = RequestMetrics(self.metrics.arrival_time, self.metrics.first_scheduled_time)
-        child.generator = _sample_generator(self.params.seed, index)
-        child.detokenizer = (
-            IncrementalDetokenizer(self.tokenizer.decode, self.prompt_token_ids)
-            if self.tokenizer
-            else None
-        )
-        child.checker = StopChecker(self.params.stop)
-        child._text_sent = 0
+        child.start_sample(index)
         return child
 
     # --- accepting a sampled token --------------------------------------------------------
     def append_token(self, token: int, now: float) -> str:
-        """Take a sampled token; set finish_reason when it ends the sample. Returns the text
-        that became safe to stream."""
+        """Take a sampled token (SequenceCore.accept); set finish_reason when it ends the
+        sample. Returns the text that became safe to stream."""
         self.metrics.token_arrived(now)
-        reason = None
-        generated = self.num_tokens - self.num_prompt_tokens + 1  # counting this token
-        if token in self.eos_ids:
-            reason = "eos"
-        elif token in self.params.stop_token_ids:
-            reason = "stop"
-        else:
+        kept = len(self.output_ids)
+        text = self.accept(token)
+        if len(self.output_ids) > kept:
             self.token_ids.append(token)
-            new_text = self.detokenizer.push(token) if self.detokenizer is not None else ""
-            if self.checker.update(token, new_text):
-                reason = "stop"
-            elif generated >= self.params.max_tokens:
-                reason = "length"
-            elif self.max_seq_len is not None and self.num_tokens > self.max_seq_len:
-                reason = "length"  # feeding this token would put it past the context window
-        if reason is not None:
-            if self.detokenizer is not None and reason != "stop":
-                rest = self.detokenizer.flush()  # an incomplete character held back, if any
-                if rest and self.checker.update(-1, rest):
-                    reason = "stop"
-            self.finish_reason = reason
-        if self.detokenizer is None:
-            return ""
-        return self.checker.take_ready_text(final=reason is not None)
-
-
-def _sample_generator(seed: int | None, index: int) -> torch.Generator | None:
-    """Sample i of a seeded request draws from seed + i, so samples differ but reproduce."""
-    return None if seed is None else make_generator((seed + index) % (MAX_SEED + 1))
+        return text

@@ -1,8 +1,9 @@
 """Checks on a request before the engine accepts it: each error names the request and field.
 
 A request is refused when it is malformed (empty prompt, ids outside the vocabulary, text without
-a tokenizer) or when it could never run: a prompt beyond the model's context, more samples than
-max_num_seqs, or more KV blocks than the whole pool holds. The last check is what keeps the
+a tokenizer: the checks `generate` runs too, from generation_request.py) or when it could never
+run: a prompt beyond the model's context, more samples than max_num_seqs, or more KV blocks than
+the whole pool holds. The last check is what keeps the
 scheduler deadlock-free: every accepted sequence fits in the pool on its own.
 """
 
@@ -11,7 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.inference.generation_request import prompt_token_ids
+from llm_internals.inference.generation_request import (
+    check_prompt_ids,
+    check_stop_strings,
+    prompt_token_ids,
+)
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.params import SamplingParams
 
@@ -40,25 +45,10 @@ def check_request(
             f"{max_num_seqs} (the samples run side by side)",
             hint="lower n or raise max_num_seqs",
         )
-    ids = prompt_token_ids(prompt, tokenizer, f"request {request_id!r}: the prompt")
-    if not ids:
-        raise LLMInternalsError(f"request {request_id!r}: the prompt is empty")
-    vocab = vocab_size
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise LLMInternalsError(
-            f"request {request_id!r}: token id {bad[0]} is outside the vocabulary (size {vocab})"
-        )
-    if params.stop and tokenizer is None:
-        raise LLMInternalsError(
-            f"request {request_id!r}: stop strings need a tokenizer to decode the output"
-        )
-    if len(ids) > max_seq_len:
-        raise LLMInternalsError(
-            f"request {request_id!r}: prompt of {len(ids)} tokens is longer than the "
-            f"model's context of {max_seq_len}",
-            hint=f"shorten the prompt to at most {max_seq_len} tokens",
-        )
+    label = f"request {request_id!r}: the prompt"
+    ids = prompt_token_ids(prompt, tokenizer, label)
+    check_prompt_ids(ids, label, vocab_size, max_seq_len)
+    check_stop_strings(params, tokenizer, f"request {request_id!r}")
     stored = min(len(ids) + params.max_tokens - 1, max_seq_len)
     blocks = block_manager.blocks_for_tokens(stored)
     if blocks > block_manager.num_blocks:
