@@ -15,8 +15,11 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-# The engine says "eos" for the end-of-text token; OpenAI's name for every natural end is "stop".
-FINISH_REASON = {"eos": "stop", "stop": "stop", "length": "length", "abort": "abort"}
+# The engine's finish reasons (inference/sequence_core.py) in OpenAI's vocabulary: every natural
+# end is "stop", every size limit "length" (max_tokens or the context window); "abort" and
+# "error" (the request's logits could not be sampled) have no OpenAI name and pass through.
+FINISH_REASON = {"eos": "stop", "stop": "stop", "length": "length", "context": "length",
+                 "abort": "abort", "error": "error"}  # fmt: skip
 
 
 def finish_reason(output: Any) -> str | None:
