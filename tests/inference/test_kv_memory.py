@@ -186,6 +186,22 @@ def test_training_run_folder_and_step_folder(tmp_path):
     assert load_shape(tmp_path).cache_bytes(9) == load_shape(step_dir).cache_bytes(9) == expected
 
 
+def test_cli_reads_our_run_folder_and_help_lists_the_published_models(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = DecoderLM(TINY)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_training_checkpoint(
+        tmp_path, 1, model, optimizer, TrainConfig(), CharTokenizer.train("abc"), {}
+    )
+    assert main(["kv-memory", str(tmp_path), "--tokens", "10"]) == 0
+    total = 2 * 3 * 2 * 8 * 10 * 4  # layers x kv heads x head_dim x tokens x float32
+    assert f"= {total:,} bytes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["kv-memory", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(alias in help_text for alias in ("gpt2", "llama-3-8b", "qwen3-0.6b", "mistral-7b"))
+
+
 def test_our_hf_export(tmp_path):
     torch.manual_seed(0)
     save_pretrained(DecoderLM(TINY.replace(family="llama")), tmp_path)
