@@ -209,10 +209,13 @@ def test_our_hf_export(tmp_path):
     assert load_shape(tmp_path).cache_bytes(6, 2) == hf_cache_bytes(hf, 2, 6)
 
 
-def test_published_names_and_repo_ids():
+def test_published_names_and_repo_ids_and_a_local_folder_wins(tmp_path, monkeypatch):
     by_repo = load_shape("meta-llama/Meta-Llama-3-8B")
     assert by_repo.bytes_per_token == load_shape("LLAMA-3-8B").bytes_per_token
     assert by_repo.name == "meta-llama/Meta-Llama-3-8B"
+    monkeypatch.chdir(tmp_path)  # a folder named like a published model is read, as HF does
+    save_checkpoint(DecoderLM(TINY), tmp_path / "gpt2")
+    assert load_shape("gpt2").layers == TINY.n_layers != load_shape("openai-community/gpt2").layers
 
 
 def test_encoders_are_refused_with_the_reason(tmp_path):
