@@ -8,15 +8,25 @@ Our own checkpoint is a directory holding
 HF checkpoints (hf.py) use the same reader/writer with HF names, `model.safetensors` or shards
 listed in `model.safetensors.index.json`. Every file is written to a temporary name in the same
 directory and renamed over the target, so a crash never leaves a half-written checkpoint.
+
+Our config.json also lists the SHA-256 of each weight file ("checksums"), checked on load, so a
+flipped byte is an error rather than silently different weights. Loading checks config.json
+field by field, then compares the tensor names and shapes the config implies (a model built on
+the meta device: no memory) with the safetensors headers before any weight is allocated, so a
+config that asks for terabytes fails at once. A shard index may only name plain file names in
+the checkpoint's own folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -71,27 +81,71 @@ def write_weights(
             stale.unlink()
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of model.safetensors or of the shards named in model.safetensors.index.json."""
+def weight_files(directory: Path) -> dict[str, list[str]]:
+    """{weight file name: tensor names it must hold}: model.safetensors alone (names unknown
+    until read: an empty list), or the shards of a validated model.safetensors.index.json."""
     directory = Path(directory)
     single, index = directory / SINGLE_FILE, directory / INDEX_FILE
     if single.exists():
-        return _load_safetensors(single)
+        return {SINGLE_FILE: []}
     if index.exists():
-        weight_map = read_json(index).get("weight_map")
+        weight_map = read_json(index, "shard index").get("weight_map")
         if not isinstance(weight_map, dict):
             raise LLMInternalsError(f"{index}: no 'weight_map' object")
-        tensors: dict[str, torch.Tensor] = {}
-        for file_name in sorted(set(weight_map.values())):
-            shard_path = directory / file_name
-            if not shard_path.exists():
+        files: dict[str, list[str]] = {}
+        for name, file_name in weight_map.items():
+            if not isinstance(file_name, str):
+                raise LLMInternalsError(
+                    f"{index}: weight_map[{name!r}] must be a file name, got {file_name!r}"
+                )
+            if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+                raise LLMInternalsError(
+                    f"{index}: weight_map[{name!r}] = {file_name!r} is not a plain file name "
+                    "in the checkpoint's folder (absolute paths and '..' are refused)"
+                )
+            files.setdefault(file_name, []).append(name)
+        for file_name in files:
+            if not (directory / file_name).is_file():
                 raise LLMInternalsError(f"{index} names shard {file_name}, which does not exist")
-            shard = _load_safetensors(shard_path)
-            for name in (n for n, f in weight_map.items() if f == file_name):
-                if name not in shard:
-                    raise LLMInternalsError(f"{index} maps {name} to {file_name}, which lacks it")
-                tensors[name] = shard[name]
-        return tensors
+        return dict(sorted(files.items()))
+    _no_weights(directory)
+    raise AssertionError  # _no_weights always raises
+
+
+def read_weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors headers alone (no tensor data is read)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file_name, names in weight_files(directory).items():
+        path = Path(directory) / file_name
+        try:
+            with safe_open(path, "pt") as f:
+                found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as err:
+            raise LLMInternalsError(f"{path}: not a readable safetensors file ({err})") from None
+        for name in names or found:
+            if name not in found:
+                raise LLMInternalsError(
+                    f"{Path(directory) / INDEX_FILE} maps {name} to {file_name}, which lacks it"
+                )
+            shapes[name] = found[name]
+    return shapes
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors or of the shards named in model.safetensors.index.json."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file_name, names in weight_files(directory).items():
+        shard = _load_safetensors(Path(directory) / file_name)
+        for name in names or shard:
+            if name not in shard:
+                raise LLMInternalsError(
+                    f"{Path(directory) / INDEX_FILE} maps {name} to {file_name}, which lacks it"
+                )
+            tensors[name] = shard[name]
+    return tensors
+
+
+def _no_weights(directory: Path) -> None:
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
         raise LLMInternalsError(
             f"{directory} holds only pickle weights (.bin/.pt), which are never loaded here: "
@@ -109,9 +163,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_tensors(
-    expected: dict[str, tuple[int, ...]], found: dict[str, torch.Tensor], source: str
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, torch.Tensor] | dict[str, tuple[int, ...]],
+    source: str,
 ) -> None:
-    """Raise one error listing missing, unexpected and mis-shaped tensors by name."""
+    """Raise one error listing missing, unexpected and mis-shaped tensors by name (`found`
+    holds tensors or their shapes)."""
     problems = []
     missing = [name for name in expected if name not in found]
     unexpected = [name for name in found if name not in expected]
@@ -120,8 +177,9 @@ def check_tensors(
     if unexpected:
         problems.append(f"unexpected tensor(s): {', '.join(unexpected)}")
     for name, shape in expected.items():
-        if name in found and tuple(found[name].shape) != tuple(shape):
-            problems.append(f"{name} has shape {tuple(found[name].shape)}, expected {tuple(shape)}")
+        got = tuple(getattr(found[name], "shape", found[name])) if name in found else None
+        if got is not None and got != tuple(shape):
+            problems.append(f"{name} has shape {got}, expected {tuple(shape)}")
     if problems:
         raise LLMInternalsError(
             f"{source}: " + "; ".join(problems),
@@ -141,18 +199,27 @@ def own_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each shared (tied) tensor stored once, under its first name."""
     tensors: dict[str, torch.Tensor] = {}
     stored: set[int] = set()
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in stored:
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in stored:  # a tie shares one Parameter object (on any device, meta too)
             continue
-        stored.add(tensor.data_ptr())
-        tensors[name] = tensor
+        stored.add(id(tensor))
+        tensors[name] = tensor.detach()
     return tensors
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(model: nn.Module, directory: str | Path) -> None:
     """Save `model` (with a `.config` ModelConfig) in our own format."""
     directory = Path(directory)
     write_weights(directory, own_state_dict(model))
+    files = [*weight_files(directory), *([INDEX_FILE] if (directory / INDEX_FILE).exists() else [])]
     write_json(
         directory / "config.json",
         {
@@ -160,37 +227,92 @@ def save_checkpoint(model: nn.Module, directory: str | Path) -> None:
             "format_version": FORMAT_VERSION,
             "model_class": type(model).__name__,
             "config": model.config.to_dict(),
+            "checksums": {name: file_sha256(directory / name) for name in sorted(files)},
         },
     )
+
+
+def check_layer_count(config: ModelConfig, n_tensors: int, source: str) -> None:
+    """Every layer holds at least one tensor: a config with more layers than the weight files
+    hold tensors cannot match them (checked before building even a meta-device model)."""
+    if config.n_layers > n_tensors:
+        raise LLMInternalsError(
+            f"{source}: n_layers={config.n_layers}, but the weight files hold only {n_tensors} "
+            "tensors",
+            hint="does config.json describe these weights?",
+        )
+
+
+def check_fits_in_memory(model: nn.Module, source: str, bytes_per_param: int = 4) -> None:
+    """Refuse a model (built on the meta device) whose parameters alone, at `bytes_per_param`,
+    exceed this machine's physical memory: a config asking for terabytes fails at once."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not knowable here: let allocation decide
+        return
+    count = sum(t.numel() for t in own_state_dict(model).values())
+    if count * bytes_per_param > memory:
+        raise LLMInternalsError(
+            f"{source}: the model has {count:,} parameters, {count * bytes_per_param / 2**30:,.1f} "
+            f"GiB at {bytes_per_param} bytes each, more than this machine's "
+            f"{memory / 2**30:,.1f} GiB of memory",
+            hint="check d_model, n_layers, d_ff and vocab_size",
+        )
 
 
 def is_own_checkpoint(config_json: dict) -> bool:
     return config_json.get("format") == FORMAT_NAME
 
 
+def verify_checksums(directory: Path, checksums: Any, source: str) -> None:
+    """Each listed file's SHA-256 matches (a folder saved before checksums lists none)."""
+    if checksums is None:
+        return
+    if not isinstance(checksums, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and Path(k).name == k
+        for k, v in checksums.items()
+    ):
+        raise LLMInternalsError(f"{source}: field 'checksums' must map file names to SHA-256s")
+    for name, expected in sorted(checksums.items()):
+        path = directory / name
+        if not path.is_file():
+            raise LLMInternalsError(f"{path} is missing (listed in {source})")
+        if file_sha256(path) != expected:
+            raise LLMInternalsError(
+                f"{path}: SHA-256 does not match the one in {source} (the file was damaged "
+                "after it was written)",
+                hint="restore the file from another copy of the checkpoint",
+            )
+
+
 def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a checkpoint written by `save_checkpoint`, checking every tensor name and shape."""
+    """Load a checkpoint written by `save_checkpoint`, checking every tensor name and shape
+    (against the file headers, before allocating) and every file's checksum."""
     directory = Path(directory)
-    meta = read_json(directory / "config.json")
+    source = str(directory / "config.json")
+    meta = read_json(directory / "config.json", "model config file")
     if meta.get("format_version") != FORMAT_VERSION:
         raise LLMInternalsError(
-            f"{directory / 'config.json'}: format_version {meta.get('format_version')!r} is not "
+            f"{source}: format_version {meta.get('format_version')!r} is not "
             f"supported (this version reads {FORMAT_VERSION})"
         )
     classes = _model_classes()
     class_name = meta.get("model_class")
-    if class_name not in classes:
+    if not isinstance(class_name, str) or class_name not in classes:
         raise LLMInternalsError(
-            f"{directory / 'config.json'}: unknown model_class {class_name!r}",
-            hint=f"known: {', '.join(classes)}",
+            f"{source}: unknown model_class {class_name!r}", hint=f"known: {', '.join(classes)}"
         )
-    config = ModelConfig.from_dict(
-        meta.get("config"), source=f"{directory / 'config.json'}: config"
-    )
+    config = ModelConfig.from_dict(meta.get("config"), source=f"{source}: config")
+    verify_checksums(directory, meta.get("checksums"), source)
+    shapes = read_weight_shapes(directory)
+    check_layer_count(config, len(shapes), source)
+    with torch.device("meta"):  # names and shapes only: nothing is allocated
+        skeleton = classes[class_name](config)
+    check_fits_in_memory(skeleton, source)
+    expected = {name: tuple(t.shape) for name, t in own_state_dict(skeleton).items()}
+    check_tensors(expected, shapes, str(directory))
     model = classes[class_name](config)
     tensors = read_weights(directory)
-    expected = {name: tuple(t.shape) for name, t in own_state_dict(model).items()}
-    check_tensors(expected, tensors, str(directory))
     model.load_state_dict(tensors, strict=False)  # tied copies are filled through the share
     if dtype is not None:
         model.to(dtype)

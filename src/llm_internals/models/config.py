@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,9 @@ class ModelConfig:
                 raise LLMInternalsError(
                     f"model config: {name} must be true or false, got {getattr(self, name)!r}"
                 )
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+        if not (_finite_number(self.norm_eps) and self.norm_eps > 0):
             raise LLMInternalsError(f"model config: norm_eps must be > 0, got {self.norm_eps!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+        if not (_finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise LLMInternalsError(
                 f"model config: dropout must be in [0, 1), got {self.dropout!r}"
             )
@@ -123,14 +124,18 @@ class ModelConfig:
                 raise LLMInternalsError(
                     f"model config: RoPE needs an even head_dim, got {self.head_dim}"
                 )
-            if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
+            if not (_finite_number(self.rope_theta) and self.rope_theta > 0):
                 raise LLMInternalsError(
                     f"model config: rope_theta must be > 0, got {self.rope_theta!r}"
                 )
         if self.rope_scaling is not None:
             _validate_rope_scaling(self.rope_scaling)
+        if not isinstance(self.extra, dict):
+            raise LLMInternalsError(f"model config: extra must be an object, got {self.extra!r}")
         if self.sliding_window is not None and not (
-            isinstance(self.sliding_window, int) and self.sliding_window > 0
+            isinstance(self.sliding_window, int)
+            and not isinstance(self.sliding_window, bool)
+            and self.sliding_window > 0
         ):
             raise LLMInternalsError(
                 f"model config: sliding_window must be a positive int or null, "
@@ -166,7 +171,14 @@ class ModelConfig:
         missing = [name for name in required if name not in data]
         if missing:
             raise LLMInternalsError(f"{source}: missing field(s) {', '.join(missing)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except LLMInternalsError as err:  # name the file, not just "model config"
+            raise LLMInternalsError(
+                f"{source}: {err.message.removeprefix('model config: ')}", err.hint
+            ) from None
+        except TypeError as err:  # arithmetic on a wrongly typed field before validation
+            raise LLMInternalsError(f"{source}: a field has the wrong type ({err})") from None
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically: temp file, then rename)."""
@@ -195,7 +207,15 @@ def _one_of(config: ModelConfig, name: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-def _validate_rope_scaling(scaling: dict[str, Any]) -> None:
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_rope_scaling(scaling: Any) -> None:
+    if not isinstance(scaling, dict):
+        raise LLMInternalsError(
+            f"model config: rope_scaling must be an object or null, got {scaling!r}"
+        )
     rope_type = scaling.get("rope_type", "default")
     if rope_type not in ROPE_TYPES:
         raise LLMInternalsError(
@@ -206,3 +226,11 @@ def _validate_rope_scaling(scaling: dict[str, Any]) -> None:
         missing = [key for key in LLAMA3_KEYS if key not in scaling]
         if missing:
             raise LLMInternalsError(f"model config: llama3 rope_scaling lacks {', '.join(missing)}")
+        wrong = [
+            key for key in LLAMA3_KEYS if not (_finite_number(scaling[key]) and scaling[key] > 0)
+        ]
+        if wrong:
+            raise LLMInternalsError(
+                f"model config: rope_scaling {wrong[0]} must be a number > 0, "
+                f"got {scaling[wrong[0]]!r}"
+            )

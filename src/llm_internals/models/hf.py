@@ -23,9 +23,12 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.files import read_json, write_json
 from llm_internals.models import hf_bert, hf_decoder, hf_marian
 from llm_internals.models.checkpoint import (
+    check_fits_in_memory,
+    check_layer_count,
     check_tensors,
     is_own_checkpoint,
     load_checkpoint,
+    read_weight_shapes,
     read_weights,
     write_weights,
 )
@@ -84,7 +87,7 @@ def load_pretrained(
     if not directory.is_dir():
         raise LLMInternalsError(f"checkpoint directory {directory} does not exist")
     config_path = directory / "config.json"
-    hf_config = read_json(config_path)
+    hf_config = read_json(config_path, "model config file")
     if is_own_checkpoint(hf_config):
         model = load_checkpoint(directory, dtype=dtype)
         if hasattr(model, "set_attn_impl"):
@@ -92,10 +95,21 @@ def load_pretrained(
             model.set_fused_ops(fused_ops)
         return model
     converter = _converter_for_type(hf_config.get("model_type"), str(config_path))
-    config = converter.names.config_from_hf(hf_config, str(config_path))
+    try:
+        config = converter.names.config_from_hf(hf_config, str(config_path))
+    except LLMInternalsError as err:  # ModelConfig's own checks do not know the file
+        raise (
+            err
+            if err.message.startswith(str(config_path))
+            else LLMInternalsError(
+                f"{config_path}: {err.message.removeprefix('model config: ')}", err.hint
+            )
+        ) from None
     config = config.replace(attn_impl=attn_impl, fused_ops=fused_ops)
-    with torch.device("meta"):  # no time spent on random init of weights about to be replaced
+    check_layer_count(config, len(read_weight_shapes(directory)), str(config_path))
+    with torch.device("meta"):  # no memory, no time spent on random init of weights
         model = converter.model_class(config)
+    check_fits_in_memory(model, str(config_path), torch.finfo(dtype).bits // 8)
     tensors = converter.names.normalize_hf_names(read_weights(directory), config)
     maps = converter.names.tensor_maps(config)
     ours = dict(model.state_dict())

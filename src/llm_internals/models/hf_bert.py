@@ -26,7 +26,7 @@ import torch
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.models.config import ModelConfig
-from llm_internals.models.hf_decoder_config import _activation, _field
+from llm_internals.models.hf_decoder_config import _activation, _architecture, _field
 from llm_internals.models.hf_decoder_tensors import TensorMap
 
 WITH_HEAD = ("BertForMaskedLM", "BertForPreTraining")
@@ -36,8 +36,7 @@ HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu"
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     """Our ModelConfig for an HF BERT config.json (already parsed)."""
-    architectures = hf.get("architectures") or ["BertForMaskedLM"]
-    architecture = architectures[0]
+    architecture = _architecture(hf, "BertForMaskedLM", source)
     if architecture not in WITH_HEAD + WITHOUT_HEAD:
         raise LLMInternalsError(
             f"{source}: architecture {architecture!r} is not supported",
@@ -61,18 +60,18 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         max_seq_len=_field(hf, "max_position_embeddings", source, 512),
         position="learned",
         norm="layernorm",
-        norm_eps=_field(hf, "layer_norm_eps", source, 1e-12),
+        norm_eps=_field(hf, "layer_norm_eps", source, 1e-12, float),
         norm_position="post",
         ffn="mlp",
         activation=_activation(hf.get("hidden_act", "gelu"), "hidden_act", source),
         qkv_bias=True,
         attn_out_bias=True,
         mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=_field(hf, "tie_word_embeddings", source, True, bool),
         extra={
             "type_vocab_size": _field(hf, "type_vocab_size", source, 2),
             "mlm_head": architecture in WITH_HEAD,
-            "pad_token_id": hf.get("pad_token_id", 0),
+            "pad_token_id": _field(hf, "pad_token_id", source, 0),
         },
     )
 

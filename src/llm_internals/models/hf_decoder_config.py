@@ -8,6 +8,7 @@ from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (transf
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
@@ -24,16 +25,43 @@ ARCHITECTURES = {
 }
 
 
-def _field(hf: dict[str, Any], name: str, source: str, default: Any = ...) -> Any:
-    if name in hf and hf[name] is not None:
-        return hf[name]
-    if default is ...:
-        raise LLMInternalsError(f"{source}: missing field {name!r}")
-    return default
+KIND_NAMES = {int: "an integer", float: "a finite number", bool: "true or false"}
 
 
-def _activation(hf_name: str, field_name: str, source: str) -> str:
-    if hf_name not in HF_ACTIVATION_NAMES:
+def _field(hf: dict[str, Any], name: str, source: str, default: Any = ..., kind: type = int) -> Any:
+    """hf[name] (or `default` when absent or null), which must be of `kind` (int, float, bool):
+    a wrong type is one error naming the file and field, never a TypeError later on."""
+    if name not in hf or hf[name] is None:
+        if default is ...:
+            raise LLMInternalsError(f"{source}: missing field {name!r}")
+        return default
+    value = hf[name]
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise LLMInternalsError(
+            f"{source}: field {name!r} must be {KIND_NAMES[kind]}, got {value!r}"
+        )
+    return float(value) if kind is float else value
+
+
+def _architecture(hf: dict[str, Any], default: str, source: str) -> str:
+    """The first entry of `architectures` (default when absent), checked to be a string."""
+    architectures = hf.get("architectures") or [default]
+    if not isinstance(architectures, list) or not isinstance(architectures[0], str):
+        raise LLMInternalsError(
+            f"{source}: field 'architectures' must be a list of names, got {architectures!r}"
+        )
+    return architectures[0]
+
+
+def _activation(hf_name: Any, field_name: str, source: str) -> str:
+    if not isinstance(hf_name, str) or hf_name not in HF_ACTIVATION_NAMES:
         raise LLMInternalsError(
             f"{source}: {field_name} {hf_name!r} is not supported",
             hint=f"supported: {', '.join(sorted(HF_ACTIVATION_NAMES))}",
@@ -70,7 +98,7 @@ def _gpt2_config(hf: dict[str, Any], source: str) -> ModelConfig:
         max_seq_len=_field(hf, "n_positions", source, 1024),
         position="learned",
         norm="layernorm",
-        norm_eps=_field(hf, "layer_norm_epsilon", source, 1e-5),
+        norm_eps=_field(hf, "layer_norm_epsilon", source, 1e-5, float),
         ffn="mlp",
         activation=_activation(
             hf.get("activation_function", "gelu_new"), "activation_function", source
@@ -78,15 +106,19 @@ def _gpt2_config(hf: dict[str, Any], source: str) -> ModelConfig:
         qkv_bias=True,
         attn_out_bias=True,
         mlp_bias=True,
-        tie_embeddings=_field(hf, "tie_word_embeddings", source, True),
+        tie_embeddings=_field(hf, "tie_word_embeddings", source, True, bool),
     )
 
 
 def _rope_settings(hf: dict[str, Any], source: str) -> tuple[float, dict | None]:
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
+    for name, value in (("rope_parameters", params), ("rope_scaling", legacy)):
+        if not isinstance(value, dict):
+            raise LLMInternalsError(f"{source}: field {name!r} must be an object, got {value!r}")
     merged = {**legacy, **params}
-    theta = merged.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = _field(merged, "rope_theta", f"{source}: rope parameters",
+                   _field(hf, "rope_theta", source, 10000.0, float), float)  # fmt: skip
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise LLMInternalsError(f"{source}: partial_rotary_factor other than 1.0 is not supported")
@@ -95,7 +127,7 @@ def _rope_settings(hf: dict[str, Any], source: str) -> tuple[float, dict | None]
     if rope_type == "llama3":
         scaling = {"rope_type": "llama3"}
         for key in ("factor", "low_freq_factor", "high_freq_factor"):
-            scaling[key] = _field(merged, key, f"{source}: rope parameters")
+            scaling[key] = _field(merged, key, f"{source}: rope parameters", kind=float)
         scaling["original_max_position_embeddings"] = merged.get(
             "original_max_position_embeddings", hf.get("max_position_embeddings")
         )
@@ -115,7 +147,7 @@ def _llama_config(hf: dict[str, Any], source: str) -> ModelConfig:
         sliding_window = hf.get("sliding_window", 4096)  # MistralConfig's default
     elif hf.get("use_sliding_window", False):
         raise LLMInternalsError(f"{source}: use_sliding_window=true is not supported for {family}")
-    attention_bias = bool(hf.get("attention_bias", False))
+    attention_bias = _field(hf, "attention_bias", source, False, bool)
     return ModelConfig(
         family=family,
         vocab_size=_field(hf, "vocab_size", source),
@@ -128,17 +160,17 @@ def _llama_config(hf: dict[str, Any], source: str) -> ModelConfig:
         max_seq_len=_field(hf, "max_position_embeddings", source),
         position="rope",
         norm="rmsnorm",
-        norm_eps=_field(hf, "rms_norm_eps", source, 1e-6),
+        norm_eps=_field(hf, "rms_norm_eps", source, 1e-6, float),
         ffn="gated",
         activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", source),
         qkv_bias=True if family == "qwen2" else attention_bias,
         attn_out_bias=False if family == "qwen2" else attention_bias,
-        mlp_bias=bool(hf.get("mlp_bias", False)),
+        mlp_bias=_field(hf, "mlp_bias", source, False, bool),
         qk_norm=family == "qwen3",
         rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=sliding_window,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=_field(hf, "tie_word_embeddings", source, False, bool),
     )
 
 

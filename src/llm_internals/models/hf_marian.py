@@ -27,7 +27,7 @@ import torch
 from llm_internals.errors import LLMInternalsError
 from llm_internals.layers.positional import sinusoidal_table
 from llm_internals.models.config import ModelConfig
-from llm_internals.models.hf_decoder_config import _activation, _field
+from llm_internals.models.hf_decoder_config import _activation, _architecture, _field
 from llm_internals.models.hf_decoder_tensors import TensorMap
 from llm_internals.models.seq2seq import Seq2SeqSettings
 
@@ -38,16 +38,16 @@ POSITION_TABLES = ("model.encoder.embed_positions.weight", "model.decoder.embed_
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     """Our ModelConfig for an HF MarianConfig dict (already parsed)."""
-    architecture = (hf.get("architectures") or ["MarianMTModel"])[0]
+    architecture = _architecture(hf, "MarianMTModel", source)
     if architecture != "MarianMTModel":
         raise LLMInternalsError(
             f"{source}: architecture {architecture!r} is not supported", hint="use MarianMTModel"
         )
     vocab_size = _field(hf, "vocab_size", source)
-    tied = bool(hf.get("tie_word_embeddings", True))
+    tied = _field(hf, "tie_word_embeddings", source, True, bool)
     # transformers 5 ties "shared" embeddings only together with the output head: shared but
     # untied means three separate tables (source, target, head), which is what we build then.
-    share_flag = bool(hf.get("share_encoder_decoder_embeddings", True))
+    share_flag = _field(hf, "share_encoder_decoder_embeddings", source, True, bool)
     shared = share_flag and tied
     pad = _field(hf, "pad_token_id", source)
     extra = {
@@ -55,15 +55,15 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         "decoder_heads": _field(hf, "decoder_attention_heads", source),
         "decoder_ffn": _field(hf, "decoder_ffn_dim", source),
         "share_embeddings": shared,
-        "scale_embedding": bool(hf.get("scale_embedding", False)),
+        "scale_embedding": _field(hf, "scale_embedding", source, False, bool),
         "sinusoidal_layout": "halves",
         "pad_token_id": pad,
-        "decoder_start_token_id": hf.get("decoder_start_token_id", pad),
-        "eos_token_id": hf.get("eos_token_id", 0),
+        "decoder_start_token_id": _field(hf, "decoder_start_token_id", source, pad),
+        "eos_token_id": _field(hf, "eos_token_id", source, 0),
     }
     if not shared:
         extra["decoder_vocab_size"] = (
-            vocab_size if share_flag else hf.get("decoder_vocab_size") or vocab_size
+            vocab_size if share_flag else _field(hf, "decoder_vocab_size", source, vocab_size)
         )
     return ModelConfig(
         family="marian",

@@ -23,7 +23,6 @@ older step-* folder is tried. Only `keep` checkpoints are kept (the newest; 0 ke
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write, atomic_write_text, read_json, write_json
-from llm_internals.models.checkpoint import load_checkpoint, save_checkpoint
+from llm_internals.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from llm_internals.models.loading import LATEST_FILE
 from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
 from llm_internals.training.config import TrainConfig
@@ -48,6 +47,7 @@ __all__ = [
     "KEEP_CHECKPOINTS",
     "TrainingCheckpoint",
     "decode_rng",
+    "file_sha256",
     "encode_rng",
     "flatten_state",
     "load_training_checkpoint",
@@ -69,14 +69,6 @@ STAGING_GLOB = ".step-*.tmp-*"
 KEEP_CHECKPOINTS = 2  # the default of TrainConfig.keep_checkpoints
 
 Warn = Callable[[str], None]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----- save ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from llm_internals.devices import resolve_device
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text
 from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.models.checkpoint import check_fits_in_memory
 from llm_internals.training.adamw import AdamW
 from llm_internals.training.checkpoint import (
     TrainingCheckpoint,
@@ -63,8 +64,11 @@ def build_model(config: TrainConfig, vocab_size: int) -> DecoderLM:
     fields = {"max_seq_len": config.block_size, **config.model, "vocab_size": vocab_size}
     if config.fast:
         fields.update(attn_impl="sdpa", fused_ops=True)
+    model_config = ModelConfig.from_dict(fields, source="train config, model table")
+    with torch.device("meta"):  # sizes first: weights, gradients and two AdamW moments
+        check_fits_in_memory(DecoderLM(model_config), "train config", bytes_per_param=16)
     torch.manual_seed(config.seed)
-    return DecoderLM(ModelConfig.from_dict(fields, source="train config, model table"))
+    return DecoderLM(model_config)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[Any, list[float]]:
