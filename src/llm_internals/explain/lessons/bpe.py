@@ -8,8 +8,8 @@ corpus for the compression figures.
 
 from __future__ import annotations
 
-from llm_internals.data import corpus
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_corpus import lesson_corpus
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.tokenizer import (
     Tokenizer,
@@ -207,7 +207,7 @@ def _encoding_new_text(tok: Tokenizer) -> Section:
 
 
 def _why_bpe() -> Section:
-    text = corpus("shakespeare")
+    text = lesson_corpus(INFO.name)
     n_bytes = len(text.encode("utf-8"))
     rows = []
     for vocab_size in REAL_VOCAB_SIZES:

@@ -13,8 +13,8 @@ import re
 
 import torch
 
-from llm_internals.data import corpus
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_corpus import lesson_corpus
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler, make_generator
@@ -277,7 +277,7 @@ def _draw_section(dist: _Distribution) -> Section:
 
 
 def build() -> Lesson:
-    text = corpus("shakespeare")
+    text = lesson_corpus(INFO.name)
     vocab = vocabulary(text)
     dist = _Distribution(text, vocab, CONTEXT)
     flat = _Distribution(text, vocab, FLAT_CONTEXT)
