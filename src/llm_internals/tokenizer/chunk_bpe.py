@@ -3,11 +3,14 @@
 Representation: a chunk's tokens are held as a str with one character chr(id) per token id (a
 "symbol string"). An adjacent pair is then a 2-character str, a cheap dict key; all pairs of a
 chunk are `map(add, s, s[1:])`, ranked by `map(rank_of, ...)` and `min`, all inside C; and a
-merge is `s.replace(pair, chr(new_id))`, which scans left to right without overlaps: exactly
-the BPE rule of merging the leftmost occurrence first.
+merge is `s.replace(pair, chr(new_id), 1)`, which replaces the leftmost occurrence.
 
-The loop: start from one symbol per byte, find the lowest rank among adjacent pairs, replace
-that pair everywhere, repeat until no adjacent pair has a rank. Two ranking rules:
+The rule (tiktoken's and HF's): start from one symbol per byte, merge the adjacent pair of
+lowest rank (the leftmost of equal ranks), one occurrence at a time, until no adjacent pair has
+a rank. The loop here rescans the chunk before each merge (quadratic, but in C and fastest on
+the short chunks of ordinary text); chunks longer than LONG_CHUNK symbols (text without spaces)
+go to the O(n log n) merge queue of merge_queue.py, which applies the same rule.
+Two ranking rules:
 - "merges" (our trainer, HF): rank = position in the merge list; the merged token is the one
   whose bytes are left + right.
 - "token_id" (tiktoken): any pair whose concatenated bytes are a token may merge, rank = that
@@ -23,9 +26,11 @@ from itertools import repeat
 from operator import add
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.tokenizer.merge_queue import NO_RANK, merge_long
 from llm_internals.trace import is_recording, record
 
-NO_RANK = 1 << 62
+LONG_CHUNK = 24  # symbols; longer chunks take the merge queue (crossover measured: LOG.md)
+NO_RANKS = repeat(NO_RANK)  # endless defaults for `pair_rank.get` in `map`
 _UINT32 = "I" if array("I").itemsize == 4 else "L" if array("L").itemsize == 4 else None
 
 
@@ -42,7 +47,7 @@ class ChunkCache(dict):
 
     `map(cache.__getitem__, chunks)` stays in C for hits and calls the encoder only for chunks
     not seen before. The Tokenizer clears it after a call that leaves it above its size limit,
-    so it is bounded between calls.
+    so it is bounded between calls; chunks longer than LONG_CHUNK are not kept.
     """
 
     __slots__ = ("encode",)
@@ -52,7 +57,9 @@ class ChunkCache(dict):
         self.encode = encode
 
     def __missing__(self, chunk: str) -> str:
-        symbols = self[chunk] = self.encode(chunk)
+        symbols = self.encode(chunk)
+        if len(chunk) <= LONG_CHUNK:  # a long chunk rarely recurs; keep memory bounded
+            self[chunk] = symbols
         return symbols
 
 
@@ -72,7 +79,9 @@ class ChunkBPE:
         self.byte_ids = [id_of.get(bytes([b])) for b in range(256)]
         identity = all(self.byte_ids[b] == b for b in range(256))
         self.byte_translation = (
-            None if identity else {b: chr(i) for b, i in enumerate(self.byte_ids) if i is not None}
+            None
+            if identity  # a byte with no token maps to None: translate() drops it
+            else {b: None if i is None else chr(i) for b, i in enumerate(self.byte_ids)}
         )
         self.pair_rank: dict[str, int] = {}  # chr(left) + chr(right) -> rank
         self.pair_merged: dict[str, str] = {}  # chr(left) + chr(right) -> chr(merged id)
@@ -120,31 +129,37 @@ class ChunkBPE:
         """One symbol per UTF-8 byte of `chunk` (a clear error for a byte with no token)."""
         symbols = chunk.encode("utf-8").decode("latin-1")
         if self.byte_translation is not None:
-            missing = [ord(c) for c in symbols if self.byte_ids[ord(c)] is None]
-            if missing:
+            translated = symbols.translate(self.byte_translation)
+            if len(translated) != len(symbols):  # bytes without a token were dropped
+                missing = next(ord(c) for c in symbols if self.byte_ids[ord(c)] is None)
                 raise LLMInternalsError(
-                    f"byte 0x{missing[0]:02x} of {chunk!r} has no token in this vocabulary"
+                    f"byte 0x{missing:02x} of {chunk[:80]!r} has no token in this vocabulary"
                 )
-            symbols = symbols.translate(self.byte_translation)
+            symbols = translated
         return symbols
 
     def encode(self, chunk: str) -> str:
-        """The chunk's tokens as a symbol string; records each merge under "bpe.encode_step"
-        when an explain recorder is active."""
+        """The chunk's tokens as a symbol string, the readable way; records each merge under
+        "bpe.encode_step" when an explain recorder is active.
+
+        Rule (tiktoken's and HF's): if the whole chunk is a token and ignore_merges is set,
+        that token; otherwise start from one symbol per byte and merge the adjacent pair of
+        lowest rank, leftmost first, one occurrence at a time, until no pair has a rank.
+        """
         if self.ignore_merges:
             whole = self.id_of.get(chunk.encode("utf-8"))
             if whole is not None:
                 return chr(whole)
         symbols = self.initial_symbols(chunk)
-        rank_of = self.pair_rank.get
         recording = is_recording()
         while len(symbols) > 1:
-            best_rank = min(map(rank_of, map(add, symbols, symbols[1:]), repeat(NO_RANK)))
+            best_rank = min(map(self.pair_rank.get, map(add, symbols, symbols[1:]), NO_RANKS))
             if best_rank == NO_RANK:
                 break
-            candidates = self.rank_pairs[best_rank]
-            pair = min((symbols.find(c), c) for c in candidates if c in symbols)[1]
-            merged = symbols.replace(pair, self.pair_merged[pair])
+            position, pair = min(
+                (symbols.find(c), c) for c in self.rank_pairs[best_rank] if c in symbols
+            )
+            merged = symbols[:position] + self.pair_merged[pair] + symbols[position + 2 :]
             if recording:
                 record(
                     "bpe.encode_step",
@@ -159,19 +174,30 @@ class ChunkBPE:
         return symbols
 
     def fast_encoder(self) -> Callable[[str], str]:
-        """`encode` as a closure over local names, without recording (the cold-cache hot path);
-        with byte ids 0..255 an ASCII chunk already is its own initial symbol string."""
-        if self.ignore_merges or self.byte_translation is not None:
-            return self.encode
+        """`encode` without recording, as a closure over local names (the cold-cache hot path).
+        Chunks longer than LONG_CHUNK take the O(n log n) merge queue (merge_queue.py); shorter
+        ones the rescanning loop, whose scans run in C and win on short chunks. Both apply the
+        same rule, so they give the same tokens (tested)."""
         rank_of = self.pair_rank.get
+        pair_rank = self.pair_rank
         merged_of = self.pair_merged
         single = self.rank_single
         pairs_of_rank = self.rank_pairs
+        id_of = self.id_of if self.ignore_merges else None
+        ascii_is_symbols = self.byte_translation is None
+        initial_symbols = self.initial_symbols
+        long_chunk = LONG_CHUNK
         no_rank = NO_RANK
-        no_ranks = repeat(no_rank)  # endless defaults for rank_of, shared by every call
+        no_ranks = NO_RANKS
 
         def encode(chunk: str) -> str:
-            symbols = chunk if chunk.isascii() else chunk.encode("utf-8").decode("latin-1")
+            if id_of is not None:
+                whole = id_of.get(chunk.encode("utf-8"))
+                if whole is not None:
+                    return chr(whole)
+            symbols = chunk if ascii_is_symbols and chunk.isascii() else initial_symbols(chunk)
+            if len(symbols) > long_chunk:
+                return merge_long(symbols, pair_rank, merged_of)
             while len(symbols) > 1:
                 best_rank = min(map(rank_of, map(add, symbols, symbols[1:]), no_ranks))
                 if best_rank == no_rank:
@@ -181,7 +207,7 @@ class ChunkBPE:
                     candidates = pairs_of_rank[best_rank]
                     pair = min((symbols.find(c), c) for c in candidates if c in symbols)[1]
                     step = (pair, merged_of[pair])
-                symbols = symbols.replace(*step)
+                symbols = symbols.replace(*step, 1)  # the leftmost occurrence only
             return symbols
 
         return encode

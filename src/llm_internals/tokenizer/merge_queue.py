@@ -1,0 +1,111 @@
+"""BPE on a long chunk in O(n log n): a queue of merge ranks, each with the positions of its pair.
+
+The short-chunk loop in chunk_bpe.py rescans the whole chunk for the lowest-ranked pair before
+every merge: n merges times n pairs, quadratic. Text without spaces is one pre-token chunk
+(a megabyte of it took minutes), so long chunks take this path instead. The rule it applies is
+the same (tiktoken's and HF's): merge the adjacent pair of lowest rank, the leftmost first,
+one occurrence at a time, until no adjacent pair has a rank.
+
+    parts:    a doubly linked list over the chunk's symbols (nxt/prv indices; a merge keeps
+              the left part and unlinks the right one, so positions never move)
+    buckets:  rank -> positions whose pair had that rank when it was formed
+    queue:    a heap of the ranks that have a bucket
+
+    pop the lowest rank r; sort its positions (leftmost first); for each position whose pair
+    still has rank r (lazy invalidation: a merge nearby may have changed it), merge it and put
+    the two new pairs (left neighbour + merged, merged + right neighbour) into their buckets.
+
+Each merge does O(1) work plus its bucket appends; sorting the buckets and the heap cost
+O(n log n) in all. A merge never forms a new pair of the rank being processed (the new pair's
+bytes are longer than token r's), so finishing bucket r before the next rank is exact, with one
+exception handled below: a merge list that is not causal (a merge that uses token t ranked
+before the merge that makes t) can form a pair ranked below r; then the rest of bucket r goes
+back into the queue and the lower rank runs first, as in the one-at-a-time rule.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from itertools import repeat
+from operator import add
+
+import numpy as np
+
+NO_RANK = 1 << 62
+_END = "\0\0"  # two characters: no pair key (always 2 characters) can contain it
+
+
+def initial_buckets(symbols: str, rank_of) -> dict[int, list[int]]:
+    """rank -> positions (ascending) of the chunk's initial pairs, grouped by a stable argsort."""
+    n_pairs = len(symbols) - 1
+    ranks = np.fromiter(
+        map(rank_of, map(add, symbols, symbols[1:]), repeat(NO_RANK)), np.int64, n_pairs
+    )
+    order = np.argsort(ranks, kind="stable")
+    sorted_ranks = ranks[order]
+    bounds = [0, *(np.flatnonzero(sorted_ranks[1:] != sorted_ranks[:-1]) + 1).tolist(), n_pairs]
+    firsts = sorted_ranks[bounds[:-1]].tolist()
+    positions = order.tolist()
+    buckets = {r: positions[a:b] for r, a, b in zip(firsts, bounds, bounds[1:], strict=False)}
+    buckets.pop(NO_RANK, None)
+    return buckets
+
+
+def merge_long(symbols: str, pair_rank: Mapping[str, int], pair_merged: Mapping[str, str]) -> str:
+    """BPE on a symbol string (one character per token id, see chunk_bpe.py); returns the
+    merged symbol string. `pair_rank`/`pair_merged`: two-character pair key -> rank / merged
+    symbol."""
+    if len(symbols) < 2:
+        return symbols
+    rank_of = pair_rank.get
+    buckets = initial_buckets(symbols, rank_of)
+    bucket_of = buckets.get
+    queue = list(buckets)
+    heapq.heapify(queue)
+    push, pop = heapq.heappush, heapq.heappop
+    # parts[i] is "" once merged away; index len(symbols) is an end marker that forms no pair
+    # on either side (prv[0] = -1 also lands on it).
+    parts = [*symbols, _END]
+    nxt = list(range(1, len(parts) + 1))
+    prv = list(range(-1, len(parts) - 1))
+    while queue:
+        rank = pop(queue)
+        positions = buckets.pop(rank)
+        positions.sort()
+        for i in positions:
+            j = nxt[i]
+            key = parts[i] + parts[j]
+            if rank_of(key) != rank:
+                continue  # stale: this pair was changed by an earlier merge
+            merged = parts[i] = pair_merged[key]
+            parts[j] = ""
+            k = nxt[i] = nxt[j]
+            prv[k] = i
+            # the two new pairs: merged + right neighbour at i, left neighbour + merged at h
+            lower = False
+            new_rank = rank_of(merged + parts[k])
+            if new_rank is not None:
+                bucket = bucket_of(new_rank)
+                if bucket is None:
+                    buckets[new_rank] = [i]
+                    push(queue, new_rank)
+                    lower = new_rank < rank
+                else:
+                    bucket.append(i)
+            h = prv[i]
+            new_rank = rank_of(parts[h] + merged)
+            if new_rank is not None:
+                bucket = bucket_of(new_rank)
+                if bucket is None:
+                    buckets[new_rank] = [h]
+                    push(queue, new_rank)
+                    lower = lower or new_rank < rank
+                else:
+                    bucket.append(h)
+            if lower:  # a non-causal merge list: run the lower rank before the rest of this one
+                buckets[rank] = positions[positions.index(i) + 1 :]  # duplicates of i: stale
+                push(queue, rank)
+                break
+    parts.pop()
+    return "".join(parts)
