@@ -19,19 +19,29 @@ _CLASSES = {
 }
 
 
+# Scalar fields set away from their defaults (1e-5/1e-6 eps, theta 10000): a loader that ignored
+# one and used the default would still pass with default-valued fixtures. An eps of 0.05 moves
+# the logits of these tiny models by far more than the 1e-4 parity tolerance.
+NORM_EPS = 0.05
+ROPE_THETA = 321.0
+
+
 def make_hf_decoder(family: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
-    """A 2-layer model with d_model 64, 4 heads (2 kv heads), vocab 128, and weights perturbed
-    away from the init (norm gains of exactly 1 and zero biases would hide mapping mistakes)."""
+    """A 2-layer model with d_model 64, 4 heads (2 kv heads), vocab 128, non-default norm eps
+    and RoPE theta, and weights perturbed away from the init (norm gains of exactly 1 and zero
+    biases would hide mapping mistakes)."""
     torch.manual_seed(seed)
     if family == "gpt2":
         kwargs = dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                      bos_token_id=0, eos_token_id=0) | overrides  # fmt: skip
+                      layer_norm_epsilon=NORM_EPS, bos_token_id=0,
+                      eos_token_id=0) | overrides  # fmt: skip
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kwargs))
     else:
         kwargs = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                      intermediate_size=96, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=0) | overrides  # fmt: skip
+                      intermediate_size=96, max_position_embeddings=64, rms_norm_eps=NORM_EPS,
+                      rope_theta=ROPE_THETA, bos_token_id=0,
+                      eos_token_id=0) | overrides  # fmt: skip
         config_class, model_class = _CLASSES[family]
         model = model_class(config_class(**kwargs))
     with torch.no_grad():

@@ -18,9 +18,10 @@ PATHS = [("scratch", False), ("sdpa", False), ("sdpa", True)]  # written out ...
 
 
 def make_config(**overrides) -> transformers.BertConfig:
+    """layer_norm_eps away from its 1e-12 default, so a loader that ignored it fails."""
     kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, max_position_embeddings=40, type_vocab_size=3,
-                  pad_token_id=0) | overrides  # fmt: skip
+                  pad_token_id=0, layer_norm_eps=0.05) | overrides  # fmt: skip
     return transformers.BertConfig(**kwargs)
 
 
