@@ -247,3 +247,21 @@ def test_time_limit_is_reported_with_the_step_reached(tmp_path, shakespeare_text
     assert main(args) == 0
     shown = capsys.readouterr().out.replace("\n", "")
     assert "Stopped on the time limit (--max-minutes 1e-05) at step 1 of 1000." in shown
+
+
+def test_run_training_resumes_a_copy_in_the_copy(tmp_path, shakespeare_text):
+    """The library entry point, given the saved config (whose out_dir names the original)."""
+    import shutil
+
+    from llm_internals.training.checkpoint import load_training_checkpoint
+    from llm_internals.training.run import run_training
+
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    assert main(_train_args(tmp_path, shakespeare_text, run, "--max-steps", "2")) == 0
+    shutil.copytree(run, copy)
+    before = _snapshot(run)
+    saved = load_training_checkpoint(copy).config
+    assert saved.out_dir == str(run)
+    result = run_training(saved.replace(max_steps=3), resume=copy, show_progress=False)
+    assert result.steps == 3 and (copy / "step-00000003").is_dir()
+    assert _snapshot(run) == before
