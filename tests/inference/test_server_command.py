@@ -50,7 +50,8 @@ def test_serve_process_answers_the_openai_client(checkpoint):
     port = free_port()
     command = [sys.executable, "-m", "llm_internals", "serve", "--model", str(checkpoint),
                "--port", str(port), "--served-model-name", "tiny", "--num-blocks", "64",
-               "--block-size", "8", "--threads", "1", "--log-level", "warning"]  # fmt: skip
+               "--block-size", "8", "--threads", "1", "--log-level", "warning",
+               "--api-key", "sk-serve-test"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=os.environ | {"COLUMNS": "200"})  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -65,7 +66,8 @@ def test_serve_process_answers_the_openai_client(checkpoint):
                 pass
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
-        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+        assert httpx.get(url + "/v1/models").status_code == 401  # /health answered without it
+        with openai.OpenAI(base_url=url + "/v1", api_key="sk-serve-test", max_retries=0,
                            timeout=30) as client:  # fmt: skip
             assert [m.id for m in client.models.list().data] == ["tiny"]
             result = client.completions.create(model="tiny", prompt="Friends, Romans",
@@ -95,6 +97,14 @@ def test_serve_process_answers_the_openai_client(checkpoint):
         (["--max-concurrent", "0"], "--max-concurrent"),
         (["--kv-cache-gb", "-1"], "--kv-cache-gb"),
         (["--chat-template", "/nonexistent/template.jinja"], "template.jinja"),
+        (["--host", "0.0.0.0"], "--allowed-hosts"),
+        (["--allowed-hosts", " , "], "--allowed-hosts"),
+        (["--max-body-bytes", "0"], "--max-body-bytes"),
+        (["--body-timeout", "0"], "--body-timeout"),
+        (["--header-timeout", "-1"], "--header-timeout"),
+        (["--timeout-keep-alive", "0"], "--timeout-keep-alive"),
+        (["--max-connections", "0"], "--max-connections"),
+        (["--api-key", " "], "--api-key"),
     ],
 )
 def test_bad_options_are_one_line_errors(checkpoint, capsys, options, message):
@@ -117,3 +127,17 @@ def test_port_in_use_is_a_one_line_error(checkpoint, capsys):
                      "16", "--log-level", "warning"])  # fmt: skip
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().out
+
+
+def test_http_flag_defaults_are_the_library_defaults():
+    """serve.py repeats them so that --help need not import the server; they must agree."""
+    from llm_internals.commands import serve
+    from llm_internals.inference.server.guards import GuardSettings
+    from llm_internals.inference.server.launch import ConnectionLimits
+
+    guards, limits = GuardSettings(), ConnectionLimits()
+    assert guards.max_body_bytes == serve.MAX_BODY_BYTES
+    assert guards.body_timeout_s == serve.BODY_TIMEOUT_S
+    assert limits.header_timeout_s == serve.HEADER_TIMEOUT_S
+    assert limits.timeout_keep_alive_s == serve.TIMEOUT_KEEP_ALIVE_S
+    assert limits.max_connections == serve.MAX_CONNECTIONS
