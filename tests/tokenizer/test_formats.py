@@ -1,5 +1,6 @@
 """Saving and loading: our JSON, HF tokenizer.json and tiktoken rank files, and bad files."""
 
+import base64
 import json
 import os
 
@@ -124,6 +125,75 @@ def test_bad_rank_files(tok_small, tmp_path):
     _expect(tmp_path / "missing.json", "expected a tokenizer file")
 
 
+def _one_line(path, match):
+    error = _expect(path, match)
+    assert "\n" not in error.message
+    return error
+
+
+@pytest.mark.parametrize("bad_id", [-1, 2**21, None, True, 1.5, "7"])
+def test_bad_token_ids_name_the_file_and_field(tok_small, tmp_path, bad_id):
+    hf = json.loads(json.dumps(tok_small.to_hf()))
+    hf["model"]["vocab"]["Ġthe"] = bad_id
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(hf))
+    _one_line(path, r"model.vocab\['Ġthe'\] is .* not a token id")
+    hf = json.loads(json.dumps(tok_small.to_hf()))
+    hf["added_tokens"][0]["id"] = bad_id
+    path.write_text(json.dumps(hf))
+    _one_line(path, r"added_tokens\[0\]")
+    ours = tmp_path / "tok.json"
+    tok_small.save(ours)
+    obj = json.loads(ours.read_text())
+    obj["vocab"][5][0] = bad_id
+    ours.write_text(json.dumps(obj))
+    _one_line(ours, r"vocab\[5\] (has id .* not a token id|should be \[id, base64 bytes\])")
+    tok_small.save(ours)
+    obj = json.loads(ours.read_text())
+    obj["special_tokens"][EOT] = bad_id
+    ours.write_text(json.dumps(obj))
+    _one_line(ours, r"special_tokens\['<\|endoftext\|>'\] is .*")
+
+
+def test_other_malformed_token_fields(tok_small, tmp_path):
+    hf = tok_small.to_hf()
+    for change, match in (
+        (lambda o: o["model"]["vocab"].update({"Ġzzz": o["model"]["vocab"]["Ġthe"]}),
+         "gives id .* to two tokens"),
+        (lambda o: o["added_tokens"][0].update(content=""), "non-empty content"),
+        (lambda o: o.update(added_tokens={"a": 1}), "'added_tokens' should be a list"),
+        (lambda o: o["model"]["vocab"].update({"": 9999}), "empty token"),
+    ):  # fmt: skip
+        broken = json.loads(json.dumps(hf))
+        change(broken)
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps(broken))
+        _one_line(path, match)
+    ours = tmp_path / "tok.json"
+    tok_small.save(ours)
+    for change, match in (
+        (lambda o: o["special_tokens"].update({"": 7000}), "non-empty name"),
+        (lambda o: o.update(normalization="NFD"), "field 'normalization' is \"NFD\""),
+        (lambda o: o.update(pattern=r"(\w+)|\s"), "capturing group"),
+        (lambda o: o.update(pattern=r"\w+"), "does not match"),
+    ):
+        tok_small.save(ours)
+        broken = json.loads(ours.read_text())
+        change(broken)
+        ours.write_text(json.dumps(broken))
+        _one_line(ours, match)
+    good = tok_small.to_tiktoken()
+    ranks = tmp_path / "r.tiktoken"
+    for line, match in (
+        (f"YWJj {2**21}", "rank 2097152, above the largest token id"),
+        ("YWJj ²", "non-integer rank '²'"),
+        (" 5", "should be '<base64 token> <rank>'"),
+    ):
+        lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in good.items()]
+        ranks.write_text("\n".join([*lines[:10], line]) + "\n")
+        _one_line(ranks, match)
+
+
 def test_save_is_atomic(tok_small, tmp_path, monkeypatch):
     path = tmp_path / "tok.json"
     path.write_text("previous content")
@@ -148,6 +218,13 @@ def test_constructor_rejects_inconsistent_vocabularies():
         Tokenizer(base, [(97, 98)])
     with pytest.raises(LLMInternalsError, match="also ordinary tokens"):
         Tokenizer(base, special_tokens={EOT: 5})
+    for specials in ({"": 300}, {EOT: -1}, {EOT: 2**21}, {EOT: None}):
+        with pytest.raises(LLMInternalsError, match="special token"):
+            Tokenizer(base, special_tokens=specials)
+    with pytest.raises(LLMInternalsError, match="not an integer in 0..1114111"):
+        Tokenizer({**base, -5: b"ab"})
+    with pytest.raises(LLMInternalsError, match="not non-empty bytes"):
+        Tokenizer({**base, 300: b""})
 
 
 def test_gpt4_pattern_survives_the_trip_through_hf(python_source, tmp_path):

@@ -62,3 +62,37 @@ def test_bad_custom_pattern_is_a_clear_error():
 
     with pytest.raises(LLMInternalsError, match="not a valid regular expression"):
         get_pretokenizer("(unclosed")
+
+
+def test_a_pattern_that_would_drop_characters_is_refused():
+    import pytest
+
+    from llm_internals.errors import LLMInternalsError
+    from llm_internals.tokenizer import Tokenizer
+
+    base = {i: bytes([i]) for i in range(256)}
+    with pytest.raises(LLMInternalsError, match=r"does not match ','.*would be dropped"):
+        Tokenizer(base, pattern=r"\w+|\s+")  # refused at load: the probe text has commas
+    with pytest.raises(LLMInternalsError, match="capturing group"):
+        Tokenizer(base, pattern=r"(\w+)|\s+|(?s:.)")
+    with pytest.raises(LLMInternalsError, match="at most 10,000"):
+        get_pretokenizer("a|" * 6000 + "(?s:.)")
+    # covers the probe text but not a snowman: refused when it meets one, never dropped
+    tok = Tokenizer(base, pattern=r"\p{L}+|\p{N}+|\s+|[^\p{L}\p{N}\s☃]+")
+    assert tok.decode(tok.encode("a, b 1")) == "a, b 1"
+    with pytest.raises(LLMInternalsError, match="does not match '☃'"):
+        tok.encode("a☃b")
+
+
+def test_catastrophic_backtracking_is_an_error_not_a_hang():
+    import time
+
+    import pytest
+
+    from llm_internals.errors import LLMInternalsError
+
+    pre = get_pretokenizer(r"(?:a|aa)+$|(?s:.)")  # passes the probe (no long run of a's)
+    start = time.perf_counter()
+    with pytest.raises(LLMInternalsError, match="catastrophic backtracking"):
+        pre.split("a" * 60 + "!")
+    assert time.perf_counter() - start < 30  # unbounded, this takes years

@@ -29,6 +29,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer.merge_queue import NO_RANK, merge_long
 from llm_internals.trace import is_recording, record
 
+MAX_TOKEN_ID = 0x10FFFF  # chr()'s limit: a symbol string holds one id per character
 LONG_CHUNK = 24  # symbols; longer chunks take the merge queue (crossover measured: LOG.md)
 NO_RANKS = repeat(NO_RANK)  # endless defaults for `pair_rank.get` in `map`
 _UINT32 = "I" if array("I").itemsize == 4 else "L" if array("L").itemsize == 4 else None

@@ -24,7 +24,7 @@ from llm_internals.files import atomic_write_text, parse_json, read_text
 from llm_internals.tokenizer.byte_level import UNICODE_TO_BYTE, token_to_text
 from llm_internals.tokenizer.formats import field
 from llm_internals.tokenizer.pretokenize import GPT2_PATTERN, PATTERNS
-from llm_internals.tokenizer.tokenizer import Tokenizer
+from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, Tokenizer, is_token_id
 
 # One quantifier means different things in the two engines: `X{1,3}+` is possessive in `regex`
 # (and tiktoken) but a repeated group `(?:X{1,3})+` in Oniguruma, HF's engine. We translate it
@@ -75,7 +75,12 @@ def _pattern_of(pre: Any, path: Path) -> str:
             and not steps[1].get("use_regex", True)
             and not steps[1].get("add_prefix_space", False)
         ):
-            return pattern_from_hf(steps[0]["pattern"]["Regex"])
+            regex_source = steps[0]["pattern"]["Regex"]
+            if not isinstance(regex_source, str):
+                raise LLMInternalsError(
+                    f"{path}: pre_tokenizer.pretokenizers[0].pattern.Regex should be a string"
+                )
+            return pattern_from_hf(regex_source)
     raise LLMInternalsError(
         f"{path}: unsupported pre_tokenizer {json.dumps(pre)[:200]}",
         hint="supported: ByteLevel(use_regex) or Sequence[Split(Regex, Isolated), ByteLevel]",
@@ -100,20 +105,41 @@ def tokenizer_from_hf_dict(obj: Mapping[str, Any], path: Path) -> Tokenizer:
         raise LLMInternalsError(f"{path}: BPE dropout is not supported (model.dropout)")
     pattern = _pattern_of(obj.get("pre_tokenizer"), path)
     added = {}
-    for n, entry in enumerate(obj.get("added_tokens") or []):
+    added_tokens = obj.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise LLMInternalsError(f"{path}: field 'added_tokens' should be a list")
+    for n, entry in enumerate(added_tokens):
         content = field(entry, "content", str, path, f"added_tokens[{n}]")
-        added[content] = field(entry, "id", int, path, f"added_tokens[{n}]")
+        token_id = field(entry, "id", int, path, f"added_tokens[{n}]")
+        if not content or not is_token_id(token_id):
+            raise LLMInternalsError(
+                f"{path}: added_tokens[{n}] ({content!r}, id {token_id}): a special token "
+                f"needs non-empty content and an id in 0..{MAX_TOKEN_ID}"
+            )
+        added[content] = token_id
     vocab: dict[int, bytes] = {}
-    for text, token_id in field(model, "vocab", dict, path, "model").items():
+    id_of_text = field(model, "vocab", dict, path, "model")
+    for text, token_id in id_of_text.items():
+        if not is_token_id(token_id):
+            raise LLMInternalsError(
+                f"{path}: model.vocab[{text!r}] is {json.dumps(token_id)}, "
+                f"not a token id (an integer in 0..{MAX_TOKEN_ID})"
+            )
         if text in added:
             continue
+        if not text:
+            raise LLMInternalsError(f"{path}: model.vocab has an empty token (id {token_id})")
+        if token_id in vocab:
+            raise LLMInternalsError(
+                f"{path}: model.vocab gives id {token_id} to two tokens "
+                f"({token_to_text(vocab[token_id])!r} and {text!r})"
+            )
         try:
             vocab[token_id] = bytes(UNICODE_TO_BYTE[ch] for ch in text)
         except KeyError:
             raise LLMInternalsError(
                 f"{path}: model.vocab token {text!r} is not in the byte-level alphabet"
             ) from None
-    id_of_text = {text: i for text, i in model["vocab"].items()}
     merges = []
     for n, entry in enumerate(field(model, "merges", list, path, "model")):
         pair = entry.split(" ") if isinstance(entry, str) else entry

@@ -20,7 +20,7 @@ from typing import Any
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text
 from llm_internals.tokenizer.formats import field
-from llm_internals.tokenizer.tokenizer import Tokenizer
+from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, NORMALIZATIONS, Tokenizer, is_token_id
 
 FORMAT_NAME = "llm-internals-tokenizer"
 FORMAT_VERSION = 1
@@ -60,15 +60,20 @@ def tokenizer_from_own_dict(obj: dict[str, Any], path: Path) -> Tokenizer:
         raise LLMInternalsError(f"{path}: field 'merge_ranks' has unknown value {merge_ranks!r}")
     ignore_merges = field(obj, "ignore_merges", bool, path)
     normalization = obj.get("normalization")  # optional: absent means none
+    if normalization not in NORMALIZATIONS:
+        raise LLMInternalsError(
+            f"{path}: field 'normalization' is {json.dumps(normalization)}; "
+            'expected null, "NFC" or "NFKC"'
+        )
     vocab: dict[int, bytes] = {}
     for n, entry in enumerate(field(obj, "vocab", list, path)):
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 2
-            or not isinstance(entry[0], int)
-            or not isinstance(entry[1], str)
-        ):
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], str):
             raise LLMInternalsError(f"{path}: vocab[{n}] should be [id, base64 bytes]")
+        if not is_token_id(entry[0]):
+            raise LLMInternalsError(
+                f"{path}: vocab[{n}] has id {json.dumps(entry[0])}, "
+                f"not a token id (an integer in 0..{MAX_TOKEN_ID})"
+            )
         try:
             token = base64.b64decode(entry[1], validate=True)
         except binascii.Error:
@@ -85,8 +90,11 @@ def tokenizer_from_own_dict(obj: dict[str, Any], path: Path) -> Tokenizer:
         merges.append((entry[0], entry[1]))
     specials = field(obj, "special_tokens", dict, path)
     for name, token_id in specials.items():
-        if not isinstance(token_id, int):
-            raise LLMInternalsError(f"{path}: special token {name!r} has non-integer id")
+        if not name or not is_token_id(token_id):
+            raise LLMInternalsError(
+                f"{path}: special_tokens[{name!r}] is {json.dumps(token_id)}: a special token "
+                f"needs a non-empty name and an id in 0..{MAX_TOKEN_ID}"
+            )
     try:
         return Tokenizer(
             vocab,

@@ -9,7 +9,12 @@ regular expression (run with the `regex` module, which knows Unicode classes suc
   symbols, and whitespace (a run of spaces keeps its last space for the following word).
 - "gpt4" (alias "cl100k"): the cl100k_base pattern of tiktoken: case-insensitive contractions,
   at most 3 digits per chunk, newlines grouped separately from spaces.
-- any other string is compiled as a custom pattern.
+- any other string is compiled as a custom pattern. It must match every character (the chunks
+  joined give the text back; a gap would silently drop characters) and have no capturing
+  groups (`findall` would return the groups instead of the chunks): both are checked when the
+  pattern is loaded, on a probe text, and coverage again on every text it cuts. Matching a
+  custom pattern has a time limit, so that catastrophic backtracking (`(a|aa)+$` on a long
+  run of a's) is an error instead of a hang.
 
 Speed: for text that is pure ASCII, each named pattern has a twin written with ASCII classes
 for the standard library `re` engine (about 2.5x faster here). `\\p{L}` becomes `[A-Za-z]`,
@@ -61,20 +66,51 @@ def pattern_name(pattern: str) -> str | None:
     return None
 
 
+MAX_PATTERN_CHARS = 10_000
+# A probe text with every kind of character the named patterns handle: a custom pattern that
+# leaves any of it unmatched is refused when the tokenizer is loaded.
+PROBE_TEXT = (
+    "Hello, World! It's 2024: 1234567 cats\tand  dogs\r\n\n  end   \x00\x1f\x7f\u00a0"
+    "naïve café e\u0301 中文字符 日本語 한국어 Русский العربية हिन्दी 👋🏽 🧑\u200d💻 🇫🇷 "
+    "#$%&()*+-./;<=>?@[\\]^_`{|}~ \u2028\u3000x"
+)
+
+
+def match_seconds(n_chars: int) -> float:
+    """The time limit for cutting a text of n_chars with a custom pattern: 1 s plus 10 s per
+    million characters (the named patterns cut a million characters in about 0.2 s)."""
+    return 1.0 + 10.0 * n_chars / 1e6
+
+
 @dataclass(frozen=True)
 class Pretokenizer:
-    """A compiled pre-tokenization pattern with its ASCII fast path, if it has one."""
+    """A compiled pre-tokenization pattern with its ASCII fast path, if it has one. Named
+    patterns are `trusted` (known to cover every text quickly); custom ones are checked."""
 
     pattern: str
     unicode_regex: regex.Pattern
     ascii_regex: re.Pattern | regex.Pattern | None
+    trusted: bool = True
 
     def split(self, text: str) -> list[str]:
-        """All chunks of `text`, in order; joined they give `text` back only if the pattern
-        matches everywhere (the named patterns do)."""
+        """All chunks of `text`, in order; joined they give `text` back (checked for custom
+        patterns: a gap raises an error naming the first character it would drop)."""
         if self.ascii_regex is not None and text.isascii():
             return self.ascii_regex.findall(text)
-        return self.unicode_regex.findall(text)
+        if self.trusted:
+            return self.unicode_regex.findall(text)
+        try:
+            chunks = self.unicode_regex.findall(text, timeout=match_seconds(len(text)))
+        except TimeoutError:
+            raise LLMInternalsError(
+                f"pre-tokenization pattern {self.pattern[:80]!r} took more than "
+                f"{match_seconds(len(text)):.0f} s on a text of {len(text):,} characters "
+                "(catastrophic backtracking?)",
+                hint="simplify nested repetitions such as (a|aa)+ in the pattern",
+            ) from None
+        if sum(map(len, chunks)) != len(text):
+            self._raise_gap(text)
+        return chunks
 
     def split_many(self, texts: Iterable[str]) -> list[list[str]]:
         """`split` of each text; all-ASCII batches run the fast regex over the list in C."""
@@ -83,18 +119,46 @@ class Pretokenizer:
             return list(map(self.ascii_regex.findall, texts))
         return list(map(self.split, texts))
 
+    def _raise_gap(self, text: str) -> None:
+        end = 0
+        for match in self.unicode_regex.finditer(text, timeout=match_seconds(len(text))):
+            if match.start() != end:
+                break
+            end = match.end()
+        raise LLMInternalsError(
+            f"pre-tokenization pattern {self.pattern[:80]!r} does not match {text[end]!r} "
+            f"(character {end} of {text[max(0, end - 20) : end + 20]!r}): "
+            "it would be dropped from the tokens",
+            hint="a pattern must match every character: end it with an alternative such as "
+            "|\\s+|(?s:.) (or use --pattern gpt2 / gpt4)",
+        )
+
 
 @lru_cache(maxsize=32)
 def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
-    """Compile a pattern (name or custom string) once; a bad custom pattern is a clear error."""
+    """Compile a pattern (name or custom string) once. A custom pattern that is not a valid
+    regular expression, has capturing groups or leaves characters of PROBE_TEXT unmatched is
+    a clear error."""
     source = resolve_pattern(pattern)
+    trusted = source in PATTERNS.values()
+    if len(source) > MAX_PATTERN_CHARS:
+        raise LLMInternalsError(
+            f"pre-tokenization pattern has {len(source):,} characters "
+            f"(at most {MAX_PATTERN_CHARS:,})"
+        )
     try:
         compiled = regex.compile(source)
     except regex.error as e:
         raise LLMInternalsError(
-            f"pre-tokenization pattern {pattern!r} is not a valid regular expression: {e}",
+            f"pre-tokenization pattern {pattern[:80]!r} is not a valid regular expression: {e}",
             hint=f"use one of {', '.join(PATTERNS)} or a valid `regex` pattern",
         ) from e
+    if compiled.groups:
+        raise LLMInternalsError(
+            f"pre-tokenization pattern {pattern[:80]!r} has {compiled.groups} capturing "
+            "group(s): chunks would be the groups' text, not the whole matches",
+            hint="write groups as (?:...) instead of (...)",
+        )
     ascii_compiled = None
     twin = _ASCII_TWINS.get(source)
     if twin is not None:
@@ -102,7 +166,10 @@ def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
             ascii_compiled = re.compile(twin)
         except re.error:  # possessive quantifiers need Python 3.11's re; `regex` always has them
             ascii_compiled = regex.compile(twin)
-    return Pretokenizer(source, compiled, ascii_compiled)
+    pretokenizer = Pretokenizer(source, compiled, ascii_compiled, trusted)
+    if not trusted:
+        pretokenizer.split(PROBE_TEXT)  # raises if the pattern drops a character
+    return pretokenizer
 
 
 def split_text(text: str, pattern: str = "gpt2") -> list[str]:

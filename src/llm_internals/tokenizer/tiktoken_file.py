@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text, read_text
-from llm_internals.tokenizer.tokenizer import Tokenizer
+from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, Tokenizer
 
 
 def parse_rank_file(path: Path, text: str) -> dict[bytes, int]:
@@ -36,9 +36,15 @@ def parse_rank_file(path: Path, text: str) -> dict[bytes, int]:
             raise LLMInternalsError(
                 f"{path}: line {line_no} has invalid base64 {parts[0][:40]!r}"
             ) from None
-        if not parts[1].isdigit():
+        if not (parts[1].isascii() and parts[1].isdigit()):
             raise LLMInternalsError(f"{path}: line {line_no} has non-integer rank {parts[1]!r}")
         rank = int(parts[1])
+        if rank > MAX_TOKEN_ID:
+            raise LLMInternalsError(
+                f"{path}: line {line_no} has rank {rank}, above the largest token id {MAX_TOKEN_ID}"
+            )
+        if not token:
+            raise LLMInternalsError(f"{path}: line {line_no} has an empty token")
         if rank in seen_ranks:
             raise LLMInternalsError(
                 f"{path}: duplicate rank {rank} on lines {seen_ranks[rank]} and {line_no}"

@@ -21,13 +21,39 @@ from typing import Literal
 import regex
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer.chunk_bpe import ChunkBPE, ChunkCache, symbols_to_ids
+from llm_internals.tokenizer.chunk_bpe import MAX_TOKEN_ID, ChunkBPE, ChunkCache, symbols_to_ids
 from llm_internals.tokenizer.gc_pause import gc_paused
 from llm_internals.tokenizer.pretokenize import get_pretokenizer, resolve_pattern
 from llm_internals.trace import is_recording
 
 NORMALIZATIONS = (None, "NFC", "NFKC")
 EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<eos>")
+
+
+def check_token_ids(vocab: Mapping[int, bytes], special_tokens: Mapping[str, int]) -> None:
+    """Ids are integers in 0..MAX_TOKEN_ID (the symbol strings of chunk_bpe.py hold one id per
+    character); ordinary tokens are non-empty bytes, special tokens non-empty strings."""
+    for token_id, token in vocab.items():
+        if not is_token_id(token_id):
+            raise LLMInternalsError(
+                f"vocab id {token_id!r} (token {token!r}) is not an integer in 0..{MAX_TOKEN_ID}"
+            )
+        if not isinstance(token, bytes) or not token:
+            raise LLMInternalsError(f"vocab id {token_id}: token {token!r} is not non-empty bytes")
+    for name, token_id in special_tokens.items():
+        if not isinstance(name, str) or not name:
+            raise LLMInternalsError(
+                f"special token {name!r} (id {token_id!r}) is empty or not a string"
+            )
+        if not is_token_id(token_id):
+            raise LLMInternalsError(
+                f"special token {name!r} has id {token_id!r}, not an integer in 0..{MAX_TOKEN_ID}"
+            )
+
+
+def is_token_id(value: object) -> bool:
+    """An int (not a bool) in 0..MAX_TOKEN_ID."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_ID
 
 
 class Tokenizer:
@@ -52,6 +78,7 @@ class Tokenizer:
     ) -> None:
         self.vocab: dict[int, bytes] = dict(vocab)
         self.special_tokens: dict[str, int] = dict(special_tokens or {})
+        check_token_ids(self.vocab, self.special_tokens)
         self.pattern = resolve_pattern(pattern)
         self.merge_ranks = merge_ranks
         self.ignore_merges = ignore_merges
