@@ -6,16 +6,19 @@ and finite differences appear only as the references the hand-written gradients 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.decoder import DecoderLM
-from llm_internals.trace import recording
+from llm_internals.trace import Recording, recording
 from llm_internals.training.backprop.gpt import gpt_loss_and_gradients, model_gradients
 from llm_internals.training.backprop.gradcheck import compare_gradients, finite_difference
 from llm_internals.training.backprop.tiny_network import (
+    TwoLayerForward,
     gradient_descent_step,
     two_layer_backward,
     two_layer_forward,
@@ -64,42 +67,56 @@ def block_model_and_batch() -> tuple[DecoderLM, torch.Tensor, torch.Tensor]:
     return model, ids[:, :-1], ids[:, 1:]
 
 
-def _intro() -> list[Section]:
-    return [
-        Section(
-            "What backpropagation is",
-            [
-                Step(
-                    "Training changes every weight a little in the direction that lowers the "
-                    "loss. That direction is the gradient: the derivative of the loss with "
-                    "respect to each weight. A model has millions of weights; backpropagation "
-                    "computes all of those derivatives in one backward sweep that costs about "
-                    "twice a forward pass, by reusing intermediate results instead of "
-                    "differentiating each weight separately."
-                )
-            ],
-        ),
-        Section(
-            "The chain rule",
-            [
-                Step(
-                    "A network is a chain of simple functions. If L depends on w only through z, "
-                    "the chain rule multiplies the local derivatives along the path. When a "
-                    "value feeds several places, the contributions of every path add up.",
-                    formula="dL/dw = dL/dz * dz/dw;   if z feeds a and b: dL/dz = dL/da da/dz + "
-                    "dL/db db/dz",
-                ),
-                Step(
-                    "Backpropagation evaluates these products from the loss backwards: each "
-                    "layer receives dL/d(its output), multiplies by its local derivative, hands "
-                    "dL/d(its input) to the layer before, and keeps dL/d(its weights)."
-                ),
-            ],
-        ),
-    ]
+def _section_what_it_is() -> Section:
+    return Section(
+        "What backpropagation is",
+        [
+            Step(
+                "Training changes every weight a little in the direction that lowers the "
+                "loss. That direction is the gradient: the derivative of the loss with "
+                "respect to each weight. A model has millions of weights; backpropagation "
+                "computes all of those derivatives in one backward sweep that costs about "
+                "twice a forward pass, by reusing intermediate results instead of "
+                "differentiating each weight separately."
+            )
+        ],
+    )
 
 
-def _network_sections() -> list[Section]:
+def _section_chain_rule() -> Section:
+    return Section(
+        "The chain rule",
+        [
+            Step(
+                "A network is a chain of simple functions. If L depends on w only through z, "
+                "the chain rule multiplies the local derivatives along the path. When a "
+                "value feeds several places, the contributions of every path add up.",
+                formula="dL/dw = dL/dz * dz/dw;   if z feeds a and b: dL/dz = dL/da da/dz + "
+                "dL/db db/dz",
+            ),
+            Step(
+                "Backpropagation evaluates these products from the loss backwards: each "
+                "layer receives dL/d(its output), multiplies by its local derivative, hands "
+                "dL/d(its input) to the layer before, and keeps dL/d(its weights)."
+            ),
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class NetworkRun:
+    """The 2-2-1 network's forward and backward on the example, recorded, and one step."""
+
+    params: dict[str, torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    rec: Recording
+    fwd: TwoLayerForward
+    new_params: dict[str, torch.Tensor]
+    new_loss: torch.Tensor
+
+
+def network_run() -> NetworkRun:
     params = network_params()
     x, y = torch.tensor(X, dtype=F64), torch.tensor(Y, dtype=F64)
     with recording() as rec:
@@ -107,7 +124,12 @@ def _network_sections() -> list[Section]:
         grads = two_layer_backward(fwd)
     new_params = gradient_descent_step(params, grads, LEARNING_RATE)
     new_loss = two_layer_forward(new_params, x, y).loss
-    forward = Section(
+    return NetworkRun(params, x, y, rec, fwd, new_params, new_loss)
+
+
+def _section_forward(run: NetworkRun) -> Section:
+    x, y, params, rec = run.x, run.y, run.params, run.rec
+    return Section(
         "Forward pass",
         [
             Step(
@@ -135,7 +157,11 @@ def _network_sections() -> list[Section]:
             ),
         ],
     )
-    loss = Section(
+
+
+def _section_loss(run: NetworkRun) -> Section:
+    rec = run.rec
+    return Section(
         "Loss",
         [
             Step(
@@ -145,7 +171,10 @@ def _network_sections() -> list[Section]:
             )
         ],
     )
-    backward = Section(
+
+
+def _section_backward() -> Section:
+    return Section(
         "Backward pass",
         [
             Step(
@@ -155,8 +184,11 @@ def _network_sections() -> list[Section]:
             )
         ],
     )
-    example = _numeric_section(rec)
-    update = Section(
+
+
+def _section_update(run: NetworkRun) -> Section:
+    fwd, new_params, new_loss = run.fwd, run.new_params, run.new_loss
+    return Section(
         "The weight update",
         [
             Step(
@@ -176,10 +208,9 @@ def _network_sections() -> list[Section]:
             )
         ],
     )
-    return [forward, loss, backward, example, update]
 
 
-def _numeric_section(rec) -> Section:
+def _section_numeric(rec) -> Section:
     def step(text: str, formula: str, values: dict) -> Step:
         return Step(text, formula=formula, values=values, decimals=6)
 
@@ -209,7 +240,7 @@ def _numeric_section(rec) -> Section:
     )  # fmt: skip
 
 
-def _transformer_section() -> Section:
+def _section_transformer() -> Section:
     model, ids, targets = block_model_and_batch()
     logits = model(ids)
     reference_loss = torch.nn.functional.cross_entropy(
@@ -279,9 +310,19 @@ def _transformer_section() -> Section:
 
 
 def build() -> Lesson:
+    run = network_run()
     return Lesson(
         name=INFO.name,
         title=INFO.title,
         summary=INFO.summary,
-        sections=[*_intro(), *_network_sections(), _transformer_section()],
+        sections=[
+            _section_what_it_is(),
+            _section_chain_rule(),
+            _section_forward(run),
+            _section_loss(run),
+            _section_backward(),
+            _section_numeric(run.rec),
+            _section_update(run),
+            _section_transformer(),
+        ],
     )

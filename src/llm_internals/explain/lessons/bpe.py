@@ -51,7 +51,7 @@ def trained_tiny() -> tuple[Tokenizer, list]:
     return tokenizer_from_trained(trained), steps
 
 
-def _what_is_tokenization(tok: Tokenizer) -> Section:
+def _section_what_is_tokenization(tok: Tokenizer) -> Section:
     train_words = sorted(set(TINY_CORPUS.split()))
     unseen_word = UNSEEN.strip()
     ids = tok.encode(UNSEEN)
@@ -87,7 +87,7 @@ def _what_is_tokenization(tok: Tokenizer) -> Section:
     )
 
 
-def _the_problem() -> Section:
+def _section_the_problem() -> Section:
     chunks = split_text(SENTENCE, "gpt2")
     return Section(
         "The problem of breaking text into tokens",
@@ -115,7 +115,7 @@ def _the_problem() -> Section:
     )
 
 
-def _what_is_bpe() -> Section:
+def _section_what_is_bpe() -> Section:
     counts = count_chunks(TINY_CORPUS, "gpt2")
     rows = [
         [show_token(chunk.encode()), n, " ".join(str(b) for b in chunk.encode())]
@@ -138,7 +138,7 @@ def _what_is_bpe() -> Section:
     )
 
 
-def _training_steps(tok: Tokenizer, steps: list) -> Section:
+def _section_training_steps(tok: Tokenizer, steps: list) -> Section:
     order = byte_symbol_order("hf")
 
     def tie_key(pair: tuple[int, int]) -> tuple[int, int]:
@@ -176,7 +176,7 @@ def _training_steps(tok: Tokenizer, steps: list) -> Section:
     return Section("How BPE works step by step", out)
 
 
-def _encoding_new_text(tok: Tokenizer) -> Section:
+def _section_encoding_new_text(tok: Tokenizer) -> Section:
     with recording() as rec:
         ids = tok.encode_ordinary(UNSEEN)
     rows = [
@@ -206,7 +206,7 @@ def _encoding_new_text(tok: Tokenizer) -> Section:
     )
 
 
-def _why_bpe() -> Section:
+def _section_why_bpe() -> Section:
     text = lesson_corpus(INFO.name)
     n_bytes = len(text.encode("utf-8"))
     rows = []
@@ -251,11 +251,11 @@ def build() -> Lesson:
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _what_is_tokenization(tok),
-            _the_problem(),
-            _what_is_bpe(),
-            _training_steps(tok, steps),
-            _encoding_new_text(tok),
-            _why_bpe(),
+            _section_what_is_tokenization(tok),
+            _section_the_problem(),
+            _section_what_is_bpe(),
+            _section_training_steps(tok, steps),
+            _section_encoding_new_text(tok),
+            _section_why_bpe(),
         ],
     )

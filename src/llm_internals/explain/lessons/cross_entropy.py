@@ -12,7 +12,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.trace import recording
+from llm_internals.trace import Recording, recording
 from llm_internals.training.loss import (
     binary_cross_entropy,
     bits_per_byte,
@@ -37,7 +37,7 @@ BINARY_TARGETS = [1.0, 1.0, 0.0, 1.0]
 TEXT = "abracadabra"
 
 
-def _big_picture() -> Section:
+def _section_big_picture() -> Section:
     return Section(
         "The big picture",
         [
@@ -52,7 +52,7 @@ def _big_picture() -> Section:
     )
 
 
-def _what_it_is() -> Section:
+def _section_what_it_is() -> Section:
     return Section(
         "What cross-entropy is",
         [
@@ -66,7 +66,7 @@ def _what_it_is() -> Section:
     )
 
 
-def _formula() -> Section:
+def _section_formula() -> Section:
     return Section(
         "The formula",
         [
@@ -88,7 +88,7 @@ def _formula() -> Section:
     )
 
 
-def _why_negative_log() -> Section:
+def _section_why_negative_log() -> Section:
     rows = []
     for p in PROBABILITIES:
         with recording() as rec:
@@ -116,7 +116,7 @@ def _why_negative_log() -> Section:
     )
 
 
-def _binary() -> Section:
+def _section_binary() -> Section:
     probs = torch.tensor(BINARY_PROBS, dtype=torch.float64)
     targets = torch.tensor(BINARY_TARGETS, dtype=torch.float64)
     with recording() as rec:
@@ -141,13 +141,18 @@ def _binary() -> Section:
     )
 
 
-def _categorical() -> tuple[Section, Section]:
+def categorical_run() -> tuple[torch.Tensor, Recording, torch.Tensor]:
+    """The example's logits, what `cross_entropy` recorded on them, and the loss."""
     logits = torch.tensor([LOGITS], dtype=torch.float64)
     target = torch.tensor([TARGET])
     with recording() as rec:
         loss = cross_entropy(logits, target)
+    return logits, rec, loss
+
+
+def _section_categorical(logits: torch.Tensor, rec: Recording) -> Section:
     probs = torch.exp(rec.get("log_probs"))
-    categorical = Section(
+    return Section(
         "Categorical cross-entropy",
         [
             Step(
@@ -164,7 +169,11 @@ def _categorical() -> tuple[Section, Section]:
             )
         ],
     )
-    example = Section(
+
+
+def _section_numeric_example(rec: Recording, loss: torch.Tensor) -> Section:
+    probs = torch.exp(rec.get("log_probs"))
+    return Section(
         "A step-by-step numeric example",
         [
             Step(
@@ -191,7 +200,6 @@ def _categorical() -> tuple[Section, Section]:
             ),
         ],
     )
-    return categorical, example
 
 
 def _bigram_logits() -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,7 +212,7 @@ def _bigram_logits() -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tenso
     return vocab, ids, torch.log(counts[ids[:-1]]), ids[1:]
 
 
-def _language_models() -> Section:
+def _section_language_models() -> Section:
     vocab, ids, logits, targets = _bigram_logits()
     with recording() as rec:
         loss = cross_entropy(logits, targets)
@@ -241,7 +249,7 @@ def _language_models() -> Section:
     )
 
 
-def _gradient() -> Section:
+def _section_gradient() -> Section:
     logits = torch.tensor([LOGITS], dtype=torch.float64)
     target = torch.tensor([TARGET])
     with recording() as rec:
@@ -275,7 +283,7 @@ def _gradient() -> Section:
     )
 
 
-def _summary() -> Section:
+def _section_summary() -> Section:
     return Section(
         "Summary",
         [
@@ -291,21 +299,21 @@ def _summary() -> Section:
 
 
 def build() -> Lesson:
-    categorical, example = _categorical()
+    logits, rec, loss = categorical_run()
     return Lesson(
         name=INFO.name,
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _big_picture(),
-            _what_it_is(),
-            _formula(),
-            _why_negative_log(),
-            _binary(),
-            categorical,
-            example,
-            _language_models(),
-            _gradient(),
-            _summary(),
+            _section_big_picture(),
+            _section_what_it_is(),
+            _section_formula(),
+            _section_why_negative_log(),
+            _section_binary(),
+            _section_categorical(logits, rec),
+            _section_numeric_example(rec, loss),
+            _section_language_models(),
+            _section_gradient(),
+            _section_summary(),
         ],
     )

@@ -78,7 +78,7 @@ def step_flops(model: DecoderLM, ids: torch.Tensor, use_cache: bool) -> int:
     return counter.get_total_flops()
 
 
-def _loop(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_loop(model: DecoderLM, tok: CharTokenizer) -> Section:
     prompt_ids = tok.encode(PROMPT)
     rows, text = [], PROMPT
     for step, chunk in enumerate(stream(model, tok, PROMPT, max_new_tokens=NEW_TOKENS), start=1):
@@ -113,7 +113,7 @@ def _loop(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def _inside(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_inside(model: DecoderLM, tok: CharTokenizer) -> Section:
     ids = torch.tensor([tok.encode(PROMPT)])
     with recording() as rec, torch.no_grad():
         model(ids)
@@ -140,7 +140,7 @@ def _inside(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def _flops(model_for_flops: DecoderLM) -> Section:
+def _section_flops(model_for_flops: DecoderLM) -> Section:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model_for_flops.config.vocab_size, (1, max(FLOP_STEPS)), generator=gen)
     rows, total_without, total_with = [], 0, 0
@@ -182,7 +182,7 @@ def _flops(model_for_flops: DecoderLM) -> Section:
     )
 
 
-def _solution(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_solution(model: DecoderLM, tok: CharTokenizer) -> Section:
     ids = torch.tensor([tok.encode(PROMPT + "o")])
     prompt, new = ids[:, :-1], ids[:, -1:]
     cache = ContiguousKVCache.for_model(model, 1, max_len=16)
@@ -224,7 +224,7 @@ def _solution(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def _why_not_q(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_why_not_q(model: DecoderLM, tok: CharTokenizer) -> Section:
     ids = torch.tensor([tok.encode(PROMPT)])
     cache = ContiguousKVCache.for_model(model, 1, max_len=16)
     with torch.no_grad():
@@ -255,7 +255,7 @@ def _why_not_q(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def _speed() -> Section:
+def _section_speed() -> Section:
     model = timing_model()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -292,7 +292,7 @@ def _speed() -> Section:
     )
 
 
-def _memory() -> Section:
+def _section_memory() -> Section:
     rows = []
     for name in MEMORY_MODELS:
         shape = load_shape(name)
@@ -350,12 +350,12 @@ def build() -> Lesson:
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _loop(model, tok),
-            _inside(model, tok),
-            _flops(flop_model()),
-            _solution(model, tok),
-            _why_not_q(model, tok),
-            _speed(),
-            _memory(),
+            _section_loop(model, tok),
+            _section_inside(model, tok),
+            _section_flops(flop_model()),
+            _section_solution(model, tok),
+            _section_why_not_q(model, tok),
+            _section_speed(),
+            _section_memory(),
         ],
     )

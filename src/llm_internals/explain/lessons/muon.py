@@ -53,7 +53,7 @@ def _svals_tensor(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(matrix.double())
 
 
-def _what_it_means(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section:
+def _section_what_it_means(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section:
     return Section(
         "What orthogonalizing an update means",
         [
@@ -77,7 +77,7 @@ def _what_it_means(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section
     )
 
 
-def _newton_schulz(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section:
+def _section_newton_schulz(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section:
     a, b, c = NS_COEFFICIENTS
     with recording() as rec:
         result = newton_schulz(g, dtype=torch.float64)
@@ -128,7 +128,7 @@ def _newton_schulz(g: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Section
     )
 
 
-def _hidden_only() -> Section:
+def _section_hidden_only() -> Section:
     rows = [
         [r.name, "x".join(map(str, r.param.shape)), r.role, r.optimizer]
         for r in split_params_by_role(tiny_gpt2())
@@ -167,5 +167,9 @@ def build() -> Lesson:
         name=INFO.name,
         title=INFO.title,
         summary=INFO.summary,
-        sections=[_what_it_means(g, u, v), _newton_schulz(g, u, v), _hidden_only()],
+        sections=[
+            _section_what_it_means(g, u, v),
+            _section_newton_schulz(g, u, v),
+            _section_hidden_only(),
+        ],
     )

@@ -75,7 +75,7 @@ def first_fit(sizes: list[int], pool: int) -> list[tuple[int, int, int]]:
     return placed
 
 
-def _recap(model: DecoderLM) -> Section:
+def _section_recap(model: DecoderLM) -> Section:
     tiny, gpt2 = shape_from_model_config(model.config), load_shape("gpt2")
     return Section(
         "Recap: the KV cache",
@@ -101,7 +101,7 @@ def _recap(model: DecoderLM) -> Section:
     )
 
 
-def _problem() -> Section:
+def _section_problem() -> Section:
     lengths = workload()
     gpt2 = load_shape("gpt2")
     rows, total = [], [0, 0, 0, 0]
@@ -175,7 +175,7 @@ def _problem() -> Section:
     )
 
 
-def _analogy() -> Section:
+def _section_analogy() -> Section:
     rows = [
         ["process", "sequence (one sample of a request)"],
         ["virtual address", "token position in the sequence"],
@@ -223,7 +223,7 @@ def _pool_rows(snapshot: PoolSnapshot, tok: CharTokenizer) -> list[list]:
     return rows
 
 
-def _how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
     llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
               enable_prefix_caching=False)  # fmt: skip
     for prompt, max_tokens in REQUESTS:
@@ -320,7 +320,7 @@ def measured_run(tok: CharTokenizer) -> tuple[list[list], list[float], list[tupl
     return rows, waste, lengths
 
 
-def _effective(tok: CharTokenizer) -> Section:
+def _section_effective(tok: CharTokenizer) -> Section:
     rows, waste, lengths = measured_run(tok)
     return Section(
         "Why it is so effective: the measured waste",
@@ -470,7 +470,7 @@ def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
     ]
 
 
-def _sharing(model: DecoderLM, tok: CharTokenizer) -> Section:
+def _section_sharing(model: DecoderLM, tok: CharTokenizer) -> Section:
     return Section(
         "Memory sharing across requests",
         [*_parallel_sampling(model, tok), *_shared_prefix(model, tok)],
@@ -485,11 +485,11 @@ def build() -> Lesson:
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _recap(model),
-            _problem(),
-            _analogy(),
-            _how_it_works(model, tok),
-            _effective(tok),
-            _sharing(model, tok),
+            _section_recap(model),
+            _section_problem(),
+            _section_analogy(),
+            _section_how_it_works(model, tok),
+            _section_effective(tok),
+            _section_sharing(model, tok),
         ],
     )

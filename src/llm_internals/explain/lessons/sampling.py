@@ -78,7 +78,7 @@ class _Distribution:
         return [[show(self.vocab[i]), *(float(col[i]) for col in columns)] for i in self.candidates]
 
 
-def _distribution_section(dist: _Distribution) -> Section:
+def _section_distribution(dist: _Distribution) -> Section:
     _, rec = run_sampler(dist.logits)
     probs = rec["sampling.probs"][0]
     total = sum(dist.counts)
@@ -106,7 +106,7 @@ def _distribution_section(dist: _Distribution) -> Section:
     )
 
 
-def _greedy_section(dist: _Distribution) -> Section:
+def _section_greedy(dist: _Distribution) -> Section:
     token, rec = run_sampler(dist.logits, temperature=0.0)
     return Section(
         "Greedy decoding",
@@ -126,7 +126,7 @@ def _greedy_section(dist: _Distribution) -> Section:
     )
 
 
-def _temperature_section(dist: _Distribution) -> Section:
+def _section_temperature(dist: _Distribution) -> Section:
     columns = [
         run_sampler(dist.logits, temperature=t)[1]["sampling.probs"][0] for t in TEMPERATURES
     ]
@@ -160,7 +160,7 @@ def _kept_table(dist: _Distribution, probs: torch.Tensor, rec: dict, extra=()) -
     return Table(["next character", "probability", *names, "kept", "renormalized"], rows)
 
 
-def _top_k_section(dist: _Distribution) -> Section:
+def _section_top_k(dist: _Distribution) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, top_k=TOP_K)
     return Section(
@@ -181,7 +181,7 @@ def _top_k_section(dist: _Distribution) -> Section:
     )
 
 
-def _top_p_section(dist: _Distribution) -> Section:
+def _section_top_p(dist: _Distribution) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, top_p=TOP_P)
     mass_before = rec["sampling.top_p_mass_before"][0]
@@ -202,7 +202,7 @@ def _top_p_section(dist: _Distribution) -> Section:
     )
 
 
-def _min_p_section(dist: _Distribution, flat: _Distribution) -> Section:
+def _section_min_p(dist: _Distribution, flat: _Distribution) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, min_p=MIN_P)
     comparison = []
@@ -246,7 +246,7 @@ def _min_p_section(dist: _Distribution, flat: _Distribution) -> Section:
     )
 
 
-def _draw_section(dist: _Distribution) -> Section:
+def _section_draw(dist: _Distribution) -> Section:
     token, rec = run_sampler(dist.logits, temperature=0.8, top_p=TOP_P)
     probs = rec["sampling.probs"][0]
     cumulative = rec["sampling.cdf"][0]
@@ -286,12 +286,12 @@ def build() -> Lesson:
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _distribution_section(dist),
-            _greedy_section(dist),
-            _temperature_section(dist),
-            _top_k_section(dist),
-            _top_p_section(dist),
-            _min_p_section(dist, flat),
-            _draw_section(dist),
+            _section_distribution(dist),
+            _section_greedy(dist),
+            _section_temperature(dist),
+            _section_top_k(dist),
+            _section_top_p(dist),
+            _section_min_p(dist, flat),
+            _section_draw(dist),
         ],
     )

@@ -31,7 +31,7 @@ def entropy_bits(probs: torch.Tensor) -> float:
     return float(-(nonzero * torch.log2(nonzero)).sum())
 
 
-def _basics() -> Section:
+def _section_basics() -> Section:
     logits = torch.tensor(LOGITS)
     with recording() as rec:
         softmax(logits)
@@ -61,7 +61,7 @@ def _basics() -> Section:
     )
 
 
-def _overflow() -> Section:
+def _section_overflow() -> Section:
     huge = torch.tensor(HUGE_LOGITS)
     naive_exp = torch.exp(huge)
     naive = naive_exp / naive_exp.sum()
@@ -95,7 +95,7 @@ def _overflow() -> Section:
     )
 
 
-def _masking() -> Section:
+def _section_masking() -> Section:
     row = torch.tensor(MASKED_ROW)
     fully_inf = torch.full((4,), float("-inf"))
     fully_big = torch.full((4,), -1e9)
@@ -132,7 +132,7 @@ def _masking() -> Section:
     )
 
 
-def _temperature() -> Section:
+def _section_temperature() -> Section:
     logits = torch.tensor(LOGITS)
     rows = []
     for t in TEMPERATURES:
@@ -162,5 +162,10 @@ def build() -> Lesson:
         name=INFO.name,
         title=INFO.title,
         summary=INFO.summary,
-        sections=[_basics(), _overflow(), _masking(), _temperature()],
+        sections=[
+            _section_basics(),
+            _section_overflow(),
+            _section_masking(),
+            _section_temperature(),
+        ],
     )
