@@ -71,7 +71,7 @@ def test_auto_falls_back_to_the_cpu_and_cuda_is_an_error_naming_what_is_here(mon
     for name in ("cuda", "cuda:1", "mps"):
         with pytest.raises(LLMInternalsError) as info:
             resolve_device(name)
-        assert f"--device {name}: " in info.value.message
+        assert f"--device {name!r}: " in info.value.message
         assert "(available here: cpu)" in info.value.message
         assert "\n" not in info.value.message and "--device auto" in info.value.hint
 
@@ -240,5 +240,7 @@ def test_commands_name_the_available_devices_when_cuda_is_missing(
     }[command]
     assert main([*argv, "--device", "cuda"]) == 2
     out = capsys.readouterr().out
-    assert out.startswith("error: --device cuda: this torch sees no CUDA GPU (available here: cpu)")
+    assert out.startswith(
+        "error: --device 'cuda': this torch sees no CUDA GPU (available here: cpu)"
+    )
     assert not (tmp_path / "tour").exists()  # nothing ran before the check

@@ -55,18 +55,18 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise LLMInternalsError(
-                f"--device {name}: this torch sees no CUDA GPU (available here: {here})",
+                f"--device {name!r}: this torch sees no CUDA GPU (available here: {here})",
                 hint="use --device auto (the best available) or --device cpu",
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise LLMInternalsError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here, "
+                f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here, "
                 f"numbered from 0",
                 hint="use --device cuda (the current one) or cuda:N with a smaller N",
             )
     elif device.type == "mps" and not mps_available():
         raise LLMInternalsError(
-            f"--device {name}: MPS is not available (available here: {here})",
+            f"--device {name!r}: MPS is not available (available here: {here})",
             hint="use --device auto (the best available) or --device cpu",
         )
     elif device.type not in ("cpu", "cuda", "mps", "meta"):

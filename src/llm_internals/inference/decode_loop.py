@@ -103,8 +103,7 @@ def windows(
     """Each row's tokens so far (prompt and output), cropped to the last `context`, padded into
     one batch: (ids, attention_mask, index of each row's last token)."""
     rows = [(s.decoder_ids + s.output_ids)[-context:] for s in active]
-    ids, mask, last = pad_prompts(rows, side)
-    return ids.to(device), mask.to(device), last.to(device)
+    return pad_prompts(rows, side, device=device)
 
 
 def decoder_only_loop(

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from rich.table import Table
 
+from llm_internals.devices import describe_device
 from llm_internals.models import save_checkpoint
 from llm_internals.tour import TourContext
 from llm_internals.training.config import TrainConfig
@@ -87,9 +88,11 @@ def run(ctx: TourContext) -> None:
         f"Training a {model.config.n_layers}-layer, {model.config.d_model}-dim GPT "
         f"({n_params:,} parameters) on {len(splits.train):,} BPE tokens: {config.max_steps} steps "
         f"of {config.batch_size} x {config.block_size} tokens, {OPTIMIZER_NAMES[config.optimizer]} "
-        f"with warmup + cosine, bf16 autocast, at most {config.max_minutes} minutes."
+        f"with warmup + cosine, bf16 autocast on {describe_device(ctx.device)}, at most "
+        f"{config.max_minutes} minutes."
     )
-    trainer = Trainer(config, model, tokenizer, splits, run_dir=config.out_dir, console=ctx.console)
+    trainer = Trainer(config, model, tokenizer, splits, run_dir=config.out_dir, console=ctx.console,
+                      device=ctx.device)  # fmt: skip
     result = trainer.train()
     if result.stop_reason == "time_limit":
         ctx.console.print(
