@@ -17,6 +17,7 @@ from rich.console import Console
 from llm_internals.console import console as default_console
 from llm_internals.data import corpus, train_val_split
 from llm_internals.models.loading import load_tokenizer
+from llm_internals.training.builders import model_config
 from llm_internals.training.checkpoint import (
     TrainingCheckpoint,
     load_training_checkpoint,
@@ -77,6 +78,8 @@ def run_training(
     a copied run folder continues in the copy, never in the folder it was copied from.
     """
     console = console or default_console
+    if resume is None:
+        model_config(config, vocab_size=1)  # a bad [model] field fails before any data work
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_ctx: DistributedContext = init_from_env()

@@ -36,9 +36,8 @@ from llm_internals.console import progress
 from llm_internals.devices import resolve_device
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text
-from llm_internals.models import DecoderLM, ModelConfig
-from llm_internals.models.checkpoint import check_fits_in_memory
-from llm_internals.training.adamw import AdamW
+from llm_internals.models import DecoderLM
+from llm_internals.training.builders import build_model, build_optimizer
 from llm_internals.training.checkpoint import (
     TrainingCheckpoint,
     load_training_checkpoint,
@@ -52,52 +51,11 @@ from llm_internals.training.distributed import DistributedContext, wrap_model
 from llm_internals.training.gradients import clip_grad_norm
 from llm_internals.training.loss import cross_entropy_fast
 from llm_internals.training.module_checkpoint import load_optimizer_state
-from llm_internals.training.muon_adamw import MuonWithAdamW
 from llm_internals.training.preview import generate_preview
 from llm_internals.training.schedule import WarmupCosine, set_lr
 
 LOG_FILE = "log.jsonl"
-
-
-def build_model(config: TrainConfig, vocab_size: int) -> DecoderLM:
-    """The DecoderLM described by config.model (context defaults to block_size), seeded."""
-    fields = {"max_seq_len": config.block_size, **config.model, "vocab_size": vocab_size}
-    if config.fast:
-        fields.update(attn_impl="sdpa", fused_ops=True)
-    model_config = ModelConfig.from_dict(fields, source="train config, model table")
-    with torch.device("meta"):  # sizes first: weights, gradients and two AdamW moments
-        check_fits_in_memory(DecoderLM(model_config), "train config", bytes_per_param=16)
-    torch.manual_seed(config.seed)
-    return DecoderLM(model_config)
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[Any, list[float]]:
-    """The optimizer and each param group's peak lr (the schedule scales them together).
-
-    AdamW: weight decay on matrices only (norm gains and biases are not decayed, as in GPT-2
-    and nanoGPT). Muon: hidden matrices get Muon at muon_lr, the rest AdamW at lr.
-    """
-    betas = (config.beta1, config.beta2)
-    if config.optimizer == "muon":
-        optimizer = MuonWithAdamW(
-            model,
-            muon_lr=config.muon_lr,
-            adamw_lr=config.lr,
-            muon_kwargs={"weight_decay": config.weight_decay},
-            adamw_kwargs={"betas": betas, "weight_decay": 0.0},
-        )
-        base_lrs = [
-            config.muon_lr if opt is optimizer.muon else config.lr
-            for opt in optimizer.optimizers
-            for _ in opt.param_groups
-        ]
-        return optimizer, base_lrs
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return AdamW(groups, lr=config.lr, betas=betas), [config.lr, config.lr]
+__all__ = ["LossNotFinite", "TrainResult", "Trainer", "build_model", "build_optimizer"]
 
 
 class LossNotFinite(LLMInternalsError):
