@@ -228,7 +228,10 @@ def _section_head_grouping(attention, rec) -> Section:
     )
 
 
-def _section_gqa_generalizes_mha(gqa_out, mha_out) -> Section:
+def _section_gqa_generalizes_mha(attention, x) -> Section:
+    mha = as_mha(attention)
+    with torch.no_grad():
+        gqa_out, mha_out = attention(x, causal=True), mha(x, causal=True)
     return Section(
         "GQA generalizes MHA and MQA",
         [
@@ -315,16 +318,13 @@ def _section_uptraining_mha_gqa() -> Section:
 
 def build() -> Lesson:
     attention, x, rec = grouped_attention()
-    mha = as_mha(attention)
-    with torch.no_grad():
-        gqa_out, mha_out = attention(x, causal=True), mha(x, causal=True)
     sections = [
         _section_mha_recap(),
         _section_kv_cache_problem(),
         _section_mqa(),
         _section_gqa(),
         _section_head_grouping(attention, rec),
-        _section_gqa_generalizes_mha(gqa_out, mha_out),
+        _section_gqa_generalizes_mha(attention, x),
         _section_kv_cache_bytes(),
         _section_uptraining_mha_gqa(),
     ]

@@ -174,7 +174,10 @@ def _section_relative_position() -> Section:
     )
 
 
-def _section_small_numeric_example(cos, sin, rope, rec) -> Section:
+def _section_small_numeric_example() -> Section:
+    rope = RotaryEmbedding(4, THETA)
+    with recording() as rec:
+        cos, sin = rope(torch.tensor([[EXAMPLE_POSITION]]))
     q_rot = apply_rope(torch.tensor(QUERY).view(1, 1, 1, 4), cos, sin)[0, 0, 0]
     return Section(
         "A small numeric example",
@@ -220,16 +223,13 @@ def _section_real_models_theta() -> Section:
 
 
 def build() -> Lesson:
-    rope = RotaryEmbedding(4, THETA)
-    with recording() as rec:
-        cos, sin = rope(torch.tensor([[EXAMPLE_POSITION]]))
     sections = [
         _section_positions(),
         _section_older_approaches(),
         _section_2d_rotation(),
         _section_applying_q_k(),
         _section_relative_position(),
-        _section_small_numeric_example(cos, sin, rope, rec),
+        _section_small_numeric_example(),
         _section_real_models_theta(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
