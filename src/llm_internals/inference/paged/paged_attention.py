@@ -144,7 +144,12 @@ class PagedAttentionContext:
             slots = group.block_ids[:, :, None] * self.pool.block_size + torch.arange(
                 self.pool.block_size, device=group.block_ids.device
             )
-            group.value_rows = self.pool.value_rows(slots.reshape(group.count, -1), q.shape[2])
+            # A masked slot (padding block 0, or the unwritten tail of a reused block) may hold
+            # anything, NaN from a failed request included, and 0 * NaN = NaN: read the
+            # sequence's own first slot there instead (weight 0, always written).
+            slots = slots.reshape(group.count, -1)
+            slots = torch.where(group.mask[:, 0], slots, slots[:, :1])
+            group.value_rows = self.pool.value_rows(slots, q.shape[2])
         return self.pool.weighted_values(layer_idx, group.value_rows, weights)
 
 
