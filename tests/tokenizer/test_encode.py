@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer import Tokenizer, train_bpe
+from llm_internals.tokenizer import GPT4_PATTERN, Tokenizer, train_bpe
 
 from .conftest import EOT, LLAMA3_PATTERN, MULTILINGUAL, hf_from_ours, tiktoken_encoding
 
@@ -32,11 +32,51 @@ def test_python_source_and_multilingual_equal_tiktoken_and_hf(tok_8k, tok_small,
             assert tok.decode(ours) == text
 
 
-def test_gpt4_pattern_equals_tiktoken_cl100k_style(python_source):
+def published_pattern(monkeypatch, constructor: str) -> str:
+    """The pattern string tiktoken publishes for an encoding, read from the installed
+    tiktoken_ext.openai_public without downloading its ranks."""
+    import tiktoken_ext.openai_public as openai_public
+
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *a, **k: {})
+    monkeypatch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda *a, **k: {})
+    return getattr(openai_public, constructor)()["pat_str"]
+
+
+def test_gpt4_pattern_is_tiktokens_published_cl100k_pattern(python_source, monkeypatch):
+    cl100k = published_pattern(monkeypatch, "cl100k_base")
+    assert cl100k == GPT4_PATTERN
     tok = train_bpe(python_source + MULTILINGUAL * 3, 1200, pattern="gpt4")
-    enc = tiktoken_encoding(tok)
-    for text in (python_source, MULTILINGUAL, "1234567 x  \n\n  y's WE'LL"):
+    enc = tiktoken_encoding(tok, pattern=cl100k)  # tiktoken cutting with its own string
+    for text in (python_source, MULTILINGUAL, "1234567 x  \n\n  y's WE'LL \r\n\t end  "):
         assert tok.encode(text) == enc.encode(text)
+
+
+def test_gpt2_pattern_cuts_like_tiktokens_published_gpt2_pattern(python_source, monkeypatch):
+    # tiktoken publishes a faster string for GPT-2's pattern ("equivalent", its comment says);
+    # ours is the original (also HF's ByteLevel). They must cut every text the same way.
+    r50k = published_pattern(monkeypatch, "gpt2")
+    tok = train_bpe(python_source + MULTILINGUAL * 3, 1200, pattern="gpt2")
+    enc = tiktoken_encoding(tok, pattern=r50k)
+    for text in (python_source, MULTILINGUAL, "1234567 x  \n\n  y's WE'LL \r\n\t end  "):
+        assert tok.encode(text) == enc.encode(text)
+
+
+def test_a_chunk_that_is_a_token_is_one_token_even_if_merges_miss_it():
+    # Ranks bc < ab < cd < abcd: merging bytes gives a|bc|d, which never reaches abcd.
+    # tiktoken (and HF with ignore_merges) look the whole chunk up first: one token.
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks |= {b"bc": 256, b"ab": 257, b"cd": 258, b"abcd": 259}
+    ours = Tokenizer.from_tiktoken(ranks, pattern="gpt2")
+    enc = tiktoken.Encoding("lookup", pat_str=ours.pattern, mergeable_ranks=ranks,
+                            special_tokens={})  # fmt: skip
+    for text in ("abcd", "abcd abcd xabcd", "abcdabcd"):
+        assert ours.encode(text) == enc.encode(text)
+    assert ours.encode("abcd") == [259]
+    assert ours.encode("xabcd") == enc.encode("xabcd") == [ord("x"), 97, 256, 100]
+    from llm_internals.trace import recording
+
+    with recording():  # the readable path the lessons run
+        assert ours.encode("abcd") == [259]
 
 
 def test_hf_trained_tokenizer_json_encodes_like_hf(hf_8k, shakespeare_text, python_source):
@@ -165,8 +205,6 @@ def test_large_ids_encode_like_tiktoken():
 
 def test_hf_file_with_the_cl100k_string_encodes_like_hf(python_source, tmp_path):
     # In HF (Oniguruma) `\p{N}{1,3}+` means "runs of 1-3 digits, repeated": digits stay whole.
-    from llm_internals.tokenizer import GPT4_PATTERN
-
     from .conftest import hf_train
 
     hf = hf_train(python_source + " 1234567 99999", 700, pattern=GPT4_PATTERN)
