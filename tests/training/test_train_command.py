@@ -265,3 +265,20 @@ def test_run_training_resumes_a_copy_in_the_copy(tmp_path, shakespeare_text):
     result = run_training(saved.replace(max_steps=3), resume=copy, show_progress=False)
     assert result.steps == 3 and (copy / "step-00000003").is_dir()
     assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"max_steps = 5\nlr = \xff\n", "not UTF-8 text (byte 0xff"),
+        (b"max_steps = = 5\n", "invalid TOML"),
+        (b"model = []\n", "bad.toml: model must be a table of ModelConfig fields, got []"),
+        (b"lr = inf\n", "bad.toml: lr must be a finite number >= 0, got inf"),
+        (b"keep_checkpoints = -1\n", "keep_checkpoints must be an integer >= 0"),
+    ],
+)
+def test_bad_config_files_are_one_line_naming_the_file(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    assert main(["train", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().out.replace("\n", "")

@@ -191,7 +191,7 @@ def test_warmup_from_zero_reaches_the_trainer(tmp_path, text):
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda  # skipped where torch sees no GPU (tests/conftest.py)
 def test_training_on_cuda_matches_the_cpu_and_saves_cpu_tensors(tmp_path, text):
     """The same seed draws the same batches on any device; fp32 losses agree to rounding."""
     from llm_internals.models import load_checkpoint

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.files import atomic_write, atomic_write_text, read_json, write_json
+from llm_internals.files import atomic_write, atomic_write_text, read_json, read_text, write_json
 from llm_internals.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from llm_internals.models.loading import LATEST_FILE
 from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
@@ -155,7 +155,10 @@ def _candidates(path: Path) -> list[Path]:
     found: list[Path] = []
     latest = path / LATEST_FILE
     if latest.is_file():
-        name = latest.read_text(errors="replace").strip()
+        try:
+            name = read_text(latest, "latest file", max_bytes=1024).strip()
+        except LLMInternalsError:
+            name = ""  # unreadable: treated like a name that is not a step folder
         if not STEP_NAME.fullmatch(name):  # never follow a path out of the run folder
             found.append(path / "latest names an invalid folder")
         else:

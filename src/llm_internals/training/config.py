@@ -23,7 +23,9 @@ from typing import Any
 import tomllib
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.files import read_text
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a TOML config is a few hundred bytes; refuse a huge file at once
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("float32", "bfloat16")
 
@@ -156,10 +158,13 @@ class TrainConfig:
                     f"train config: {name} must be a string, got {getattr(self, name)!r}"
                 )
         if not isinstance(self.model, dict):
-            raise LLMInternalsError("train config: [model] must be a table of ModelConfig fields")
+            raise LLMInternalsError(
+                f"train config: model must be a table of ModelConfig fields, got {self.model!r}"
+            )
         if "vocab_size" in self.model:
             raise LLMInternalsError(
-                "train config: [model] must not set vocab_size", hint="it comes from the tokenizer"
+                "train config: the model table must not set vocab_size",
+                hint="it comes from the tokenizer",
             )
 
     @property
@@ -185,15 +190,19 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             if f.name in data and f.name != "model":
                 data = {**data, f.name: _coerce(f.name, data[f.name], _default(f), source)}
-        return cls(**data)
+        try:
+            return cls(**data)
+        except LLMInternalsError as err:  # validate() does not know the file
+            raise LLMInternalsError(
+                f"{source}: {err.message.removeprefix('train config: ')}", err.hint
+            ) from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
+        text = read_text(path, "train config file (TOML)", max_bytes=MAX_CONFIG_BYTES)
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise LLMInternalsError(f"config file {path} does not exist") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise LLMInternalsError(f"{path}: invalid TOML ({err})") from None
         return cls.from_dict(data, source=str(path))
