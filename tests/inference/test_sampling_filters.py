@@ -153,6 +153,24 @@ def test_per_row_parameters_equal_hf_applied_row_by_row():
         assert kept(ours[i] > 0) == kept(expected > 0)
 
 
+def test_top_k_row_and_top_p_row_in_one_batch_equal_hf_outside_a_recording():
+    """Issue 12 §6: top-p's fast path sorts only as many tokens as the row with the LARGEST
+    support has. A batch with a top-k row (3 tokens left) and a top-p row (a nucleus of many
+    more) catches a fast path that takes the smallest support instead. No recording here: a
+    recording switches the fast path off (the test above runs with one)."""
+    gen = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 100, generator=gen) * 0.5  # untied, a wide nucleus
+    rows = [SamplingParams(top_k=3), SamplingParams(top_p=0.9)]
+    _, ours = Sampler().distribution(logits, rows)
+    hf_top_k = TopKLogitsWarper(top_k=3)(None, logits[0:1].clone())
+    hf_top_p = TopPLogitsWarper(top_p=0.9)(None, logits[1:2].clone())
+    for row, scores in enumerate((hf_top_k, hf_top_p)):
+        expected = torch.softmax(scores, dim=-1)[0]
+        assert kept(ours[row] > 0) == kept(expected > 0), row
+        assert torch.allclose(ours[row], expected, atol=1e-6), row
+    assert int((ours[1] > 0).sum()) > 3  # the nucleus is wider than the top-k row's support
+
+
 def test_renormalized_probabilities_over_the_kept_set():
     kept_set, probs = kept_by_sampler(dyadic_logits(), top_k=2)
     assert kept_set == {0, 1}
