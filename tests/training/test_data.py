@@ -117,3 +117,18 @@ def test_sampler_state_restores_the_batch_stream():
 def test_too_short_token_array_is_an_error():
     with pytest.raises(LLMInternalsError, match="fewer than block_size"):
         BatchSampler(np.arange(5, dtype=np.uint16), 2, 8, seed=0)
+
+
+def test_batch_sampler_puts_batches_on_its_device_and_draws_the_same_offsets():
+    """The generator stays on the CPU: a sampler for another device ("meta" here, which needs
+    no GPU) draws from the same stream, and only the returned tensors move."""
+    tokens = np.arange(500, dtype=np.uint16)
+    on_cpu = BatchSampler(tokens, batch_size=3, block_size=8, seed=7)
+    elsewhere = BatchSampler(tokens, batch_size=3, block_size=8, seed=7, device="meta")
+    for _ in range(3):
+        x_cpu, y_cpu = on_cpu.next_batch()
+        x, y = elsewhere.next_batch()
+        assert x.device.type == y.device.type == "meta"
+        assert x.shape == x_cpu.shape == (3, 8) and x.dtype == torch.int64
+    assert torch.equal(on_cpu.generator.get_state(), elsewhere.generator.get_state())
+    assert elsewhere.batches_drawn == 3
