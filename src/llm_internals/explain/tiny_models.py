@@ -9,6 +9,8 @@ here, so their shapes are stated once and read the same way:
     tiny_decoder(seed, **GPT2_STYLE)     the same sizes GPT-2-style (learned positions,
                                          LayerNorm, GELU MLP of 4 x d_model, biases, tied head)
     tiny_decoder(seed, n_layers=1, ...)  any ModelConfig field overridden
+    tiny_seq2seq(seed, **ORIGINAL_TRANSFORMER)   an encoder-decoder (Seq2SeqLM), here in the
+                                         2017 paper's layout (post-norm, sinusoidal, ReLU)
 
 Seeding follows a training script: `torch.manual_seed(seed)` and then the model's
 initialization, so draws after the call continue from there (wrap the call in
@@ -23,6 +25,7 @@ import torch
 
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
+from llm_internals.models.seq2seq import Seq2SeqLM
 from llm_internals.tokenizer.char import CharTokenizer
 
 TINY_ALPHABET = "abcdefghijklmnopqrstuvwxyz .,"
@@ -31,6 +34,11 @@ GPT2_STYLE: dict[str, Any] = dict(
     family="gpt2", position="learned", norm="layernorm", norm_eps=1e-5, ffn="mlp",
     activation="gelu_tanh", qkv_bias=True, attn_out_bias=True, mlp_bias=True,
     tie_embeddings=True, d_ff=None,  # None: 4 x d_model, as GPT-2
+)  # fmt: skip
+ORIGINAL_TRANSFORMER: dict[str, Any] = dict(
+    position="sinusoidal", norm="layernorm", norm_eps=1e-5, norm_position="post", ffn="mlp",
+    activation="relu", qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
+    d_ff=None,  # None: 4 x d_model, as the paper (512 -> 2048)
 )  # fmt: skip
 
 
@@ -48,3 +56,9 @@ def tiny_decoder(seed: int = 0, **overrides: Any) -> DecoderLM:
     """A random DecoderLM of tiny_config(**overrides), seeded with `seed`, in eval mode."""
     torch.manual_seed(seed)
     return DecoderLM(tiny_config(**overrides)).eval()
+
+
+def tiny_seq2seq(seed: int = 0, **overrides: Any) -> Seq2SeqLM:
+    """A random encoder-decoder Seq2SeqLM of tiny_config(**overrides), seeded, in eval mode."""
+    torch.manual_seed(seed)
+    return Seq2SeqLM(tiny_config(**overrides)).eval()

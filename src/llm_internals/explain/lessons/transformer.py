@@ -12,11 +12,16 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
+from llm_internals.explain.tiny_models import (
+    GPT2_STYLE,
+    ORIGINAL_TRANSFORMER,
+    tiny_config,
+    tiny_decoder,
+    tiny_seq2seq,
+)
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.published import parameter_counts
-from llm_internals.models.seq2seq import Seq2SeqLM
 from llm_internals.tokenizer import Tokenizer, train_bpe
 from llm_internals.trace import Recording, recording
 
@@ -54,13 +59,12 @@ FLOW = {
 }
 
 
+SEQ2SEQ_SHAPE = dict(vocab_size=VOCAB_SIZE, d_model=16, n_layers=1, n_heads=4, max_seq_len=32)
+
+
 def tiny_seq2seq_config() -> ModelConfig:
     """The original Transformer's layout (post-norm, sinusoidal, ReLU), tiny."""
-    return ModelConfig(
-        vocab_size=VOCAB_SIZE, d_model=16, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32,
-        position="sinusoidal", norm="layernorm", norm_eps=1e-5, norm_position="post", ffn="mlp",
-        activation="relu", qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
-    )  # fmt: skip
+    return tiny_config(**ORIGINAL_TRANSFORMER, **SEQ2SEQ_SHAPE)
 
 
 def tokenizer() -> Tokenizer:
@@ -77,8 +81,7 @@ def run_decoder(ids: list[int]) -> tuple[DecoderLM, Recording]:
 
 
 def run_seq2seq(src: list[int], tgt: list[int]) -> Recording:
-    torch.manual_seed(SEED)
-    model = Seq2SeqLM(tiny_seq2seq_config()).eval()
+    model = tiny_seq2seq(SEED, **ORIGINAL_TRANSFORMER, **SEQ2SEQ_SHAPE)
     with recording() as rec, torch.no_grad():
         model(torch.tensor([src]), torch.tensor([tgt]))
     return rec
