@@ -29,6 +29,7 @@ from llm_internals.inference.paged import LLM
 from llm_internals.inference.paged.paged_cache import PagedKVCache
 from llm_internals.inference.params import SamplingParams
 from llm_internals.layers.masks import causal_mask
+from llm_internals.layers.rope import RotaryEmbedding
 from llm_internals.models import DecoderLM, ModelConfig, save_checkpoint
 from llm_internals.models.seq2seq import Seq2SeqLM
 from llm_internals.tokenizer import train_bpe
@@ -36,6 +37,8 @@ from llm_internals.tokenizer import train_bpe
 SAMPLED = dict(temperature=0.9, top_k=8, top_p=0.9, min_p=0.02, seed=3, repetition_penalty=1.3,
                frequency_penalty=0.4)  # fmt: skip
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 10], [4, 5]]
+LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=16)  # fmt: skip
 
 
 def tiny_decoder(**overrides) -> DecoderLM:
@@ -114,7 +117,8 @@ DECODERS = {
     "llama-style": {},
     "gpt2-style": dict(position="learned", norm="layernorm", ffn="mlp", activation="gelu"),
     "sliding window, sdpa": dict(sliding_window=4, attn_impl="sdpa"),
-    "llama3 rope, sinusoidal": dict(position="sinusoidal"),
+    "llama3 rope": dict(rope_scaling=LLAMA3_SCALING),
+    "sinusoidal": dict(position="sinusoidal"),
 }
 
 
@@ -181,6 +185,9 @@ def test_caches_pools_and_masks_are_made_on_the_models_device():
     on_request = ContiguousKVCache.for_model(tiny_decoder(), 2, 16, device="meta")
     assert {t.device.type for t in (*on_request.keys, *on_request.values)} == {"meta"}
     assert causal_mask(3, 5, sliding_window=2, device="meta").device.type == "meta"
+    rope = RotaryEmbedding(16, scaling=LLAMA3_SCALING, device="meta")
+    cos, sin = rope(torch.arange(4, device="meta")[None])
+    assert {rope.inv_freq.device.type, cos.device.type, sin.device.type} == {"meta"}
 
 
 def test_rope_frequencies_stay_float32_in_a_bfloat16_model():

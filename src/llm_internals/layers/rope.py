@@ -27,9 +27,12 @@ from torch import nn
 from llm_internals.trace import record
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """The head_dim/2 angular frequencies w_i = theta^(-2i/head_dim), in float32."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+def rope_frequencies(
+    head_dim: int, theta: float = 10000.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The head_dim/2 angular frequencies w_i = theta^(-2i/head_dim), in float32, on `device`
+    (None: torch's default device)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     return 1.0 / (theta**exponents)
 
 
@@ -63,12 +66,13 @@ class RotaryEmbedding(nn.Module):
         theta: float = 10000.0,
         scaling: dict | None = None,
         layout: str = "half",
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if layout not in ("half", "interleaved"):
             raise ValueError(f"unknown RoPE layout {layout!r}")
         self.layout = layout
-        inv_freq = rope_frequencies(head_dim, theta)
+        inv_freq = rope_frequencies(head_dim, theta, device)
         if scaling is not None and scaling.get("rope_type", "default") == "llama3":
             inv_freq = llama3_scaled_frequencies(
                 inv_freq,
