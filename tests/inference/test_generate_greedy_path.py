@@ -1,5 +1,6 @@
-"""The greedy shortcut of the generation loop (argmax without the Sampler's softmax) gives the
-Sampler's tokens: the loop runs the full Sampler while recording, so both paths are compared."""
+"""The Sampler's greedy shortcut (argmax without the softmax, for all-greedy batches without
+penalties; generate and the engine both go through it) gives the full path's tokens: the Sampler
+runs the full path while recording, so both paths are compared."""
 
 from __future__ import annotations
 
