@@ -93,7 +93,6 @@ class ModelRunner:
         prefills = [(s, n) for s, n in work if n > 1]
 
         ids: list[int] = []
-        owners: list[Sequence] = []  # the sequence of each row
         positions: list[int] = []
         slots: list[int] = []
         sample_rows: list[int] = []
@@ -102,7 +101,6 @@ class ModelRunner:
         for seq, _ in decodes:
             p = seq.num_computed_tokens
             ids.append(seq.token_ids[p])
-            owners.append(seq)
             positions.append(p)
             slots.append(seq.block_table[p // block_size] * block_size + p % block_size)
             if p + 1 == seq.num_tokens:  # else: a one-token prefill chunk
@@ -124,7 +122,6 @@ class ModelRunner:
             )
             row = len(ids)
             ids.extend(seq.token_ids[start:end])
-            owners.extend([seq] * n)
             positions.extend(range(start, end))
             slots.extend(chunk_slots.tolist())
             use_window = window is not None and end > window
@@ -155,6 +152,7 @@ class ModelRunner:
             record("paged.slot_mapping", context.slot_mapping, note="block * block_size + offset")
             for group in groups:
                 record("paged.decode_block_ids", group.block_ids, note="block tables, padded")
+            owners = [s for s, _ in decodes] + [s for s, n in prefills for _ in range(n)]
             record("paged.row_sequences", [(s.request_id, s.index) for s in owners],
                    note="(request id, sample index) of each row")  # fmt: skip
             record("paged.sample_rows", list(sample_rows), note="rows whose logits are sampled")
