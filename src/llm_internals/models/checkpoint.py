@@ -195,6 +195,33 @@ def _model_classes() -> dict[str, Callable[[ModelConfig], nn.Module]]:
     return {"DecoderLM": DecoderLM, "EncoderLM": EncoderLM, "Seq2SeqLM": Seq2SeqLM}
 
 
+def materialize_buffers(model: nn.Module, config: ModelConfig) -> None:
+    """Rebuild the non-persistent buffers (RoPE frequencies, sinusoid tables) of a model built
+    on the meta device, on the CPU."""
+    meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
+    if not meta_buffers:
+        return
+    with torch.device("cpu"):  # a one-layer, one-token copy computes the same tables cheaply
+        fresh = dict(type(model)(config.replace(n_layers=1, vocab_size=1)).named_buffers())
+    for name in meta_buffers:
+        module_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(module_name) if module_name else model
+        setattr(owner, attr, fresh[name])
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{name: the first name of the same Parameter} for every tied duplicate (lm_head.weight:
+    tok_emb.weight when the head is tied)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
+    return aliases
+
+
 def own_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each shared (tied) tensor stored once, under its first name."""
     tensors: dict[str, torch.Tensor] = {}
@@ -311,9 +338,16 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None) -> 
     check_fits_in_memory(skeleton, source)
     expected = {name: tuple(t.shape) for name, t in own_state_dict(skeleton).items()}
     check_tensors(expected, shapes, str(directory))
-    model = classes[class_name](config)
-    tensors = read_weights(directory)
-    model.load_state_dict(tensors, strict=False)  # tied copies are filled through the share
+    model = skeleton  # the weights are assigned from the file: no time spent on random init
+    aliases = _tied_aliases(model)
+    model.load_state_dict(read_weights(directory), strict=False, assign=True)
+    for alias, target in aliases.items():  # assign=True replaced the shared Parameter: re-tie
+        module_name, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, model.get_parameter(target))
+    materialize_buffers(model, config)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a model class that creates tensors outside its state dict: a bug, not bad input
+        raise RuntimeError(f"{source}: tensors not loaded: {left}")
     if dtype is not None:
         model.to(dtype)
     return model

@@ -28,11 +28,11 @@ from llm_internals.models.checkpoint import (
     check_tensors,
     is_own_checkpoint,
     load_checkpoint,
+    materialize_buffers,
     read_weight_shapes,
     read_weights,
     write_weights,
 )
-from llm_internals.models.config import ModelConfig
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.encoder import EncoderLM
 from llm_internals.models.seq2seq import Seq2SeqLM
@@ -120,7 +120,7 @@ def load_pretrained(
         for name, tensor in zip(m.ours, m.to_ours(tensors[m.hf_name]), strict=True):
             state[name] = tensor.to(dtype).contiguous()
     model.load_state_dict(state, strict=False, assign=True)
-    _materialize_buffers(model, config)
+    materialize_buffers(model, config)
     if config.tie_embeddings and hasattr(model, "lm_head"):
         model.lm_head.tie_to(model.tok_emb)
     missing = [n for n, p in model.named_parameters() if p.is_meta]
@@ -133,19 +133,6 @@ def _hf_shape(m: hf_decoder.TensorMap, ours: dict[str, torch.Tensor]) -> tuple[i
     """The shape the HF tensor must have, derived from our parameters' shapes."""
     parts = [torch.empty(ours[name].shape, device="meta") for name in m.ours]
     return tuple(m.to_hf(*parts).shape)
-
-
-def _materialize_buffers(model: nn.Module, config: ModelConfig) -> None:
-    """Rebuild the non-persistent buffers (RoPE frequencies, sinusoid tables) on the CPU."""
-    meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
-    if not meta_buffers:
-        return
-    with torch.device("cpu"):  # a one-layer, one-token copy computes the same tables cheaply
-        fresh = dict(type(model)(config.replace(n_layers=1, vocab_size=1)).named_buffers())
-    for name in meta_buffers:
-        module_name, _, attr = name.rpartition(".")
-        owner = model.get_submodule(module_name) if module_name else model
-        setattr(owner, attr, fresh[name])
 
 
 def save_pretrained(model: nn.Module, path: str | Path, max_shard_bytes: int | None = None) -> None:
