@@ -251,3 +251,26 @@ def test_commands_name_the_available_devices_when_cuda_is_missing(
         "error: --device 'cuda': this torch sees no CUDA GPU (available here: cpu)"
     )
     assert not (tmp_path / "tour").exists()  # nothing ran before the check
+
+
+def test_tour_stages_run_in_the_tours_dtype_and_say_where(tmp_path):
+    from rich.console import Console
+
+    from llm_internals.tokenizer.char import CharTokenizer
+    from llm_internals.tour import TourContext
+    from llm_internals.tour import generation as stage
+
+    text = "ROMEO.\nBut soft, what light through yonder window breaks?\n" * 10
+    tokenizer = CharTokenizer.train(text)
+    model = tiny_decoder(vocab_size=tokenizer.vocab_size, max_seq_len=24)
+    console = Console(record=True, width=300)
+    ctx = TourContext(console=console, workdir=tmp_path, corpus_source="test",
+                      dtype=torch.bfloat16)  # fmt: skip
+    ctx.artifacts.update(model=model, tokenizer=tokenizer)
+    stage.run(ctx)
+    assert next(model.parameters()).dtype == torch.bfloat16  # placed by the stage
+    assert "on cpu, bfloat16 (one thread)" in console.export_text()
+    assert (ctx.verdict(True), ctx.verdict(False)) == ("yes", "NO (expected now and then in "
+                                                       "bfloat16)")  # fmt: skip
+    ctx.dtype = torch.float32
+    assert ctx.verdict(False) == "NO"

@@ -48,6 +48,15 @@ class TourContext:
         """The model on the tour's device, in its dtype (in place, as Module.to is)."""
         return model.to(device=self.device, dtype=self.dtype)
 
+    def verdict(self, same: bool) -> str:
+        """'yes', or 'NO' with the likely reason when the tour runs in reduced precision (two
+        paths that add in different orders round differently in bfloat16 and float16)."""
+        if same:
+            return "yes"
+        if self.dtype in (torch.float32, torch.float64):
+            return "NO"
+        return f"NO (expected now and then in {str(self.dtype).removeprefix('torch.')})"
+
     def where(self) -> str:
         """'cpu, float32' or 'cuda:0 (NVIDIA H200), bfloat16': for the stages' messages."""
         return f"{describe_device(self.device)}, {str(self.dtype).removeprefix('torch.')}"

@@ -90,7 +90,7 @@ def _run(ctx: TourContext) -> None:
     ctx.console.print(table)
     same = cached.token_ids == uncached.token_ids
     ctx.console.print(
-        f"Identical tokens with and without the cache: {'yes' if same else 'NO'}. The cache is "
+        f"Identical tokens with and without the cache: {ctx.verdict(same)}. The cache is "
         f"{uncached_s / cached_s:.1f}x faster here; the gap grows with length, because without "
         "it step n redoes the work of all n earlier tokens (O(n^2) in total instead of O(n)). "
         "See `llm-internals explain kv-cache`."

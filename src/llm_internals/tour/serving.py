@@ -160,7 +160,7 @@ def _run(ctx: TourContext) -> None:
         )
     ctx.console.print(
         f"Greedy outputs identical to the contiguous-cache generate: "
-        f"{'yes' if matches == len(requests) else 'NO'} ({matches}/{len(requests)} requests). "
+        f"{ctx.verdict(matches == len(requests))} ({matches}/{len(requests)} requests). "
         f"{why} KV waste is the share of allocated slots holding no token: the static batch "
         "reserves padded width + longest answer for every row; the engine only leaves each "
         "sequence's last block partly empty."
