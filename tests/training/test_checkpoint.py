@@ -320,3 +320,14 @@ def test_resume_refuses_changes_to_the_past(saved_run, text, tmp_path, changes, 
     _, splits = prepare_data(saved.config, text=text)
     with pytest.raises(LLMInternalsError, match=message):
         Trainer.from_checkpoint(saved_run, splits, config=config, show_progress=False)
+
+
+def test_every_file_a_resume_reads_needs_a_checksum_and_stray_files_are_ignored(saved_run):
+    (saved_run / "notes.txt").write_text("a user's note beside the checkpoint")
+    assert load_training_checkpoint(saved_run).step == 4
+    path = saved_run / "trainer_state.json"
+    state = json.loads(path.read_text())
+    del state["checksums"]["optimizer.safetensors"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(LLMInternalsError, match="optimizer.safetensors have no checksum"):
+        load_training_checkpoint(saved_run)

@@ -37,7 +37,13 @@ from safetensors.torch import load_file, save_file
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write, atomic_write_text, read_json, read_text, write_json
-from llm_internals.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from llm_internals.models.checkpoint import (
+    INDEX_FILE,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    weight_files,
+)
 from llm_internals.models.loading import LATEST_FILE
 from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
 from llm_internals.training.config import TrainConfig
@@ -265,17 +271,20 @@ def _load_one(directory: Path) -> TrainingCheckpoint:
 
 
 def verify_checksums(directory: Path, checksums: Any, source: str) -> None:
-    """Every file of the folder but trainer_state.json is listed, and its SHA-256 matches."""
+    """Every file a resume reads is listed, and every listed file's SHA-256 matches."""
     if not isinstance(checksums, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()
+        isinstance(k, str) and isinstance(v, str) and Path(k).name == k
+        for k, v in checksums.items()
     ):
         raise LLMInternalsError(f"{source}: field 'checksums' must map file names to SHA-256s")
-    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != STATE_FILE}
-    unlisted = sorted(present - set(checksums))
+    read = {"config.json", OPTIMIZER_FILE, TOKENIZER_FILE, *weight_files(directory)}
+    if (directory / INDEX_FILE).exists():
+        read.add(INDEX_FILE)
+    unlisted = sorted(read - set(checksums))
     if unlisted:
         raise LLMInternalsError(f"{source}: file(s) {', '.join(unlisted)} have no checksum")
     for name, expected in sorted(checksums.items()):
-        if name not in present:
+        if not (directory / name).is_file():
             raise LLMInternalsError(f"{directory / name} is missing (listed in {source})")
         if file_sha256(directory / name) != expected:
             raise LLMInternalsError(
