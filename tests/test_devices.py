@@ -274,3 +274,14 @@ def test_tour_stages_run_in_the_tours_dtype_and_say_where(tmp_path):
                                                        "bfloat16)")  # fmt: skip
     ctx.dtype = torch.float32
     assert ctx.verdict(False) == "NO"
+
+
+def test_engine_loads_a_directory_onto_the_device_in_the_dtype(model_dir):
+    path, model, tokenizer = model_dir
+    llm = LLM(path, device="cpu", dtype=torch.bfloat16, num_blocks=16)
+    assert next(llm.model.parameters()).dtype == torch.bfloat16
+    assert {(t.device.type, t.dtype) for t in (*llm.cache.keys, *llm.cache.values)} == {
+        ("cpu", torch.bfloat16)
+    }
+    assert llm.tokenizer.encode("whether") == tokenizer.encode("whether")
+    assert len(llm.generate("whether", SamplingParams(temperature=0, max_tokens=4))[0].token_ids)

@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generation_request import eos_ids, split_prompts
 from llm_internals.inference.paged.block_manager import BlockManager
@@ -47,6 +49,8 @@ class LLM:
 
     model: a checkpoint directory (ours or HF; loaded with its tokenizer.json on the fast path)
     or a built model, with `tokenizer` (optional: without one, prompts and outputs are ids).
+    A directory is loaded onto `device` in `dtype` (default: CPU, float32); a built model runs
+    where its weights are, and the pool is made there, in their dtype.
     The pool holds num_blocks blocks of block_size tokens, or as many as kv_cache_gb GiB hold;
     by default enough for max_num_seqs full contexts, at most 1 GiB.
     eos_token_id: "auto" (the checkpoint's or the tokenizer's end-of-text id), None, an id or ids.
@@ -64,14 +68,19 @@ class LLM:
         max_num_batched_tokens: int = 1024,
         enable_prefix_caching: bool = True,
         eos_token_id: Any = "auto",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         config_eos: Any = "auto"
         if isinstance(model, (str, Path)):
             from llm_internals.inference.decode_layout import use_decode_layout
             from llm_internals.models.loading import load_model_and_tokenizer
 
-            model, loaded_tokenizer, config_eos = load_model_and_tokenizer(Path(model), None)
-            model = use_decode_layout(model)
+            model, loaded_tokenizer, config_eos = load_model_and_tokenizer(
+                Path(model), None, device=device, dtype=dtype
+            )
+            if next(model.parameters()).device.type == "cpu":  # a CPU BLAS layout choice
+                model = use_decode_layout(model)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         if not hasattr(model, "hidden_states") or not hasattr(model, "config"):
             raise LLMInternalsError(
