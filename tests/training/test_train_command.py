@@ -282,3 +282,19 @@ def test_bad_config_files_are_one_line_naming_the_file(tmp_path, capsys, content
     path.write_bytes(content)
     assert main(["train", "--config", str(path)]) == 2
     assert message in capsys.readouterr().out.replace("\n", "")
+
+
+def test_train_without_a_config_uses_the_default_model(tmp_path, shakespeare_text):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text[:5_000])
+    out = tmp_path / "out"
+    args = ["train", "--corpus", str(corpus), "--out-dir", str(out), "--max-steps", "1",
+            "--eval-iters", "1", "--set", "model.n_layers=1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((out / "step-00000001" / "config.json").read_text())["config"]
+    assert (saved["family"], saved["d_model"], saved["n_heads"], saved["n_layers"]) == (
+        "gpt2",
+        128,
+        4,
+        1,
+    )

@@ -8,8 +8,10 @@ A config file has top-level training fields and a `[model]` table of ModelConfig
     [model]
     d_model = 128
 
-Every field has a command-line flag (`--max-steps 500`, `--lr 3e-4`), and `--set model.d_ff=256`
-overrides a model field. Unknown keys are errors that name the file and the key.
+Without a `[model]` table the model is DEFAULT_MODEL (nanoGPT's 4-layer character GPT); a
+`[model]` table replaces it as a whole. Every field has a command-line flag (`--max-steps 500`,
+`--lr 3e-4`), and `--set model.d_ff=256` overrides one model field. Unknown keys are errors
+that name the file and the key.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ import tomllib
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import read_text
 
+# The model of configs/shakespeare-char.toml (nanoGPT's CPU model: a 4-layer, 4-head, 128-dim
+# GPT-2), so `llm-internals train` with no config trains something sensible.
+DEFAULT_MODEL = {"family": "gpt2", "d_model": 128, "n_layers": 4, "n_heads": 4,
+                 "position": "learned", "norm": "layernorm", "norm_eps": 1e-5, "ffn": "mlp",
+                 "activation": "gelu", "tie_embeddings": True}  # fmt: skip
 MAX_CONFIG_BYTES = 1024 * 1024  # a TOML config is a few hundred bytes; refuse a huge file at once
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("float32", "bfloat16")
@@ -48,7 +55,7 @@ class TrainConfig:
     step == warmup_steps) instead of lr * (step + 1) / warmup_steps (the peak one step earlier).
     """
 
-    model: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
     corpus: str = "shakespeare"
     tokenizer: str = "char"
     bpe_vocab_size: int = 4096
