@@ -179,7 +179,7 @@ def test_rope_tables_on_cuda_equal_the_cpu():
     assert (gpu_cos.cpu() - cos).abs().max() < 1e-5 and (gpu_sin.cpu() - sin).abs().max() < 1e-5
 
 
-def test_generate_command_on_cuda_in_bfloat16(tmp_path, capsys):
+def test_generate_command_and_engine_load_onto_cuda_in_bfloat16(tmp_path, capsys):
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 6
     tokenizer = train_bpe(text, 280)
     torch.manual_seed(0)
@@ -190,3 +190,6 @@ def test_generate_command_on_cuda_in_bfloat16(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "model"), "--prompt", "whether",
                  "--max-new-tokens", "8", "--device", "cuda", "--dtype", "bf16"]) == 0  # fmt: skip
     assert "cuda:0 (" in capsys.readouterr().out
+    llm = LLM(tmp_path / "model", device="cuda", dtype=torch.bfloat16, num_blocks=16)
+    assert {(t.device.type, t.dtype) for t in llm.cache.keys} == {("cuda", torch.bfloat16)}
+    assert len(llm.generate("whether", SamplingParams(temperature=0, max_tokens=4))) == 1
