@@ -95,6 +95,8 @@ def test_sharded_checkpoints_both_ways(hf_decoder, tmp_path):
         ("qwen3", {"tie_word_embeddings": True, "attention_bias": True}),
         ("gpt2", {"activation_function": "gelu", "tie_word_embeddings": False, "n_inner": 80}),
         ("mistral", {"sliding_window": 5}),
+        ("qwen3", {"head_dim": 24}),  # head_dim * heads != hidden_size, as in Qwen3 checkpoints
+        ("llama", {"rms_norm_eps": 0.3, "rope_theta": 40.0}),
         (
             "llama",
             {
