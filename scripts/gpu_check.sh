@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: one command for a machine with an NVIDIA GPU, at most about 10 minutes:
+# GPU check: one command for a machine with an NVIDIA GPU, at most about 10 minutes (plus, the
+# first time on a machine without a CUDA torch, the install):
 #
 #     bash scripts/gpu_check.sh
 #
