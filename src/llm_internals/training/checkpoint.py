@@ -46,7 +46,7 @@ from llm_internals.models.checkpoint import (
 )
 from llm_internals.models.loading import LATEST_FILE
 from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
-from llm_internals.training.config import TrainConfig
+from llm_internals.training.config import KEEP_CHECKPOINTS, TrainConfig
 from llm_internals.training.module_checkpoint import flatten_state, unflatten_state
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "flatten_state",
     "load_training_checkpoint",
     "remove_orphaned_staging",
-    "resolve_checkpoint",
     "run_folder_of",
     "save_training_checkpoint",
     "unflatten_state",
@@ -71,8 +70,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 STEP_NAME = re.compile(r"step-\d{8}")
 STAGING_GLOB = ".step-*.tmp-*"
-
-KEEP_CHECKPOINTS = 2  # the default of TrainConfig.keep_checkpoints
 
 Warn = Callable[[str], None]
 
@@ -178,17 +175,6 @@ def _candidates(path: Path) -> list[Path]:
         f"{path} is neither a checkpoint (no {STATE_FILE}) nor a run folder (no {LATEST_FILE})",
         hint="pass the run's out_dir or one of its step-* folders to --resume",
     )
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or the step-* folder a run folder's `latest` names (not
-    verified; `load_training_checkpoint` verifies and falls back)."""
-    first = _candidates(Path(path))[0]
-    if not (first / STATE_FILE).exists():
-        raise LLMInternalsError(
-            f"{Path(path) / LATEST_FILE} names {first.name}, which has no {STATE_FILE}"
-        )
-    return first
 
 
 def run_folder_of(checkpoint_dir: Path) -> Path:

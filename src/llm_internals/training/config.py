@@ -33,6 +33,7 @@ DEFAULT_MODEL = {"family": "gpt2", "d_model": 128, "n_layers": 4, "n_heads": 4,
                  "position": "learned", "norm": "layernorm", "norm_eps": 1e-5, "ffn": "mlp",
                  "activation": "gelu", "tie_embeddings": True}  # fmt: skip
 MAX_CONFIG_BYTES = 1024 * 1024  # a TOML config is a few hundred bytes; refuse a huge file at once
+KEEP_CHECKPOINTS = 2  # step-* folders a run keeps by default (the newest)
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("float32", "bfloat16")
 
@@ -83,7 +84,7 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_prompt: str = "\n"
     checkpoint_interval: int = 0
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = KEEP_CHECKPOINTS
     seed: int = 1337
     dtype: str = "float32"
     fast: bool = True

@@ -62,9 +62,6 @@ class LossNotFinite(LLMInternalsError):
     """The loss became NaN or infinite; the step that produced it was not applied."""
 
 
-STOP_REASONS = ("max_steps", "time_limit", "until")
-
-
 @dataclass
 class TrainResult:
     """What a run measured. history holds every logged record (as written to the JSONL log).
