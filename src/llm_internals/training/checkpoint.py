@@ -68,6 +68,9 @@ STATE_VERSION = 2  # 2 added "checksums"; version 1 folders still load (without 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+# The state holds every step's loss and every log record: ~30 bytes per step, more with
+# log_interval 1; 256 MiB covers millions of steps and still refuses a runaway file at once.
+MAX_STATE_BYTES = 256 * 1024 * 1024
 STEP_NAME = re.compile(r"step-\d{8}")
 STAGING_GLOB = ".step-*.tmp-*"
 
@@ -221,7 +224,7 @@ def _load_one(directory: Path) -> TrainingCheckpoint:
     state_path = directory / STATE_FILE
     if not state_path.exists():
         raise LLMInternalsError(f"{directory} has no {STATE_FILE}")
-    meta = read_json(state_path, "trainer state file")
+    meta = read_json(state_path, "trainer state file", max_bytes=MAX_STATE_BYTES)
     source = str(state_path)
     if meta.get("format") != STATE_FORMAT:
         raise LLMInternalsError(f"{source}: field 'format' is not {STATE_FORMAT!r}")
