@@ -223,7 +223,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(run_with_two_checkp
         expected = "malformed JSON"
     else:
         (run / "latest").write_text("../../elsewhere\n")
-        expected = "invalid folder"
+        expected = "not a step-NNNNNNNN folder"
     warnings: list[str] = []
     checkpoint = load_training_checkpoint(run, warn=warnings.append)
     assert checkpoint.step == (4 if damage == "bad latest" else 2)

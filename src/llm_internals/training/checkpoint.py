@@ -154,24 +154,27 @@ def remove_orphaned_staging(run_dir: str | Path) -> list[Path]:
 
 
 # ----- find ----------------------------------------------------------------------------------
-def _candidates(path: Path) -> list[Path]:
-    """Checkpoint folders to try for `path`, best first (one when `path` is a step folder)."""
+def _candidates(path: Path) -> tuple[list[Path], list[str]]:
+    """(checkpoint folders to try for `path`, best first; problems found on the way). A step
+    folder is its own single candidate; a run folder offers `latest`, then every step-* folder
+    from the newest."""
     if (path / STATE_FILE).exists():
-        return [path]
+        return [path], []
     found: list[Path] = []
+    problems: list[str] = []
     latest = path / LATEST_FILE
     if latest.is_file():
         try:
             name = read_text(latest, "latest file", max_bytes=1024).strip()
-        except LLMInternalsError:
-            name = ""  # unreadable: treated like a name that is not a step folder
-        if not STEP_NAME.fullmatch(name):  # never follow a path out of the run folder
-            found.append(path / "latest names an invalid folder")
-        else:
+        except LLMInternalsError as err:
+            name = err.message
+        if STEP_NAME.fullmatch(name):
             found.append(path / name)
+        else:  # never follow a path out of the run folder
+            problems.append(f"{latest} names {name[:80]!r}, not a step-NNNNNNNN folder")
     found += [p for p in reversed(step_folders(path)) if p not in found]
     if found:
-        return found
+        return found, problems
     if not path.exists():
         raise LLMInternalsError(f"checkpoint {path} does not exist")
     raise LLMInternalsError(
@@ -202,8 +205,10 @@ def load_training_checkpoint(path: str | Path, warn: Warn | None = None) -> Trai
     before it is loaded instead; an explicitly named step folder must load itself.
     """
     path = Path(path)
-    errors: list[str] = []
-    for directory in _candidates(path):
+    candidates, errors = _candidates(path)
+    if candidates == [path]:  # named explicitly: it must load itself
+        return _load_one(path)
+    for directory in candidates:
         try:
             checkpoint = _load_one(directory)
         except LLMInternalsError as err:
@@ -215,8 +220,6 @@ def load_training_checkpoint(path: str | Path, warn: Warn | None = None) -> Trai
                 f"(step {checkpoint.step}) instead."
             )
         return checkpoint
-    if len(errors) == 1 and (path / STATE_FILE).exists():
-        raise LLMInternalsError(errors[0].split(": ", 1)[1])
     raise LLMInternalsError(f"{path}: no intact checkpoint ({'; '.join(errors)})")
 
 
