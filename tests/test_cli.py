@@ -56,3 +56,10 @@ def test_corpus_command_describes_a_local_file(tmp_path, capsys):
     assert main(["corpus", str(path)]) == 0
     out = capsys.readouterr().out
     assert "characters" in out and "unique characters" in out and "ab" in out
+
+
+def test_error_text_in_brackets_is_printed_not_eaten_as_markup(tmp_path):
+    bad = tmp_path / "[model]"  # rich would swallow "[model]" as a style tag
+    result = _run("generate", "--model", str(bad), "--prompt", "x")
+    assert result.returncode == 2
+    assert "[model]" in result.stdout + result.stderr

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from rich.markup import escape
+
 from llm_internals import __version__
 from llm_internals.console import console
 from llm_internals.errors import LLMInternalsError
@@ -80,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     except LLMInternalsError as e:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {e.message}", soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(e.message)}", soft_wrap=True)
         if e.hint:
-            console.print(f"[bold]hint:[/bold] {e.hint}", soft_wrap=True)
+            console.print(f"[bold]hint:[/bold] {escape(e.hint)}", soft_wrap=True)
         return 2
     except Exception as e:  # anything unexpected: still one line unless --debug
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {type(e).__name__}: {e}", soft_wrap=True)
+        console.print(
+            f"[bold red]error:[/bold red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True
+        )
         console.print("[bold]hint:[/bold] run again with --debug for the full traceback")
         return 1
 

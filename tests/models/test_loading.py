@@ -105,6 +105,9 @@ def test_clear_errors(tmp_path, model):
     (tmp_path / "latest").write_text("step-00000009\n")
     with pytest.raises(LLMInternalsError, match="names step-00000009, which has no config.json"):
         load_model_and_tokenizer(tmp_path)
+    (tmp_path / "latest").write_text("../bare\n")  # never followed outside the run folder
+    with pytest.raises(LLMInternalsError, match="not a step-NNNNNNNN folder"):
+        load_model_and_tokenizer(tmp_path)
 
 
 def test_generate_command_needs_only_the_folder(tmp_path, model, tokenizer, capsys):

@@ -14,17 +14,19 @@ an HF config.json's eos_token_id when it has one, else "auto" (the tokenizer's).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.files import read_json
+from llm_internals.files import read_json, read_text
 
 LATEST_FILE = "latest"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+STEP_NAME = re.compile(r"step-\d{8}")  # the folders a run's `latest` may name
 
 
 class LoadedModel(NamedTuple):
@@ -49,7 +51,13 @@ def resolve_model_directory(path: str | Path) -> Path:
         return path
     latest = path / LATEST_FILE
     if latest.exists():
-        target = path / latest.read_text(encoding="utf-8").strip()
+        name = read_text(latest, "latest file", max_bytes=1024).strip()
+        if not STEP_NAME.fullmatch(name):
+            raise LLMInternalsError(
+                f"{latest} names {name[:80]!r}, not a step-NNNNNNNN folder",
+                hint="the run folder is damaged; pass one of its step-* folders",
+            )
+        target = path / name
         if not (target / CONFIG_FILE).exists():
             raise LLMInternalsError(
                 f"{latest} names {target.name}, which has no {CONFIG_FILE}",

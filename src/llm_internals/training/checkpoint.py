@@ -24,7 +24,6 @@ older step-* folder is tried. Only `keep` checkpoints are kept (the newest; 0 ke
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from llm_internals.models.checkpoint import (
     save_checkpoint,
     weight_files,
 )
-from llm_internals.models.loading import LATEST_FILE
+from llm_internals.models.loading import LATEST_FILE, STEP_NAME
 from llm_internals.training.checkpoint_state import check_state, decode_rng, encode_rng
 from llm_internals.training.config import KEEP_CHECKPOINTS, TrainConfig
 from llm_internals.training.module_checkpoint import flatten_state, unflatten_state
@@ -71,7 +70,6 @@ TOKENIZER_FILE = "tokenizer.json"
 # The state holds every step's loss and every log record: ~30 bytes per step, more with
 # log_interval 1; 256 MiB covers millions of steps and still refuses a runaway file at once.
 MAX_STATE_BYTES = 256 * 1024 * 1024
-STEP_NAME = re.compile(r"step-\d{8}")
 STAGING_GLOB = ".step-*.tmp-*"
 
 Warn = Callable[[str], None]
