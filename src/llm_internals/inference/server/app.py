@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 import weakref
@@ -33,14 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.server import metrics as metrics_format
-from llm_internals.inference.server import openai_format as fmt
 from llm_internals.inference.server.chat_template import SimpleChatTemplate
 from llm_internals.inference.server.engine_loop import (
     DEAD_MESSAGE,
@@ -48,6 +44,7 @@ from llm_internals.inference.server.engine_loop import (
     EngineLoop,
     EngineRequest,
 )
+from llm_internals.inference.server.error_handlers import install_error_handlers
 from llm_internals.inference.server.guards import GuardSettings, RequestGuard
 from llm_internals.inference.server.openai_format import ApiError
 from llm_internals.inference.server.prompts import (
@@ -67,8 +64,6 @@ from llm_internals.inference.server.schema import (
 )
 
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
-INTERNAL_ERROR = "internal server error (see the server log)"
 
 
 class ServerState:
@@ -90,6 +85,7 @@ class ServerState:
         self.rejected = 0
         self.disconnects = 0
         self.tokenizing: ThreadPoolExecutor | None = None  # while the app runs
+
     async def off_loop(self, fn: Callable[[], T]) -> T:
         """fn() on the tokenizing thread (rendering and tokenizing prompts)."""
         return await asyncio.get_running_loop().run_in_executor(self.tokenizing, fn)
@@ -133,13 +129,7 @@ def create_app(
                   openapi_url="/openapi.json" if enable_docs else None)  # fmt: skip
     app.state.server = state
     app.add_middleware(RequestGuard, settings=guards or GuardSettings())
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ApiError, lambda _request, err: err.response())
-    app.add_exception_handler(
-        FieldError, lambda _request, err: ApiError(400, err.message, err.field).response()
-    )
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> Response:
@@ -222,43 +212,6 @@ def create_app(
         return await _serve(state, generation, body.stream, request)
 
     return app
-
-
-async def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 becomes OpenAI's 400, naming the offending field(s)."""
-    problems, param = [], None
-    for e in err.errors()[:3]:
-        loc = [str(part) for part in e.get("loc", ()) if part != "body"]
-        if e.get("type") == "json_invalid":
-            problems.append(f"the request body is not valid JSON ({e.get('msg')})")
-            continue
-        where = ".".join(loc) or "body"
-        param = param or (loc[0] if loc else None)
-        got = ""
-        if "input" in e and not isinstance(e["input"], dict):
-            shown = repr(e["input"])
-            got = f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
-        problems.append(f"{where}: {e.get('msg')}{got}")
-    message = "invalid request: " + "; ".join(problems)
-    return JSONResponse(fmt.error_body(message, param), status_code=400)
-
-
-async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
-    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape."""
-    if err.status_code == 404:
-        message = f"Invalid URL ({request.method} {request.url.path})"
-    elif err.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
-    else:
-        message = str(err.detail)
-    return JSONResponse(fmt.error_body(message, code=None), status_code=err.status_code,
-                        headers=err.headers)  # fmt: skip
-
-
-async def _internal_error(_request: Request, err: Exception) -> JSONResponse:
-    """A bug in a route: 500 in the OpenAI shape, the details only in the log."""
-    logger.error("error while serving a request", exc_info=err)
-    return JSONResponse(fmt.error_body(INTERNAL_ERROR, kind="server_error"), status_code=500)
 
 
 def _check_common(state: ServerState, body: SamplingFields) -> None:

@@ -129,7 +129,8 @@ def server_metrics(in_flight: int, accepted: int, rejected: int, disconnects: in
         Metric(
             "http_client_disconnects_total",
             "counter",
-            "accepted requests whose response did not run to its end (the client left)",
+            "accepted requests whose client left before the response was complete (streaming: "
+            "before [DONE] was written; otherwise: before every sample finished)",
             disconnects,
         ),
         Metric(
