@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_internals.tokenizer import Tokenizer
-from llm_internals.tokenizer.chunk_bpe import LONG_CHUNK, NO_RANK, symbols_to_ids
+from llm_internals.tokenizer.chunk_bpe import (
+    CACHED_CHUNK_CHARS,
+    LONG_CHUNK,
+    NO_RANK,
+    symbols_to_ids,
+)
 from llm_internals.tokenizer.merge_queue import merge_long
 
 from .conftest import hf_from_ours, tiktoken_encoding
@@ -162,9 +167,8 @@ def test_queue_agrees_with_the_old_loop_and_tiktoken_on_a_trained_vocabulary(tok
 
 def test_long_chunks_are_not_cached(tok_small):
     tok_small.clear_cache()
-    tok_small.encode("x" * (LONG_CHUNK + 1) + " short")
-    assert all(len(chunk) <= LONG_CHUNK for chunk in tok_small._cache)
-    assert " short" in tok_small._cache
+    tok_small.encode("x" * (CACHED_CHUNK_CHARS + 1) + " " + "y" * (CACHED_CHUNK_CHARS - 1) + " z")
+    assert sorted(map(len, tok_small._cache)) == [2, CACHED_CHUNK_CHARS]  # " z", " yyy...y"
 
 
 def test_hf_file_with_long_words(tok_small):

@@ -31,6 +31,7 @@ from llm_internals.trace import is_recording, record
 
 MAX_TOKEN_ID = 0x10FFFF  # chr()'s limit: a symbol string holds one id per character
 LONG_CHUNK = 24  # symbols; longer chunks take the merge queue (crossover measured: LOG.md)
+CACHED_CHUNK_CHARS = 256  # longer chunks (rare but for text without spaces) are not cached
 NO_RANKS = repeat(NO_RANK)  # endless defaults for `pair_rank.get` in `map`
 _UINT32 = "I" if array("I").itemsize == 4 else "L" if array("L").itemsize == 4 else None
 
@@ -48,7 +49,7 @@ class ChunkCache(dict):
 
     `map(cache.__getitem__, chunks)` stays in C for hits and calls the encoder only for chunks
     not seen before. The Tokenizer clears it after a call that leaves it above its size limit,
-    so it is bounded between calls; chunks longer than LONG_CHUNK are not kept.
+    so it is bounded between calls; chunks longer than CACHED_CHUNK_CHARS are not kept.
     """
 
     __slots__ = ("encode",)
@@ -59,7 +60,7 @@ class ChunkCache(dict):
 
     def __missing__(self, chunk: str) -> str:
         symbols = self.encode(chunk)
-        if len(chunk) <= LONG_CHUNK:  # a long chunk rarely recurs; keep memory bounded
+        if len(chunk) <= CACHED_CHUNK_CHARS:  # keeps the cache's memory bounded
             self[chunk] = symbols
         return symbols
 

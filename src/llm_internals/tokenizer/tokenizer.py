@@ -13,7 +13,7 @@ symbol string (`"".join`) converted to ids in one C call.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate, chain
 from pathlib import Path
 from typing import Literal
@@ -224,6 +224,18 @@ class Tokenizer:
         ids += self.encode_ordinary(text[start:])
         return ids
 
+    def encode_iterable(
+        self,
+        texts: Iterable[str],
+        allowed_special: Collection[str] | Literal["all"] = frozenset(),
+        disallowed_special: Collection[str] | Literal["all"] = "all",
+    ) -> Iterator[int]:
+        """Yield the ids of `encode("".join(texts))` lazily, in memory bounded by a 64k-character
+        buffer and the longest chunk (e.g. `tok.encode_iterable(open(path))`); streaming.py."""
+        from llm_internals.tokenizer.streaming import encode_iterable
+
+        return encode_iterable(self, texts, allowed_special, disallowed_special)
+
     def encode_batch(
         self,
         texts: Iterable[str],
@@ -272,6 +284,41 @@ class Tokenizer:
         from llm_internals.tokenizer.formats import load_any
 
         return load_any(Path(path), pattern)
+
+    @classmethod
+    def from_vocab_merges(
+        cls,
+        vocab: Mapping[int, bytes],
+        merges: Iterable[tuple[bytes, bytes]],
+        special_tokens: Iterable[str] | Mapping[str, int] = (),
+        pattern: str = "gpt2",
+    ) -> Tokenizer:
+        """From a vocabulary (id -> bytes), merges as byte pairs in rank order (the form other
+        from-scratch courses use: [(b"t", b"h"), (b"th", b"e"), ...]) and special tokens
+        (a mapping to ids, or strings: found in `vocab` by their UTF-8 bytes, else given the
+        next free ids)."""
+        id_of = {token: token_id for token_id, token in vocab.items()}
+        pairs = []
+        for rank, (left, right) in enumerate(merges):
+            if left not in id_of or right not in id_of:
+                missing = left if left not in id_of else right
+                raise LLMInternalsError(
+                    f"merge {rank} ({left!r}, {right!r}): {missing!r} is not in vocab"
+                )
+            pairs.append((id_of[left], id_of[right]))
+        if isinstance(special_tokens, Mapping):
+            specials = dict(special_tokens)
+        else:
+            specials, next_id = {}, max(vocab, default=-1) + 1
+            for name in special_tokens:
+                if not isinstance(name, str):
+                    raise LLMInternalsError(f"special token {name!r} is not a string")
+                token_id = id_of.get(name.encode("utf-8"))
+                if token_id is None:
+                    token_id, next_id = next_id, next_id + 1
+                specials[name] = token_id
+        ordinary = {i: t for i, t in vocab.items() if i not in specials.values()}
+        return cls(ordinary, pairs, specials, pattern)
 
     @classmethod
     def from_hf(cls, source: str | Path | Mapping) -> Tokenizer:
