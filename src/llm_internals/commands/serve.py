@@ -40,22 +40,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
     p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
     p.add_argument("--served-model-name", help="the name clients use (default: the folder name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     engine = p.add_argument_group("engine")
     engine.add_argument("--kv-cache-gb", type=float, help="GiB for the KV block pool")
     engine.add_argument("--num-blocks", type=int, help="KV blocks in the pool (instead of GiB)")
-    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block (16)")
+    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     engine.add_argument("--max-num-seqs", type=int, default=32,
-                        help="sequences in a batch at most (32)")  # fmt: skip
+                        help="sequences in a batch at most")  # fmt: skip
     engine.add_argument("--max-num-batched-tokens", type=int, default=1024,
-                        help="tokens in one forward at most (1024)")  # fmt: skip
+                        help="tokens in one forward at most")  # fmt: skip
     engine.add_argument("--no-prefix-caching", action="store_true",
                         help="do not reuse the KV blocks of shared prompt prefixes")  # fmt: skip
     add_device_arguments(engine)
     limits = p.add_argument_group("limits (beyond them: 429 for concurrency, 400 otherwise)")
     limits.add_argument("--max-concurrent", type=int, default=256,
-                        help="generation requests in flight at once (256)")  # fmt: skip
+                        help="generation requests in flight at once")  # fmt: skip
     limits.add_argument("--max-prompt-tokens", type=int,
                         help="longest prompt (default: the model's context - 1)")  # fmt: skip
     limits.add_argument("--max-tokens", type=int,
@@ -67,19 +67,16 @@ def add_parser(subparsers) -> None:
                       "'*' for any (default: the loopback names, plus --host when it is a name "
                       "or address; required with a wildcard --host such as 0.0.0.0)")  # fmt: skip
     http.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
-                      help=f"largest request body; larger gets 413 ({MAX_BODY_BYTES})")  # fmt: skip
+                      help="largest request body in bytes; larger gets 413")  # fmt: skip
     http.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S,
-                      help=f"seconds for the whole request body to arrive; later gets 408 "
-                      f"({BODY_TIMEOUT_S:g})")  # fmt: skip
+                      help="seconds for the whole request body to arrive; then 408")  # fmt: skip
     http.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S,
-                      help=f"seconds for the request line and headers to arrive; later, the "
-                      f"connection is closed ({HEADER_TIMEOUT_S:g})")  # fmt: skip
+                      help="seconds for the request line and headers to arrive; later, the "
+                      "connection is closed")  # fmt: skip
     http.add_argument("--timeout-keep-alive", type=float, default=TIMEOUT_KEEP_ALIVE_S,
-                      help=f"seconds an idle keep-alive connection stays open "
-                      f"({TIMEOUT_KEEP_ALIVE_S:g})")  # fmt: skip
+                      help="seconds an idle keep-alive connection stays open")  # fmt: skip
     http.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
-                      help=f"connections open at once; more are closed at once "
-                      f"({MAX_CONNECTIONS})")  # fmt: skip
+                      help="connections open at once; more are closed at once")  # fmt: skip
     http.add_argument("--enable-docs", action="store_true",
                       help="serve the API schema at /openapi.json (off by default; the /docs "
                       "page is never served: it loads scripts from a CDN)")  # fmt: skip
@@ -89,7 +86,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
-                   help="uvicorn's log level (info)")  # fmt: skip
+                   help="uvicorn's log level")  # fmt: skip
     p.set_defaults(func=run)
 
 
