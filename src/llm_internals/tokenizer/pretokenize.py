@@ -151,7 +151,7 @@ def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
     except regex.error as e:
         raise LLMInternalsError(
             f"pre-tokenization pattern {pattern[:80]!r} is not a valid regular expression: {e}",
-            hint=f"use one of {', '.join(PATTERNS)} or a valid `regex` pattern",
+            hint=f"pass --pattern {' / '.join(PATTERNS)} or a valid `regex` expression",
         ) from e
     if compiled.groups:
         raise LLMInternalsError(

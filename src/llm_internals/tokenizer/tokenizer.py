@@ -84,7 +84,7 @@ class Tokenizer:
         self.ignore_merges = ignore_merges
         if normalization not in NORMALIZATIONS:
             raise LLMInternalsError(
-                f"unknown normalization {normalization!r}", hint="use None, 'NFC' or 'NFKC'"
+                f"unknown normalization {normalization!r}", hint="use none, NFC or NFKC"
             )
         self.normalization = normalization  # Unicode normal form applied before encoding
         self.cache_size = cache_size
@@ -199,7 +199,7 @@ class Tokenizer:
 
         As in tiktoken: a disallowed special token's text in `text` raises (by default every
         special token not allowed is disallowed); pass disallowed_special=() to encode such
-        text as ordinary bytes instead.
+        text as ordinary bytes instead (the CLI's --allow-special / --special-as-text).
         """
         if self._special_regex is None:
             return self.encode_ordinary(text)
@@ -208,8 +208,8 @@ class Tokenizer:
             if token in text:
                 raise LLMInternalsError(
                     f"text contains the special token {token!r}, which is not allowed here",
-                    hint=f"pass allowed_special={{{token!r}}} to encode it as one special token, "
-                    "or disallowed_special=() to encode it as ordinary text",
+                    hint="pass --allow-special to encode it as one special token, or "
+                    "--special-as-text to encode it as ordinary text",
                 )
         if not allowed:
             return self.encode_ordinary(text)
