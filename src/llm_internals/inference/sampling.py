@@ -174,15 +174,18 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 def invalid_rows(logits: torch.Tensor) -> dict[int, str]:
     """Rows that cannot be sampled, with why: a NaN, a +inf (no distribution gives it a finite
-    share), or no value above -inf."""
-    nan = torch.isnan(logits).any(dim=-1)
-    pos_inf = (logits == float("inf")).any(dim=-1)
-    empty = ~(logits > float("-inf")).any(dim=-1)
-    bad = (nan | pos_inf | empty).nonzero().flatten().tolist()
-    return {
-        row: "has NaN" if nan[row] else ("has +inf" if pos_inf[row] else "has no finite value")
-        for row in bad
-    }
+    share), or no value above -inf. One pass finds them: the row maximum is finite only for the
+    rows without any of these (NaN propagates through amax)."""
+    suspect = (~torch.isfinite(logits.amax(dim=-1))).nonzero().flatten().tolist()
+    reasons = {}
+    for row in suspect:
+        if torch.isnan(logits[row]).any():
+            reasons[row] = "has NaN"
+        elif (logits[row] == float("inf")).any():
+            reasons[row] = "has +inf"
+        else:
+            reasons[row] = "has no finite value"
+    return reasons
 
 
 class Sampler:
@@ -217,19 +220,18 @@ class Sampler:
         """
         logits = self._check(logits, params, generators)
         bad = invalid_rows(logits)
+        if not bad:
+            return self._sample(logits, params, generators, prompt_ids, output_ids)
         good = [row for row in range(len(params)) if row not in bad]
         tokens = torch.full((len(params),), -1, dtype=torch.long, device=logits.device)
         if good:
-            if len(good) < len(params):
-                logits = logits[good]
-                params = [params[r] for r in good]
-                generators = None if generators is None else [generators[r] for r in good]
-                prompt_ids = None if prompt_ids is None else [prompt_ids[r] for r in good]
-                output_ids = None if output_ids is None else [output_ids[r] for r in good]
-            tokens[good] = self._sample(logits, params, generators, prompt_ids, output_ids)
-        if bad:
-            raise SamplingRowError(bad, tokens)
-        return tokens
+
+            def rows(values: Sequence | None) -> list | None:
+                return None if values is None else [values[r] for r in good]
+
+            tokens[good] = self._sample(logits[good], rows(params), rows(generators),
+                                        rows(prompt_ids), rows(output_ids))  # fmt: skip
+        raise SamplingRowError(bad, tokens)
 
     def _sample(
         self,
@@ -262,15 +264,17 @@ class Sampler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(filtered logits, the probabilities drawn from) of valid float32 (batch, vocab)
         logits: penalties, temperature, top-k, top-p, min-p. Greedy rows are tempered by 1."""
-        z = self._penalize(logits.double(), params, prompt_ids, output_ids)
+        z = self._penalize(logits, params, prompt_ids, output_ids)  # float64 if penalized
         temperature = torch.tensor([[p.temperature if p.temperature > 0 else 1.0]
                                     for p in params], dtype=torch.float64,
                                    device=z.device)  # fmt: skip
-        tempered = z / temperature
-        overflow = tempered.amax(dim=-1, keepdim=True) > FLOAT32_MAX
-        if overflow.any():  # tiny T: shift the row so its largest is 0 (the same softmax)
-            shifted = (z - z.amax(dim=-1, keepdim=True)) / temperature  # overflow -> -inf only
-            tempered = torch.where(overflow, shifted, tempered)
+        tempered = z / temperature.to(z.dtype)
+        # +inf or NaN: z / T left float32 (a tiny T; below 1.4e-45 T itself rounds to 0).
+        overflow = ~(tempered.amax(dim=-1, keepdim=True) <= FLOAT32_MAX)
+        if overflow.any():  # shift those rows so the largest is 0 (the same softmax), in float64
+            z64 = z.double()
+            shifted = (z64 - z64.amax(dim=-1, keepdim=True)) / temperature  # overflow -> -inf
+            tempered = torch.where(overflow, shifted.to(tempered.dtype), tempered)
         logits = tempered.float()
         record("sampling.tempered", logits, note="logits / temperature (greedy rows: / 1)")
 
@@ -332,6 +336,7 @@ class Sampler:
                 f"sampler got {len(prompt_ids)} prompt_ids and {len(output_ids)} output_ids "
                 f"for a batch of {batch} rows"
             )
+        logits = logits.double()  # |z| / r stays finite for r >= 1.2e-38 (params.FLOAT32_TINY)
         output_counts = token_counts(output_ids, vocab, logits.device)
         seen = (token_counts(prompt_ids, vocab, logits.device) + output_counts) > 0
 
