@@ -314,6 +314,8 @@ class Sampler:
             raise LLMInternalsError(
                 f"sampler got {len(generators)} generators for a batch of {logits.shape[0]} rows"
             )
+        if logits.device.type == "mps":  # MPS has no float64, which penalties and tiny T need
+            logits = logits.cpu()
         return logits.float()  # half-precision logits lose too much in exp and cumsum
 
     def _penalize(
