@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.sequence_core import ENGINE_ONLY_REASONS
+from llm_internals.inference.sequence_core import FINISH_REASONS as ALL_FINISH_REASONS
 
-FINISH_REASONS = ("length", "stop", "eos", "context")  # generate's; all: sequence_core.py
+# generate's finish reasons; sequence_core.FINISH_REASONS says what each means.
+FINISH_REASONS = tuple(r for r in ALL_FINISH_REASONS if r not in ENGINE_ONLY_REASONS)
 GREEDY = SamplingParams(temperature=0.0)
 
 

@@ -37,6 +37,7 @@ FINISH_REASONS = {
     "abort": "the request was aborted (engine only)",
     "error": "the logits could not be sampled (NaN or infinite values; engine only)",
 }
+ENGINE_ONLY_REASONS = ("abort", "error")  # generate raises instead of failing one prompt
 
 
 def sample_generator(seed: int | None, index: int = 0) -> torch.Generator | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_internals.inference.paged.sequence import RequestMetrics
+from llm_internals.inference.sequence_core import FINISH_REASONS as ALL_FINISH_REASONS
 
-FINISH_REASONS = ("eos", "stop", "length", "context", "abort", "error")  # sequence_core.py
+FINISH_REASONS = tuple(ALL_FINISH_REASONS)  # what each means: inference/sequence_core.py
 
 
 @dataclass
