@@ -71,7 +71,14 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--naive-vocab", type=int, default=384)
     parser.add_argument("--encode-rounds", type=int, default=9, help="rounds for encoding")
+    parser.add_argument("--no-space-mb", type=float, default=1.0, help="no-space text size")
+    parser.add_argument("--no-space-vocab", type=int, default=50_000, help="no-space vocab size")
+    parser.add_argument(
+        "--only", choices=("all", "no-space"), default="all", help="run one section only"
+    )
     args = parser.parse_args()
+    if args.only == "no-space":
+        return no_space_section(args.encode_rounds, args.no_space_vocab, args.no_space_mb)
     text = corpus("shakespeare")
     n_bytes = len(text.encode("utf-8"))
     mb = n_bytes / 1e6
@@ -166,6 +173,52 @@ def main() -> None:
         "naive timed once. "
         f"Ratios > 1 in 'ref/ours' mean ours is faster."
     )
+    no_space_section(args.encode_rounds, args.no_space_vocab, args.no_space_mb)
+
+
+def no_space_section(rounds: int, vocab_size: int, megabytes: float) -> None:
+    """Text without spaces is one pre-token chunk: ours (the merge queue, merge_queue.py) beside
+    HF `tokenizers` and tiktoken holding the same vocabulary, trained on Shakespeare."""
+    import os
+    import random
+    import string
+
+    text = corpus("shakespeare")
+    ours = train_bpe(text, vocab_size, special_tokens=())
+    hf = HFTokenizer.from_str(json.dumps(ours.to_hf()))
+    enc = tiktoken.Encoding(
+        "no-space", pat_str=ours.pattern, mergeable_ranks=ours.to_tiktoken(), special_tokens={}
+    )
+    n_chars = int(megabytes * 1e6)
+    letters = "".join(random.Random(0).choices(string.ascii_lowercase, k=n_chars))
+    words = "".join(w for w in text.split() if w.isalpha())[:n_chars]  # letters only: one chunk
+    table = Table(title=f"encoding {megabytes:g} MB without spaces, vocab {ours.vocab_size:,}")
+    for column in ("text", "ours (s)", "HF (s)", "tiktoken (s)", "HF/ours", "tiktoken/ours",
+                   "target", "identical"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "text" else "right")
+
+    def hf_cold(sample: str) -> list[int]:
+        hf.model._clear_cache()  # HF caches whole words: time the merging, as for ours
+        return hf.encode(sample).ids
+
+    for name, sample in (("random letters", letters), ("Shakespeare's words joined", words)):
+        times, results = best_of(
+            rounds,
+            {
+                "ours": lambda s=sample: ours.encode_ordinary(s),
+                "hf": lambda s=sample: hf_cold(s),
+                "tiktoken": lambda s=sample: enc.encode_ordinary(s),
+            },
+        )
+        same = results["ours"] == results["hf"] == results["tiktoken"]
+        table.add_row(
+            name, f"{times['ours']:.2f}", f"{times['hf']:.2f}", f"{times['tiktoken']:.2f}",
+            f"{times['hf'] / times['ours']:.2f}", f"{times['tiktoken'] / times['ours']:.2f}",
+            "ours <= 2 s", f"ids {same}",
+        )  # fmt: skip
+    console.print(table)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    console.print(f"best of {rounds} interleaved rounds; load average {load}")
 
 
 if __name__ == "__main__":

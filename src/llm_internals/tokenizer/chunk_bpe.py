@@ -26,7 +26,7 @@ from itertools import repeat
 from operator import add
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer.merge_queue import NO_RANK, merge_long
+from llm_internals.tokenizer.merge_queue import NO_RANK, PairTable, merge_long
 from llm_internals.trace import is_recording, record
 
 MAX_TOKEN_ID = 0x10FFFF  # chr()'s limit: a symbol string holds one id per character
@@ -191,6 +191,7 @@ class ChunkBPE:
         long_chunk = LONG_CHUNK
         no_rank = NO_RANK
         no_ranks = NO_RANKS
+        table: list[PairTable] = []  # made on the first long chunk
 
         def encode(chunk: str) -> str:
             if id_of is not None:
@@ -199,7 +200,9 @@ class ChunkBPE:
                     return chr(whole)
             symbols = chunk if ascii_is_symbols and chunk.isascii() else initial_symbols(chunk)
             if len(symbols) > long_chunk:
-                return merge_long(symbols, pair_rank, merged_of)
+                if not table:
+                    table.append(PairTable(pair_rank))
+                return merge_long(symbols, pair_rank, merged_of, table[0])
             while len(symbols) > 1:
                 best_rank = min(map(rank_of, map(add, symbols, symbols[1:]), no_ranks))
                 if best_rank == no_rank:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from itertools import repeat
-from operator import add
 
 import numpy as np
 
@@ -36,15 +34,33 @@ NO_RANK = 1 << 62
 _END = "\0\0"  # two characters: no pair key (always 2 characters) can contain it
 
 
-def initial_buckets(symbols: str, rank_of) -> dict[int, list[int]]:
+class PairTable:
+    """The pair ranks as sorted numpy arrays (key = left id << 21 | right id), to rank all the
+    initial pairs of a long chunk in one vectorized search instead of a dict lookup each."""
+
+    def __init__(self, pair_rank: Mapping[str, int]) -> None:
+        keys = np.fromiter((ord(k[0]) << 21 | ord(k[1]) for k in pair_rank), np.int64)
+        ranks = np.fromiter(pair_rank.values(), np.int64, len(pair_rank))
+        order = np.argsort(keys)
+        self.keys, self.ranks = keys[order], ranks[order]
+
+    def ranks_of_pairs(self, symbols: str) -> np.ndarray:
+        """The rank of each adjacent pair of `symbols` (NO_RANK where there is none)."""
+        ids = np.frombuffer(symbols.encode("utf-32-le", "surrogatepass"), np.uint32)
+        keys = ids[:-1].astype(np.int64) << 21 | ids[1:]
+        if len(self.keys) == 0:
+            return np.full(len(keys), NO_RANK, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, self.ranks[at], NO_RANK)
+
+
+def initial_buckets(symbols: str, table: PairTable) -> dict[int, list[int]]:
     """rank -> positions (ascending) of the chunk's initial pairs, grouped by a stable argsort."""
-    n_pairs = len(symbols) - 1
-    ranks = np.fromiter(
-        map(rank_of, map(add, symbols, symbols[1:]), repeat(NO_RANK)), np.int64, n_pairs
-    )
+    ranks = table.ranks_of_pairs(symbols)
     order = np.argsort(ranks, kind="stable")
     sorted_ranks = ranks[order]
-    bounds = [0, *(np.flatnonzero(sorted_ranks[1:] != sorted_ranks[:-1]) + 1).tolist(), n_pairs]
+    cuts = (np.flatnonzero(sorted_ranks[1:] != sorted_ranks[:-1]) + 1).tolist()
+    bounds = [0, *cuts, len(ranks)]
     firsts = sorted_ranks[bounds[:-1]].tolist()
     positions = order.tolist()
     buckets = {r: positions[a:b] for r, a, b in zip(firsts, bounds, bounds[1:], strict=False)}
@@ -52,14 +68,19 @@ def initial_buckets(symbols: str, rank_of) -> dict[int, list[int]]:
     return buckets
 
 
-def merge_long(symbols: str, pair_rank: Mapping[str, int], pair_merged: Mapping[str, str]) -> str:
+def merge_long(
+    symbols: str,
+    pair_rank: Mapping[str, int],
+    pair_merged: Mapping[str, str],
+    table: PairTable | None = None,
+) -> str:
     """BPE on a symbol string (one character per token id, see chunk_bpe.py); returns the
     merged symbol string. `pair_rank`/`pair_merged`: two-character pair key -> rank / merged
-    symbol."""
+    symbol; `table`: PairTable(pair_rank), built once by the caller (made here if missing)."""
     if len(symbols) < 2:
         return symbols
     rank_of = pair_rank.get
-    buckets = initial_buckets(symbols, rank_of)
+    buckets = initial_buckets(symbols, table or PairTable(pair_rank))
     bucket_of = buckets.get
     queue = list(buckets)
     heapq.heapify(queue)
