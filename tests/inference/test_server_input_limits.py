@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
 import time
 
@@ -193,8 +194,8 @@ def test_chat_template_raise_exception_is_400_and_the_server_goes_on(model_and_t
     with serve_in_thread(app) as url:
         refused = httpx.post(url + "/v1/chat/completions", json={
             "model": MODEL, "messages": [{"role": "system", "content": "Be terse."}]})  # fmt: skip
-        served = httpx.post(url + "/v1/chat/completions", timeout=30,
-                            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2})  # fmt: skip
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+        served = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
     error = assert_openai_error(refused, 400, "messages")
     assert "System role not supported" in error["message"]
     assert served.status_code == 200
@@ -217,6 +218,21 @@ def test_body_beyond_max_body_bytes_is_413(model_and_tokenizer):
         assert "2000" in error["message"] and "--max-body-bytes" in error["message"]
         assert response.headers["connection"] == "close"
     assert small.status_code == 200
+
+
+def test_a_declared_10_mb_body_is_413_before_it_is_sent(server):
+    """Content-Length alone decides: the server answers before a byte of the body arrives."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 10485760\r\n\r\n")  # fmt: skip
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"10485760" in answer and b"--max-body-bytes" in answer
+    assert httpx.get(url + "/health").status_code == 200
 
 
 def test_character_bound_is_sound_for_the_tokenizer(model_and_tokenizer):
@@ -284,14 +300,15 @@ def test_tokenizing_happens_off_the_event_loop(server, monkeypatch):
 
 
 def test_health_answers_while_a_huge_prompt_is_tokenized(model_and_tokenizer):
-    """A real long tokenization (a third of a megabyte of random words, let through by a raised
-    character bound) must not stall /health: every probe answers well within a second while
-    it runs (the whole tokenization takes seconds; on the event loop, one probe would wait for
-    all of it)."""
+    """A real long tokenization (a megabyte of random words, let through by a raised character
+    bound) must not stall /health. Measured against the request's own duration, so the bound
+    holds on a slow or loaded machine: on the event loop, the first probe would wait for nearly
+    the whole tokenization (0.86 of the request in benchmarks/server_long_prompt.py); off it,
+    each probe waits for a few GIL switches (0.1)."""
     rng = random.Random(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = (
-        "".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(50_000)
+        "".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(160_000)
     )  # fmt: skip
     huge = " ".join(words)
     app = make_app(model_and_tokenizer, limits=ServerLimits(max_prompt_chars=10**7),
@@ -299,20 +316,22 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(model_and_tokenizer):
     with serve_in_thread(app) as url:
 
         async def scenario():
-            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+                started = time.perf_counter()
                 big = asyncio.ensure_future(
                     http.post("/v1/completions", json={"model": MODEL, "prompt": huge})
                 )
                 latencies = []
                 while not big.done():
-                    started = time.perf_counter()
+                    probe = time.perf_counter()
                     assert (await http.get("/health")).status_code == 200
-                    latencies.append(time.perf_counter() - started)
-                    await asyncio.sleep(0.05)
-                return await big, latencies
+                    latencies.append(time.perf_counter() - probe)
+                    await asyncio.sleep(0.02)
+                response = await big
+                return response, time.perf_counter() - started, latencies
 
-        response, latencies = asyncio.run(scenario())
+        response, took, latencies = asyncio.run(scenario())
     error = assert_openai_error(response, 400, "prompt")
     assert "tokens, more than this server's limit" in error["message"]
-    assert len(latencies) >= 5, "the tokenizing took long enough to probe it several times"
-    assert max(latencies) < 1.0, latencies
+    assert len(latencies) >= 3, f"the request took {took:.2f} s: too short to probe it"
+    assert max(latencies) < 0.5 * took, (took, latencies)

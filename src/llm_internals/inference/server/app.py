@@ -242,12 +242,8 @@ def _check_prompt_count(state: ServerState, count: int) -> None:
 def _plan(state: ServerState, body: SamplingFields, kind: str,
           prompts: list[tuple[str, list[int], str | None]], requested_max_tokens: int | None,
           stop: tuple[str, ...], echo: bool) -> Generation:  # fmt: skip
-    """Check the prompts and limits; build the engine requests. Raises ApiError (400)."""
-    for field, ids, _ in prompts:
-        bad = [t for t in ids if t >= state.vocab_size]
-        if bad:
-            raise ApiError(400, f"{field}: token id {bad[0]} is outside the vocabulary (size "
-                           f"{state.vocab_size})", field)  # fmt: skip
+    """Check the prompts and limits (lengths first: the cheapest); build the engine requests.
+    Raises ApiError or FieldError (400)."""
     max_tokens = plan_max_tokens(
         kind,
         [(f, len(ids)) for f, ids, _ in prompts],
@@ -255,6 +251,11 @@ def _plan(state: ServerState, body: SamplingFields, kind: str,
         state.limits,
         state.context,
     )
+    for field, ids, _ in prompts:
+        bad = [t for t in ids if t >= state.vocab_size]
+        if bad:
+            raise ApiError(400, f"{field}: token id {bad[0]} is outside the vocabulary (size "
+                           f"{state.vocab_size})", field)  # fmt: skip
     params = sampling_params(body, max_tokens, stop)
     response_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     requests = [EngineRequest(f"{response_id}-{i}", list(ids), params)

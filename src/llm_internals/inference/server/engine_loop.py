@@ -271,7 +271,9 @@ class EngineLoop:
         for handle in set(self._handles.values()):
             if epoch is None or handle.epoch == epoch:
                 handle.queue.put_nowait(error)
-        while epoch is None and self._commands:
+        if epoch is not None:
+            return
+        while self._commands:  # the loop gave up: queued commands will never run
             _, future = self._commands.popleft()
             if future is not None:
                 _set_exception(future, error)
