@@ -15,12 +15,14 @@ class SequenceState(SequenceCore):
     `decoder_ids` are the tokens already in the decoder before the first sampled one: the prompt
     for a decoder-only model, [decoder_start_token_id] for an encoder-decoder (whose prompt is the
     source sentence, read by the encoder). `context` is the model's max_seq_len; with a sliding
-    window the sequence never stops for it (`limit_context=False`).
+    window the sequence never stops for it (`limit_context=False`). `row` numbers the prompt in
+    the request (StreamChunk.index); each prompt is its request's only sample, so a seed gives
+    it the same draws alone or in any batch.
     """
 
     def __init__(
         self,
-        index: int,
+        row: int,
         prompt_ids: list[int],
         params: SamplingParams,
         tokenizer: Any | None,
@@ -42,7 +44,7 @@ class SequenceState(SequenceCore):
             context=context if limit_context else None,
             text_context=None if decoder_ids is None else (),
         )
-        self.row = index
+        self.row = row
 
     def accept_chunk(self, token: int) -> StreamChunk:
         """Take one sampled token (see SequenceCore.accept) and say what it made visible."""
