@@ -31,7 +31,8 @@ class SamplingParams:
       value works: the sampler divides in float64 after subtracting the row maximum, so a
       temperature of 1e-44 gives the greedy limit instead of overflowing.
     top_k: keep the k most likely tokens (ties with the k-th are kept too); 0 = off.
-    top_p: keep the smallest set of most likely tokens whose mass reaches top_p; in (0, 1].
+    top_p: keep the smallest set of most likely tokens whose mass reaches top_p; in (0, 1]; the
+      most likely token is always kept (so 1e-300 is greedy in effect, as in HF).
     min_p: keep tokens with probability >= min_p * (probability of the most likely); in [0, 1].
     repetition_penalty: HF/CTRL style, on every token seen in prompt or output; 1 = off; in
       [1.2e-38, 3.4e38], the positive normal float32 range (see FLOAT32_TINY).
