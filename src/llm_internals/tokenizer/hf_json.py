@@ -24,7 +24,8 @@ from llm_internals.files import atomic_write_text, parse_json, read_text
 from llm_internals.tokenizer.byte_level import UNICODE_TO_BYTE, token_to_text
 from llm_internals.tokenizer.formats import field
 from llm_internals.tokenizer.pretokenize import GPT2_PATTERN, PATTERNS
-from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, Tokenizer, is_token_id
+from llm_internals.tokenizer.token_ids import MAX_TOKEN_ID, is_token_id
+from llm_internals.tokenizer.tokenizer import Tokenizer
 
 # One quantifier means different things in the two engines: `X{1,3}+` is possessive in `regex`
 # (and tiktoken) but a repeated group `(?:X{1,3})+` in Oniguruma, HF's engine. We translate it

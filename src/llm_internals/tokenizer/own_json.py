@@ -20,7 +20,8 @@ from typing import Any
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text
 from llm_internals.tokenizer.formats import field
-from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, NORMALIZATIONS, Tokenizer, is_token_id
+from llm_internals.tokenizer.token_ids import MAX_TOKEN_ID, is_token_id
+from llm_internals.tokenizer.tokenizer import NORMALIZATIONS, Tokenizer
 
 FORMAT_NAME = "llm-internals-tokenizer"
 FORMAT_VERSION = 1

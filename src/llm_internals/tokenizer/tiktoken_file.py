@@ -14,7 +14,8 @@ from pathlib import Path
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import atomic_write_text, read_text
-from llm_internals.tokenizer.tokenizer import MAX_TOKEN_ID, Tokenizer
+from llm_internals.tokenizer.token_ids import MAX_TOKEN_ID
+from llm_internals.tokenizer.tokenizer import Tokenizer
 
 
 def parse_rank_file(path: Path, text: str) -> dict[bytes, int]:

@@ -21,39 +21,14 @@ from typing import Literal
 import regex
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.tokenizer.chunk_bpe import MAX_TOKEN_ID, ChunkBPE, ChunkCache, symbols_to_ids
+from llm_internals.tokenizer.chunk_bpe import ChunkBPE, ChunkCache, symbols_to_ids
 from llm_internals.tokenizer.gc_pause import gc_paused
 from llm_internals.tokenizer.pretokenize import get_pretokenizer, resolve_pattern
+from llm_internals.tokenizer.token_ids import check_token_ids
 from llm_internals.trace import is_recording
 
 NORMALIZATIONS = (None, "NFC", "NFKC")
 EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<eos>")
-
-
-def check_token_ids(vocab: Mapping[int, bytes], special_tokens: Mapping[str, int]) -> None:
-    """Ids are integers in 0..MAX_TOKEN_ID (the symbol strings of chunk_bpe.py hold one id per
-    character); ordinary tokens are non-empty bytes, special tokens non-empty strings."""
-    for token_id, token in vocab.items():
-        if not is_token_id(token_id):
-            raise LLMInternalsError(
-                f"vocab id {token_id!r} (token {token!r}) is not an integer in 0..{MAX_TOKEN_ID}"
-            )
-        if not isinstance(token, bytes) or not token:
-            raise LLMInternalsError(f"vocab id {token_id}: token {token!r} is not non-empty bytes")
-    for name, token_id in special_tokens.items():
-        if not isinstance(name, str) or not name:
-            raise LLMInternalsError(
-                f"special token {name!r} (id {token_id!r}) is empty or not a string"
-            )
-        if not is_token_id(token_id):
-            raise LLMInternalsError(
-                f"special token {name!r} has id {token_id!r}, not an integer in 0..{MAX_TOKEN_ID}"
-            )
-
-
-def is_token_id(value: object) -> bool:
-    """An int (not a bool) in 0..MAX_TOKEN_ID."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_ID
 
 
 class Tokenizer:
@@ -293,32 +268,11 @@ class Tokenizer:
         special_tokens: Iterable[str] | Mapping[str, int] = (),
         pattern: str = "gpt2",
     ) -> Tokenizer:
-        """From a vocabulary (id -> bytes), merges as byte pairs in rank order (the form other
-        from-scratch courses use: [(b"t", b"h"), (b"th", b"e"), ...]) and special tokens
-        (a mapping to ids, or strings: found in `vocab` by their UTF-8 bytes, else given the
-        next free ids)."""
-        id_of = {token: token_id for token_id, token in vocab.items()}
-        pairs = []
-        for rank, (left, right) in enumerate(merges):
-            if left not in id_of or right not in id_of:
-                missing = left if left not in id_of else right
-                raise LLMInternalsError(
-                    f"merge {rank} ({left!r}, {right!r}): {missing!r} is not in vocab"
-                )
-            pairs.append((id_of[left], id_of[right]))
-        if isinstance(special_tokens, Mapping):
-            specials = dict(special_tokens)
-        else:
-            specials, next_id = {}, max(vocab, default=-1) + 1
-            for name in special_tokens:
-                if not isinstance(name, str):
-                    raise LLMInternalsError(f"special token {name!r} is not a string")
-                token_id = id_of.get(name.encode("utf-8"))
-                if token_id is None:
-                    token_id, next_id = next_id, next_id + 1
-                specials[name] = token_id
-        ordinary = {i: t for i, t in vocab.items() if i not in specials.values()}
-        return cls(ordinary, pairs, specials, pattern)
+        """From a vocabulary (id -> bytes), merges as byte pairs in rank order and special
+        tokens (see vocab_merges.py)."""
+        from llm_internals.tokenizer.vocab_merges import from_vocab_merges
+
+        return from_vocab_merges(vocab, merges, special_tokens, pattern)
 
     @classmethod
     def from_hf(cls, source: str | Path | Mapping) -> Tokenizer:
