@@ -13,7 +13,8 @@ from transformers.generation.logits_process import (
 )
 
 from llm_internals.inference.params import SamplingParams
-from llm_internals.inference.sampling import Sampler, min_p_mask, top_k_mask, top_p_mask
+from llm_internals.inference.sampling import Sampler
+from llm_internals.inference.truncation import min_p_mask, top_k_mask, top_p_mask
 from llm_internals.trace import recording
 
 # Probabilities that are exact in float32 (powers of two), so mass boundaries are exact too.

@@ -11,17 +11,16 @@ For each row of a (batch, vocab) logits tensor, with that row's `SamplingParams`
 The order (temperature, top-k, top-p, min-p) is the one HF transformers uses. The last step is
 inverse-transform sampling: one uniform number per row, drawn from the request's own
 `torch.Generator` when it has a seed, so a seeded request draws the same tokens whatever else is
-in the batch. Each filter returns a boolean "kept" mask; all steps are recorded for the explain
-path under the names "sampling.<step>".
+in the batch. The filters (truncation.py) each return a boolean "kept" mask; all steps are
+recorded for the explain path under the names "sampling.<step>".
 
-Extreme parameters survive: penalties and temperature run in float64 (|z| < 3.4e38 from float32
-logits, a repetition penalty of at least 1.2e-38: z / r stays below 3e76). Where z / T would not
-fit in float32 (a tiny T), the row maximum is subtracted before dividing (softmax does not
-change), so the other logits go to -inf (probability 0, the greedy limit) instead of the row
-overflowing to +inf and NaN. A row that
-still cannot be sampled (NaN or +inf logits from the model, or nothing finite) raises
-`SamplingRowError`, which names the rows and carries the tokens of the others: the serving engine
-fails those requests alone.
+Extreme parameters survive. Penalties run in float64 (|z| < 3.4e38 from float32 logits and a
+repetition penalty of at least 1.2e-38 keep z / r below 3e76). Where z / T would not fit in
+float32 (a tiny T), the row maximum is subtracted first, in float64 (softmax does not change):
+the other logits go to -inf (probability 0, the greedy limit) instead of the row overflowing to
++inf and NaN. A row that still cannot be sampled (NaN or +inf logits from the model, or nothing
+finite) raises `SamplingRowError`, which names the rows and carries the tokens of the others: the
+serving engine fails those requests alone.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from llm_internals.inference.penalties import (
     apply_repetition_penalty,
     token_counts,
 )
+from llm_internals.inference.truncation import min_p_mask, top_k_mask, top_p_mask
 from llm_internals.layers.softmax import softmax
 from llm_internals.trace import is_recording, record
 
@@ -74,71 +74,6 @@ def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
     the CPU."""
     device = "cpu" if generator is None else generator.device
     return torch.rand(n, dtype=torch.float64, generator=generator, device=device).cpu()
-
-
-def _per_row(values: torch.Tensor | float | int, logits: torch.Tensor) -> torch.Tensor:
-    """A parameter as a (batch, 1) column matching logits (a scalar is broadcast)."""
-    column = torch.as_tensor(values, device=logits.device)
-    return column.reshape(-1, 1).expand(logits.shape[0], 1)
-
-
-def top_k_mask(logits: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
-    """Tokens kept by top-k: logit >= the k-th largest logit of the row (k = 0 keeps all).
-
-    Tokens tied with the k-th are all kept, as in HF's TopKLogitsWarper, so the result never
-    depends on how a sort orders equal values.
-    """
-    vocab = logits.shape[-1]
-    k = _per_row(k, logits).long()
-    k = torch.where(k > 0, k.clamp(max=vocab), torch.full_like(k, vocab))
-    largest = logits.topk(int(k.max()), dim=-1).values  # sorted, largest first
-    kth_largest = largest.gather(-1, k - 1)
-    keep = (logits >= kth_largest) & (logits > float("-inf"))
-    record("sampling.top_k_threshold", kth_largest, note="the k-th largest logit of each row")
-    return keep
-
-
-def top_p_mask(logits: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
-    """Tokens kept by top-p (nucleus): the smallest most-likely set whose mass reaches p.
-
-    Sorted by probability, a token is kept when the mass of the tokens before it is still below
-    p; so the most likely token is always kept and p = 1 keeps every token with nonzero
-    probability. Tokens tied with the least likely kept token are kept too (HF keeps whichever
-    of them its sort happens to put first).
-    """
-    p = _per_row(p, logits).to(logits.dtype)
-    probs = softmax(logits, dim=-1)
-    if is_recording():  # the full list, ties in vocabulary order, for the lesson to show
-        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    else:
-        # Only tokens with nonzero probability can be kept, so after top-k only the few
-        # survivors need sorting: topk(m) is O(vocab), a full sort O(vocab log vocab). The kept
-        # set does not depend on how ties are ordered.
-        most = int((probs > 0).sum(dim=-1).max())
-        sorted_probs, order = probs.topk(most, dim=-1)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    # The most likely token is always kept (the nucleus of any p > 0 holds it), also when p is
-    # too small for float32 (1e-300 rounds to 0) or rounding makes mass_before positive.
-    in_nucleus = (
-        (mass_before < p) | (torch.arange(sorted_probs.shape[-1], device=p.device) == 0)
-    ) & (sorted_probs > 0)
-    smallest_kept = torch.where(in_nucleus, sorted_probs, torch.ones_like(sorted_probs)).amin(
-        dim=-1, keepdim=True
-    )
-    if is_recording():
-        record("sampling.top_p_order", order, note="token ids, most likely first (ties: lower id)")
-        record("sampling.top_p_sorted_probs", sorted_probs, note="probabilities, largest first")
-        record("sampling.top_p_mass_before", mass_before, note="mass of the tokens ranked above")
-    return (probs >= smallest_kept) & (probs > 0)
-
-
-def min_p_mask(logits: torch.Tensor, min_p: torch.Tensor | float) -> torch.Tensor:
-    """Tokens kept by min-p: probability >= min_p * (largest probability of the row)."""
-    min_p = _per_row(min_p, logits).to(logits.dtype)
-    probs = softmax(logits, dim=-1)
-    threshold = min_p * probs.amax(dim=-1, keepdim=True)
-    record("sampling.min_p_threshold", threshold, note="min_p * max probability")
-    return (probs >= threshold) & (probs > 0)
 
 
 def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
