@@ -38,8 +38,9 @@ def shakespeare_slice(shakespeare_text) -> str:
 
 
 def hf_train(text: str, vocab_size: int, pattern: str | None = None, specials=()):
-    """Train HF `tokenizers` BPE on `text` with the ByteLevel pre-tokenizer (all 256 bytes in the
-    alphabet, no prefix space); a custom pattern goes in a Split before ByteLevel."""
+    """Train HF `tokenizers` BPE on `text` (a str, or a list of documents) with the ByteLevel
+    pre-tokenizer (all 256 bytes in the alphabet, no prefix space); a custom pattern goes in a
+    Split before ByteLevel."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -59,7 +60,7 @@ def hf_train(text: str, vocab_size: int, pattern: str | None = None, specials=()
         special_tokens=list(specials),
         show_progress=False,
     )
-    tok.train_from_iterator([text], trainer=trainer)
+    tok.train_from_iterator([text] if isinstance(text, str) else text, trainer=trainer)
     return tok
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from llm_internals.cli import main
 from llm_internals.tokenizer import Tokenizer
 
@@ -51,3 +53,18 @@ def test_empty_corpus_file_is_named_in_the_error(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "empty" in printed and "empty.txt" in printed
     assert not (tmp_path / "t.json").exists()
+
+
+def test_tie_break_option_reaches_the_trainer(tmp_path, capsys):
+    # "zz é": three pairs seen once each; lexicographic merges the greatest bytes (c3, a9)
+    # first, hf merges (z, z) first (see test_trainer for the derivation).
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("zz é")
+    for rule, first in (("lexicographic", (0xC3, 0xA9)), ("hf", (ord("z"), ord("z")))):
+        out = tmp_path / f"{rule}.json"
+        args = ["train-tokenizer", "--corpus", str(corpus), "--vocab-size", "258"]
+        assert main([*args, "--special", "<s>", "--tie-break", rule, "--out", str(out)]) == 0
+        assert Tokenizer.load(out).merges == [first]
+    with pytest.raises(SystemExit) as e:
+        main(["train-tokenizer", "--tie-break", "bytes"])
+    assert e.value.code == 2 and "lexicographic" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The fast trainer learns exactly the naive trainer's merges and exactly HF's merges."""
+"""The fast trainer learns exactly the naive trainer's merges and exactly HF's merges; both
+tie-break rules give the merges derived by hand; every input form trains the same tokenizer."""
 
 import pytest
 from hypothesis import given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer import train_bpe, train_bpe_naive, train_merges
 from llm_internals.tokenizer.byte_level import token_to_text
+from llm_internals.tokenizer.training_common import descending_key
 
 from .conftest import LLAMA3_PATTERN, MULTILINGUAL, hf_merges, hf_train
 
@@ -23,7 +25,11 @@ def _merge_bytes(trained):
 
 
 @settings(max_examples=60, deadline=None)
-@given(RICH_TEXT, st.integers(min_value=257, max_value=330), st.sampled_from(["hf", "bytes"]))
+@given(
+    RICH_TEXT,
+    st.integers(min_value=257, max_value=330),
+    st.sampled_from(["hf", "lexicographic"]),
+)
 def test_fast_trainer_equals_naive_trainer(text, vocab_size, tie_break):
     fast = train_merges(text, vocab_size, special_tokens=(), tie_break=tie_break)
     naive = train_bpe_naive(text, vocab_size, tie_break=tie_break)
@@ -68,17 +74,92 @@ def test_merges_equal_hf_at_8192_on_the_whole_corpus(tok_8k, hf_8k):
     assert hf_8k.get_vocab_size() == tok_8k.vocab_size
 
 
-def test_tie_break_rules_decide_between_equal_counts():
-    # Chunks "ab" and " ba": pairs (a,b), (b,a), (space,b) each occur once. In HF's order the
-    # printable 'a' (stand-in position 64) comes before space (stand-in 'Ġ', position 220); in
-    # byte order space (0x20) comes first.
-    text = "ab ba"
-    hf = train_merges(text, 257, special_tokens=(), tie_break="hf")
-    by_bytes = train_merges(text, 257, special_tokens=(), tie_break="bytes")
-    assert _merge_bytes(hf) == [(b"a", b"b")]
-    assert _merge_bytes(by_bytes) == [(b" ", b"b")]
-    hf_ref = hf_merges(hf_train(text, 257))
+# The example corpus of Stanford CS336's BPE assignment, pre-tokenized on whitespace (the
+# pattern \S+ keeps no spaces; HF gets the same pairs: its single-space pieces have none).
+CS336_TEXT = (
+    "low low low low low lower lower widest widest widest newest newest newest newest newest newest"  # noqa: E501
+)
+
+
+def _merge_strings(trained) -> list[str]:
+    return [
+        f"{trained.vocab[a].decode()} {trained.vocab[b].decode()}" for a, b, _ in trained.merges
+    ]
+
+
+def test_lexicographic_tie_break_on_the_cs336_example():
+    # Words: low x5, lower x2, widest x3, newest x6. Pair counts: lo 7, ow 7, we 8, er 2, wi 3,
+    # id 3, de 3, es 9, st 9, ne 6, ew 6.
+    #  1. es 9 = st 9: (s,t) > (e,s)                  -> s t
+    #  2. e-st 9 (widest 3 + newest 6) is the highest  -> e st
+    #  3. lo 7 = ow 7: (o,w) > (l,o)                  -> o w, then l-ow 7 -> l ow
+    #  5. ne 6 = ew 6 = w-est 6: "w" > "n" > "e"       -> w est, then ne 6 = e-west 6 -> n e
+    #  7. ne-west 6                                    -> ne west
+    #  8. wi 3 = id 3 = d-est 3: "w" > "i" > "d"       -> w i, then wi-d 3 > d-est 3 -> wi d
+    # 10. wid-est 3; then low-e 2 = e-r 2: "low" > "e" -> wid est, low e, lowe r
+    trained = train_merges(CS336_TEXT, 256 + 12, pattern=r"\S+", special_tokens=(),
+                           tie_break="lexicographic")  # fmt: skip
+    assert _merge_strings(trained) == [
+        "s t", "e st", "o w", "l ow", "w est", "n e", "ne west", "w i", "wi d", "wid est",
+        "low e", "lowe r",
+    ]  # fmt: skip
+
+
+def test_hf_tie_break_on_the_cs336_example():
+    # Same counts; HF's rule takes the smallest (order(left), order(right)), bytes before any
+    # merged token, merged tokens by age.
+    #  1. es 9 = st 9: e < s             -> e s, then es-t 9 -> es t
+    #  3. lo 7 = ow 7: l < o             -> l o, then lo-w 7 -> lo w
+    #  5. ne 6 = ew 6 = w-est 6: e < n < w -> e w, then n-ew 6 = ew-est 6: byte n < token ew
+    #                                    -> n ew, then new-est 6 -> new est
+    #  8. wi 3 = id 3 = d-est 3: d < i < w -> d est, then i-dest 3 < w-i 3 -> i dest, w idest
+    # 11. low-e 2 = e-r 2: byte e < token low -> e r, then low er
+    expected = [
+        "e s", "es t", "l o", "lo w", "e w", "n ew", "new est", "d est", "i dest", "w idest",
+        "e r", "low er",
+    ]  # fmt: skip
+    trained = train_merges(CS336_TEXT, 256 + 12, pattern=r"\S+", special_tokens=())
+    assert _merge_strings(trained) == expected
+    reference = hf_merges(hf_train(CS336_TEXT, 256 + 12, pattern=r"\S+"))
+    assert [" ".join(m) for m in reference] == expected
+
+
+def test_tie_break_rules_compare_raw_bytes_or_hf_symbol_order():
+    # Chunks "zz" and " é" (é = bytes c3 a9): pairs (z,z), (space,c3), (c3,a9), one each.
+    # Lexicographic compares bytes: c3 > 'z' (7a) > ' ' (20). HF compares its stand-in
+    # characters: 'z' (U+007A) < 'Ã' (U+00C3, for c3) < 'Ġ' (U+0120, for the space).
+    text = "zz é"
+    lexicographic = train_merges(text, 259, special_tokens=(), tie_break="lexicographic")
+    hf = train_merges(text, 259, special_tokens=(), tie_break="hf")
+    assert _merge_bytes(lexicographic) == [(b"\xc3", b"\xa9"), (b"z", b"z"), (b" ", "é".encode())]
+    assert _merge_bytes(hf) == [(b"z", b"z"), (b"\xc3", b"\xa9"), (b" ", "é".encode())]
+    hf_ref = hf_merges(hf_train(text, 259))
     assert [(token_to_text(a), token_to_text(b)) for a, b in _merge_bytes(hf)] == hf_ref
+
+
+@given(st.binary(max_size=6), st.binary(max_size=6))
+def test_descending_key_reverses_byte_order(x, y):
+    assert (x < y) == (descending_key(x) > descending_key(y))
+    assert (x == y) == (descending_key(x) == descending_key(y))
+
+
+def _as_hf_text(trained) -> list[tuple[str, str]]:
+    return [(token_to_text(a), token_to_text(b)) for a, b in _merge_bytes(trained)]
+
+
+def test_a_path_a_folder_and_documents_train_like_hf(tmp_path, shakespeare_slice):
+    text = shakespeare_slice[:60_000] + MULTILINGUAL * 5
+    (tmp_path / "a.txt").write_text(text[:30_000])
+    (tmp_path / "b.txt").write_text(text[30_000:])
+    whole = hf_merges(hf_train(text, 700))
+    assert _as_hf_text(train_merges(text, 700, special_tokens=())) == whole
+    assert _as_hf_text(train_merges(tmp_path, 700, special_tokens=())) == whole  # a folder
+    first = hf_merges(hf_train(text[:30_000], 700))
+    assert _as_hf_text(train_merges(tmp_path / "a.txt", 700, special_tokens=())) == first
+    lines = text.splitlines(keepends=True)  # documents: each line pre-tokenized on its own
+    by_line = hf_merges(hf_train(lines, 700))
+    assert by_line != whole
+    assert _as_hf_text(train_merges(iter(lines), 700, special_tokens=())) == by_line
 
 
 def test_special_tokens_are_reserved_never_merged_and_fill_the_vocab(shakespeare_slice):
@@ -101,7 +182,10 @@ def test_bad_training_input_is_a_clear_error():
         train_bpe("hello", 257, special_tokens=("<a>", "<b>"))
     with pytest.raises(LLMInternalsError, match="corpus is empty"):
         train_bpe("", 1000)
-    with pytest.raises(LLMInternalsError, match="tie_break"):
+    with pytest.raises(LLMInternalsError, match="corpus is empty"):
+        train_bpe(iter([]), 1000)
+    with pytest.raises(LLMInternalsError, match="tie_break 'random'") as e:
         train_bpe("hello", 300, tie_break="random")
+    assert "--tie-break" in e.value.hint and "lexicographic" in e.value.hint
     with pytest.raises(LLMInternalsError, match="vocab size"):
         train_bpe_naive("hello", 100)

@@ -9,10 +9,12 @@ from pathlib import Path
 from rich.table import Table
 
 from llm_internals.console import console, progress
-from llm_internals.data import corpus
+from llm_internals.data import CORPORA, corpus
+from llm_internals.data.corpus import iter_text_blocks
 from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer import PATTERNS, train_bpe
 from llm_internals.tokenizer.stats import bytes_per_token, longest_tokens, show_token
+from llm_internals.tokenizer.training_common import TIE_BREAKS
 
 FORMATS = ("own", "hf", "tiktoken")
 
@@ -25,19 +27,33 @@ def add_parser(subparsers) -> None:
         "vocabulary (256 bytes + merges + special tokens) reaches --vocab-size. Prints the time, "
         "the compression ratio (bytes per token) and the longest tokens.",
     )
-    p.add_argument("--corpus", default="shakespeare", help="corpus name or text file/folder")
-    p.add_argument("--vocab-size", type=int, default=8192, help="total vocabulary size")
-    p.add_argument("--out", type=Path, default=Path("tokenizer.json"), help="file to write")
+    p.add_argument(
+        "--corpus",
+        default="shakespeare",
+        help=f"corpus name ({', '.join(CORPORA)}) or a UTF-8 file / folder of .txt files "
+        "(streamed, never read whole) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=8192, help="total vocabulary size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("tokenizer.json"),
+        help="file to write (default: %(default)s)",
+    )
     p.add_argument(
         "--format",
         choices=FORMATS,
         default="own",
-        help="own (llm-internals JSON), hf (tokenizer.json), tiktoken (rank file)",
+        help="own (llm-internals JSON), hf (tokenizer.json), tiktoken (rank file) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--pattern",
         default="gpt2",
-        help=f"pre-tokenization regex: {', '.join(PATTERNS)} or a custom pattern",
+        help=f"pre-tokenization regex: {', '.join(PATTERNS)} or a custom pattern "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--special",
@@ -48,15 +64,21 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--tie-break",
-        choices=("hf", "bytes"),
+        choices=TIE_BREAKS,
         default="hf",
-        help="order among equally frequent pairs: hf (same merges as HF tokenizers) or bytes",
+        help="which of several equally frequent pairs is merged first: hf (the merges of HF "
+        "tokenizers' BpeTrainer) or lexicographic (the greatest pair of token byte strings, "
+        "the rule of Stanford CS336's BPE assignment) (default: %(default)s)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    text = corpus(args.corpus)
+    if args.corpus in CORPORA:
+        source = text = corpus(args.corpus)
+    else:  # a file or folder: training streams it; compression is measured on its first MB
+        source = Path(args.corpus)
+        text = next(iter_text_blocks(source), "")
     if not text:
         raise LLMInternalsError(
             f"corpus {args.corpus} is empty: nothing to train on", hint="give a file with text"
@@ -73,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         tok = train_bpe(
-            text,
+            source,
             args.vocab_size,
             pattern=args.pattern,
             special_tokens=specials,
@@ -97,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("merges learned", f"{len(tok.merges):,}")
     table.add_row("vocab size", f"{tok.vocab_size:,}")
     table.add_row("special tokens", ", ".join(tok.special_tokens) or "none")
-    table.add_row("compression (bytes per token)", f"{bytes_per_token(tok, text):.3f}")
+    sample = "" if source is text else ", first MB"
+    table.add_row(f"compression (bytes per token{sample})", f"{bytes_per_token(tok, text):.3f}")
     table.add_row("saved to", f"{args.out} ({args.format})")
     console.print(table)
     longest = Table(title="longest tokens", title_justify="left")

@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from llm_internals.tokenizer.chunk_counts import TrainingText, count_chunks
 from llm_internals.tokenizer.training_common import (
     TrainedBPE,
     assign_special_ids,
     byte_symbol_order,
-    check_training_input,
-    count_chunks,
+    check_chunks,
+    check_training_request,
 )
 from llm_internals.trace import is_recording, record
 
@@ -50,32 +51,37 @@ def count_pairs(chunks: list[tuple[list[int], int]]) -> Counter[tuple[int, int]]
 
 
 def train_bpe_naive(
-    text: str,
+    text: TrainingText,
     vocab_size: int,
     pattern: str = "gpt2",
     special_tokens: Iterable[str] = (),
     tie_break: str = "hf",
 ) -> TrainedBPE:
     """Learn byte-level BPE merges until the vocabulary (bytes + merges + specials) is full."""
-    specials = check_training_input(text, vocab_size, special_tokens)
-    order = byte_symbol_order(tie_break)
+    specials = check_training_request(vocab_size, special_tokens, tie_break)
     chunk_counts = count_chunks(text, pattern, specials)
+    check_chunks(chunk_counts)
     chunks = [(list(chunk.encode("utf-8")), n) for chunk, n in chunk_counts.items()]
     vocab = [bytes([b]) for b in range(256)]
     id_of = {token: i for i, token in enumerate(vocab)}
     merges: list[tuple[int, int, int]] = []
+    order = byte_symbol_order()
 
-    def rank(pair: tuple[int, int]) -> tuple[int, int]:
+    def hf_rank(pair: tuple[int, int]) -> tuple[int, int]:
         return (order[pair[0]] if pair[0] < 256 else pair[0]), (
             order[pair[1]] if pair[1] < 256 else pair[1]
         )
+
+    def greatest_bytes(pair: tuple[int, int]) -> tuple[bytes, bytes]:
+        return vocab[pair[0]], vocab[pair[1]]
 
     while len(vocab) + len(specials) < vocab_size:
         pair_counts = count_pairs(chunks)
         if not pair_counts:
             break  # every chunk is a single token: nothing left to merge
         best_count = max(pair_counts.values())
-        best = min((p for p, n in pair_counts.items() if n == best_count), key=rank)
+        ties = [p for p, n in pair_counts.items() if n == best_count]
+        best = min(ties, key=hf_rank) if tie_break == "hf" else max(ties, key=greatest_bytes)
         merged = vocab[best[0]] + vocab[best[1]]
         new_id = id_of.get(merged)
         if new_id is None:  # two merge paths can spell the same bytes: reuse that token (as HF)

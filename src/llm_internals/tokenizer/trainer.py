@@ -1,12 +1,13 @@
 """The fast BPE trainer: the same merges as `naive.train_bpe_naive`, learned incrementally.
 
-Ideas (each measured on the 5 MB Shakespeare corpus, see docs/benchmarks.md):
+Ideas (each measured, see docs/benchmarks.md):
 
-1. Count chunks once. Training works on the ~36k distinct pre-tokenized chunks, not 1.4M.
+1. Count chunks once (chunk_counts.py, streamed). Training works on the distinct pre-tokenized
+   chunks (36k in Shakespeare, 183k in the multilingual corpus), not on all of them.
 2. A chunk is a str with one character per token id (chr(id)). A pair of adjacent tokens is then
    a 2-character string (a cheap dict key), `pair in chunk` is a substring test in C, and a merge
-   is `chunk.replace(pair, chr(new_id))`, which scans left to right without overlaps: exactly the
-   BPE merge rule.
+   is `chunk.split(pair)` + `chr(new_id).join(...)`: split cuts left to right without overlaps,
+   exactly the BPE merge rule, and its parts hold every neighbour of every occurrence.
 3. Pair counts are kept up to date only for chunks that contain the merged pair: an index maps
    each pair to the chunks where it appeared (entries may go stale; a substring test skips them).
    Within such a chunk only the neighbours of each merged occurrence change: (x, a) and (b, y)
@@ -15,9 +16,7 @@ Ideas (each measured on the 5 MB Shakespeare corpus, see docs/benchmarks.md):
    popped entry whose count is out of date is pushed back with the current count; only pairs
    containing the new token can grow, and those are pushed after each merge.
 5. The cyclic garbage collector is paused (gc_pause.py): no cycles are made, and its repeated
-   scans of the growing heap cost about 0.16 s of 0.97 s here.
-
-Measured: 0.83 s to vocab 8192 against HF tokenizers' 1.99 s, identical merge list.
+   scans of the growing heap cost about 0.16 s of 0.97 s on Shakespeare.
 """
 
 from __future__ import annotations
@@ -26,14 +25,16 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from llm_internals.tokenizer.chunk_counts import TrainingText, count_chunks
 from llm_internals.tokenizer.gc_pause import gc_paused
 from llm_internals.tokenizer.tokenizer import Tokenizer
 from llm_internals.tokenizer.training_common import (
     TrainedBPE,
     assign_special_ids,
     byte_symbol_order,
-    check_training_input,
-    count_chunks,
+    check_chunks,
+    check_training_request,
+    descending_key,
 )
 
 ProgressCallback = Callable[[int, int], None]  # (merges done, merges planned)
@@ -46,13 +47,8 @@ def learn_merges(
     on_progress: ProgressCallback | None = None,
 ) -> tuple[list[bytes], list[tuple[int, int, int]]]:
     """Merge until there are `n_tokens` distinct tokens (or nothing is left to merge)."""
-    order = byte_symbol_order(tie_break)  # order[id]: tie-break rank; merged ids rank as id
-    bits = max(n_tokens, 256).bit_length()
-
-    def priority(pair: str, count: int) -> int:
-        # heapq pops the smallest: highest count first, then the smallest (left, right) order.
-        return (-count << (2 * bits)) | (order[ord(pair[0])] << bits) | order[ord(pair[1])]
-
+    vocab = [bytes([b]) for b in range(256)]
+    priority = _priority_function(tie_break, vocab, n_tokens)
     words: list[str] = []
     weights: list[int] = []
     for chunk, n in chunk_counts.items():
@@ -65,7 +61,7 @@ def learn_merges(
     where: dict[str, list[int]] = defaultdict(list)
     for i, word in enumerate(words):
         n = weights[i]
-        pairs = [word[k : k + 2] for k in range(len(word) - 1)]
+        pairs = list(map(str.__add__, word[:-1], word[1:]))
         for pair in pairs:
             pair_counts[pair] += n
         for pair in set(pairs):
@@ -73,7 +69,6 @@ def learn_merges(
     heap = [(priority(p, n), p) for p, n in pair_counts.items()]
     heapq.heapify(heap)
 
-    vocab = [bytes([b]) for b in range(256)]
     id_of = {token: i for i, token in enumerate(vocab)}
     merges: list[tuple[int, int, int]] = []
     planned = n_tokens - len(vocab)
@@ -86,55 +81,26 @@ def learn_merges(
         if prio != current:  # stale entry: count fell since it was pushed
             heapq.heappush(heap, (current, pair))
             continue
-        left, right = ord(pair[0]), ord(pair[1])
-        merged = vocab[left] + vocab[right]
+        a, b = pair
+        merged = vocab[ord(a)] + vocab[ord(b)]
         new_id = id_of.get(merged)
-        reused = new_id is not None  # another merge path already spelled these bytes
-        if new_id is None:
+        if new_id is None:  # else another merge path already spelled these bytes: reuse it
             new_id = len(vocab)
             vocab.append(merged)
             id_of[merged] = new_id
-            order.append(new_id)
-        merges.append((left, right, new_id))
-        new_char = chr(new_id)
+        merges.append((ord(a), ord(b), new_id))
+        z = chr(new_id)
         grown: set[str] = set()
         for i in where.pop(pair):
             word = words[i]
             if pair not in word:
                 continue  # stale index entry: an earlier merge already consumed the pair here
-            n = weights[i]
-            new_word = word.replace(pair, new_char)
-            words[i] = new_word
-            if reused:
-                _recount(word, new_word, n, new_char, i, pair_counts, where, grown)
-                continue
-            # Pairs away from the merged occurrences are unchanged; only the neighbours change.
-            # Old side: the pair left and right of each occurrence (once if two occurrences
-            # touch). New side: the pairs left and right of each new token.
-            end = len(word)
-            k = word.find(pair)
-            previous_end = -1
-            while k != -1:
-                if k and k != previous_end:
-                    pair_counts[word[k - 1 : k + 1]] -= n
-                if k + 2 < end:
-                    pair_counts[word[k + 1 : k + 3]] -= n
-                previous_end = k + 2
-                k = word.find(pair, previous_end)
-            end = len(new_word)
-            j = new_word.find(new_char)
-            while j != -1:
-                if j and new_word[j - 1] != new_char:
-                    p = new_word[j - 1 : j + 1]
-                    pair_counts[p] += n
-                    grown.add(p)
-                    where[p].append(i)
-                if j + 1 < end:
-                    p = new_word[j : j + 2]
-                    pair_counts[p] += n
-                    grown.add(p)
-                    where[p].append(i)
-                j = new_word.find(new_char, j + 1)
+            parts = word.split(pair)  # non-overlapping, left to right: the BPE merge rule
+            words[i] = z.join(parts)
+            fresh = _update_neighbours(parts, a, b, z, weights[i], pair_counts)
+            for p in set(fresh):
+                where[p].append(i)
+            grown.update(fresh)
         pair_counts.pop(pair, None)
         for p in grown:
             heapq.heappush(heap, (priority(p, pair_counts[p]), p))
@@ -143,40 +109,83 @@ def learn_merges(
     return vocab, merges
 
 
-def _recount(
-    word: str,
-    new_word: str,
-    n: int,
-    new_char: str,
-    i: int,
-    pair_counts: dict[str, int],
-    where: dict[str, list[int]],
-    grown: set[str],
-) -> None:
-    """Update pair counts by recounting a whole word: needed when the merged token already
-    occurred in it (a reused id), where the neighbour-only update would misplace pairs."""
-    for k in range(len(word) - 1):
-        pair_counts[word[k : k + 2]] -= n
-    for k in range(len(new_word) - 1):
-        p = new_word[k : k + 2]
-        pair_counts[p] += n
-        if new_char in p:
-            grown.add(p)
-            where[p].append(i)
+def _update_neighbours(
+    parts: list[str], a: str, b: str, z: str, n: int, pair_counts: dict[str, int]
+) -> list[str]:
+    """Move the counts of the pairs next to each merged occurrence of (a, b): between parts[j]
+    and parts[j + 1] sat one occurrence, now the token z. Its left neighbour c = parts[j][-1]
+    turns (c, a) into (c, z); its right neighbour c = parts[j + 1][0] turns (b, c) into (z, c);
+    an empty part between two occurrences turns (b, a) into (z, z). Returns the new pairs."""
+    fresh = []
+    last = len(parts) - 1
+    for j, part in enumerate(parts):
+        if part:
+            if j:
+                c = part[0]
+                pair_counts[b + c] -= n
+                p = z + c
+                pair_counts[p] += n
+                fresh.append(p)
+            if j < last:
+                c = part[-1]
+                pair_counts[c + a] -= n
+                p = c + z
+                pair_counts[p] += n
+                fresh.append(p)
+        elif 0 < j < last:
+            pair_counts[b + a] -= n
+            pair_counts[z + z] += n
+            fresh.append(z + z)
+    return fresh
+
+
+def _priority_function(
+    tie_break: str, vocab: list[bytes], n_tokens: int
+) -> Callable[[str, int], object]:
+    """heapq pops the smallest priority: the highest count, then the tie-break rule's winner."""
+    if tie_break == "lexicographic":
+        keys: dict[str, str] = {}
+
+        def key(symbol: str) -> str:
+            k = keys.get(symbol)
+            if k is None:
+                k = keys[symbol] = descending_key(vocab[ord(symbol)])
+            return k
+
+        return lambda pair, count: (-count, key(pair[0]), key(pair[1]))
+    order = byte_symbol_order(tie_break)
+    bits = max(n_tokens, 256).bit_length()
+
+    def hf_priority(pair: str, count: int) -> int:
+        # One int: -count, then order(left), then order(right); merged ids order as themselves.
+        left, right = ord(pair[0]), ord(pair[1])
+        return (
+            (-count << (2 * bits))
+            | ((order[left] if left < 256 else left) << bits)
+            | (order[right] if right < 256 else right)
+        )
+
+    return hf_priority
 
 
 def train_merges(
-    text: str,
+    text: TrainingText,
     vocab_size: int,
     pattern: str = "gpt2",
     special_tokens: Iterable[str] = ("<|endoftext|>",),
     tie_break: str = "hf",
     on_progress: ProgressCallback | None = None,
 ) -> TrainedBPE:
-    """Train byte-level BPE: 256 byte tokens + learned merges + special tokens = vocab_size."""
-    specials = check_training_input(text, vocab_size, special_tokens)
+    """Train byte-level BPE: 256 byte tokens + learned merges + special tokens = vocab_size.
+
+    `text`: a str (one document), a path (a UTF-8 file or a folder of .txt files, streamed as
+    one document) or an iterable of str (each its own document); see chunk_counts.py.
+    `tie_break`: "hf" (HF tokenizers' merges) or "lexicographic" (CS336's rule); see
+    training_common.py."""
+    specials = check_training_request(vocab_size, special_tokens, tie_break)
     with gc_paused():
         chunk_counts = count_chunks(text, pattern, specials)
+        check_chunks(chunk_counts)
         vocab, merges = learn_merges(
             chunk_counts, vocab_size - len(specials), tie_break, on_progress
         )
@@ -184,14 +193,14 @@ def train_merges(
 
 
 def train_bpe(
-    text: str,
+    text: TrainingText,
     vocab_size: int,
     pattern: str = "gpt2",
     special_tokens: Iterable[str] = ("<|endoftext|>",),
     tie_break: str = "hf",
     on_progress: ProgressCallback | None = None,
 ) -> Tokenizer:
-    """Train a byte-level BPE Tokenizer on `text` (see `train_merges` for the arguments)."""
+    """Train a byte-level BPE Tokenizer (see `train_merges` for the arguments)."""
     trained = train_merges(text, vocab_size, pattern, special_tokens, tie_break, on_progress)
     return tokenizer_from_trained(trained)
 

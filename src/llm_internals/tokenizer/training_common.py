@@ -1,27 +1,27 @@
-"""What both BPE trainers share: input checks, chunk counting and the tie-breaking rule.
+"""What both BPE trainers share: request checks, the training result and the tie-breaking rule.
 
-Tie-breaking (documented, deterministic): the pair with the highest count wins; among pairs of
-equal count, the smallest pair (order(left), order(right)) wins, where order() numbers symbols:
+Among pairs of equal count, which is merged first (deterministic, documented):
 
-- tie_break="hf" (default): the 256 byte symbols in code-point order of the ByteLevel alphabet
-  (see byte_level.HF_BYTE_ORDER), merged tokens by creation order after them. This is exactly
-  HF `tokenizers`' BpeTrainer rule, so our merge list equals HF's, in order.
-- tie_break="bytes": byte symbols by byte value (token ids as minbpe/tiktoken number them).
+- tie_break="hf" (default): the smallest pair (order(left), order(right)) wins, where order()
+  numbers the 256 byte symbols in code-point order of the ByteLevel alphabet (see
+  byte_level.HF_BYTE_ORDER) and merged tokens by creation order after them. This is exactly HF
+  `tokenizers`' BpeTrainer rule, so our merge list equals HF's, in order.
+- tie_break="lexicographic": the greatest pair of token byte strings wins, compared as Python
+  compares (bytes_left, bytes_right) tuples: `max(ties, key=lambda p: (vocab[p[0]],
+  vocab[p[1]]))`. This is the rule of Stanford CS336's BPE assignment (b"st" before b"es";
+  a longer string beats its own prefix).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import regex
-
 from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer.byte_level import HF_BYTE_ORDER
-from llm_internals.tokenizer.pretokenize import get_pretokenizer
+from llm_internals.tokenizer.chunk_counts import count_chunks  # noqa: F401 (the bpe lesson's import)
 
-TIE_BREAKS = ("hf", "bytes")
+TIE_BREAKS = ("hf", "lexicographic")
 
 
 @dataclass
@@ -34,19 +34,35 @@ class TrainedBPE:
     pattern: str = "gpt2"
 
 
-def byte_symbol_order(tie_break: str) -> list[int]:
-    """order() of the 256 byte symbols for a tie-break rule (merged ids order as themselves)."""
-    if tie_break == "hf":
-        return list(HF_BYTE_ORDER)
-    if tie_break == "bytes":
-        return list(range(256))
-    raise LLMInternalsError(
-        f"unknown tie_break {tie_break!r}", hint=f"use one of {', '.join(TIE_BREAKS)}"
-    )
+def byte_symbol_order(tie_break: str = "hf") -> list[int]:
+    """order() of the 256 byte symbols under tie_break="hf" (merged ids order as themselves);
+    "lexicographic" compares token bytes instead (see descending_key)."""
+    if tie_break != "hf":
+        raise LLMInternalsError(f"tie_break {tie_break!r} has no byte order; only 'hf' has one")
+    return list(HF_BYTE_ORDER)
 
 
-def check_training_input(text: str, vocab_size: int, special_tokens: Iterable[str]) -> list[str]:
-    """Validate the training request; returns the special tokens as a de-duplicated list."""
+def descending_key(token: bytes) -> str:
+    """A string that sorts in the opposite order of `token`: for any two byte strings,
+    x < y exactly when descending_key(x) > descending_key(y). Each byte b becomes chr(255 - b)
+    and a final chr(256) makes a prefix sort after its extensions. A min-heap keyed by it pops
+    the lexicographically greatest token first."""
+    return token.translate(_INVERTED).decode("latin-1") + "\u0100"
+
+
+_INVERTED = bytes(range(255, -1, -1))
+
+
+def check_training_request(
+    vocab_size: int, special_tokens: Iterable[str], tie_break: str
+) -> list[str]:
+    """Validate the training request before reading any text; returns the special tokens as a
+    de-duplicated list."""
+    if tie_break not in TIE_BREAKS:
+        raise LLMInternalsError(
+            f"unknown tie_break {tie_break!r}",
+            hint=f"use one of {', '.join(TIE_BREAKS)} (--tie-break)",
+        )
     specials = list(dict.fromkeys(special_tokens))
     for token in specials:
         if not isinstance(token, str) or not token:
@@ -58,25 +74,15 @@ def check_training_input(text: str, vocab_size: int, special_tokens: Iterable[st
             f"token(s) need at least {minimum}",
             hint=f"pass --vocab-size {minimum} or more",
         )
-    if not text:
-        raise LLMInternalsError(
-            "the training corpus is empty", hint="give a corpus with some text in it"
-        )
     return specials
 
 
-def count_chunks(text: str, pattern: str, special_tokens: Iterable[str] = ()) -> Counter[str]:
-    """How often each pre-tokenized chunk occurs; special-token strings are cut out first, so
-    no merge ever learns (a piece of) a special token."""
-    pretokenizer = get_pretokenizer(pattern)
-    specials = sorted(special_tokens, key=len, reverse=True)
-    if not specials:
-        return Counter(pretokenizer.split(text))
-    counts: Counter[str] = Counter()
-    splitter = regex.compile("|".join(regex.escape(s) for s in specials))
-    for piece in splitter.split(text):
-        counts.update(pretokenizer.split(piece))
-    return counts
+def check_chunks(chunk_counts: dict[str, int]) -> None:
+    """An input without a single pre-tokenized chunk has nothing to learn from."""
+    if not chunk_counts:
+        raise LLMInternalsError(
+            "the training corpus is empty", hint="give a corpus with some text in it (--corpus)"
+        )
 
 
 def assign_special_ids(vocab_len: int, specials: list[str]) -> dict[str, int]:
