@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"{len(ids)} tokens, {n_bytes} bytes, {n_bytes / max(len(ids), 1):.2f} bytes per token; "
         f"vocabulary of {tok.vocab_size:,} ({len(tok.merges):,} merges, "
-        f"{len(tok.special_tokens)} special tokens)",
+        f"{len(tok.special_tokens)} special token{'' if len(tok.special_tokens) == 1 else 's'})",
         style="dim",
         markup=False,
         highlight=False,
