@@ -76,7 +76,7 @@ def test_a_pattern_that_would_drop_characters_is_refused():
     with pytest.raises(LLMInternalsError, match="capturing group"):
         Tokenizer(base, pattern=r"(\w+)|\s+|(?s:.)")
     with pytest.raises(LLMInternalsError, match="at most 10,000"):
-        get_pretokenizer("a|" * 6000 + "(?s:.)")
+        get_pretokenizer("a|" * 6000 + "(?s:.)", must_cover=True)
     # covers the probe text but not a snowman: refused when it meets one, never dropped
     tok = Tokenizer(base, pattern=r"\p{L}+|\p{N}+|\s+|[^\p{L}\p{N}\s☃]+")
     assert tok.decode(tok.encode("a, b 1")) == "a, b 1"
@@ -91,7 +91,9 @@ def test_catastrophic_backtracking_is_an_error_not_a_hang():
 
     from llm_internals.errors import LLMInternalsError
 
-    pre = get_pretokenizer(r"(?:a|aa)+$|(?s:.)")  # passes the probe (no long run of a's)
+    pre = get_pretokenizer(
+        r"(?:a|aa)+$|(?s:.)", must_cover=True
+    )  # passes the probe (no long run of a's)
     start = time.perf_counter()
     with pytest.raises(LLMInternalsError, match="catastrophic backtracking"):
         pre.split("a" * 60 + "!")

@@ -9,12 +9,13 @@ regular expression (run with the `regex` module, which knows Unicode classes suc
   symbols, and whitespace (a run of spaces keeps its last space for the following word).
 - "gpt4" (alias "cl100k"): the cl100k_base pattern of tiktoken: case-insensitive contractions,
   at most 3 digits per chunk, newlines grouped separately from spaces.
-- any other string is compiled as a custom pattern. It must match every character (the chunks
-  joined give the text back; a gap would silently drop characters) and have no capturing
-  groups (`findall` would return the groups instead of the chunks): both are checked when the
-  pattern is loaded, on a probe text, and coverage again on every text it cuts. Matching a
-  custom pattern has a time limit, so that catastrophic backtracking (`(a|aa)+$` on a long
-  run of a's) is an error instead of a hang.
+- any other string is compiled as a custom pattern. It may have no capturing groups (`findall`
+  would return the groups instead of the chunks), and matching it has a time limit, so that
+  catastrophic backtracking (`(a|aa)+$` on a long run of a's) is an error instead of a hang.
+  A tokenizer's pattern must also match every character (the chunks joined give the text
+  back; a gap would silently drop characters): `must_cover=True` checks that on a probe text
+  when the tokenizer is loaded and again on every text it cuts. Training may count chunks of
+  a pattern that skips text (CS336's example splits on whitespace with `\\S+`).
 
 Speed: for text that is pure ASCII, each named pattern has a twin written with ASCII classes
 for the standard library `re` engine (about 2.5x faster here). `\\p{L}` becomes `[A-Za-z]`,
@@ -91,10 +92,12 @@ class Pretokenizer:
     unicode_regex: regex.Pattern
     ascii_regex: re.Pattern | regex.Pattern | None
     trusted: bool = True
+    must_cover: bool = False
 
     def split(self, text: str) -> list[str]:
-        """All chunks of `text`, in order; joined they give `text` back (checked for custom
-        patterns: a gap raises an error naming the first character it would drop)."""
+        """All chunks of `text`, in order; with must_cover, joined they give `text` back
+        (checked for custom patterns: a gap raises an error naming the character it would
+        drop)."""
         if self.ascii_regex is not None and text.isascii():
             return self.ascii_regex.findall(text)
         if self.trusted:
@@ -108,7 +111,7 @@ class Pretokenizer:
                 "(catastrophic backtracking?)",
                 hint="simplify nested repetitions such as (a|aa)+ in the pattern",
             ) from None
-        if sum(map(len, chunks)) != len(text):
+        if self.must_cover and sum(map(len, chunks)) != len(text):
             self._raise_gap(text)
         return chunks
 
@@ -135,10 +138,10 @@ class Pretokenizer:
 
 
 @lru_cache(maxsize=32)
-def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
+def get_pretokenizer(pattern: str = "gpt2", must_cover: bool = False) -> Pretokenizer:
     """Compile a pattern (name or custom string) once. A custom pattern that is not a valid
-    regular expression, has capturing groups or leaves characters of PROBE_TEXT unmatched is
-    a clear error."""
+    regular expression or has capturing groups is a clear error; with must_cover (a
+    tokenizer's pattern), so is one that leaves characters of PROBE_TEXT unmatched."""
     source = resolve_pattern(pattern)
     trusted = source in PATTERNS.values()
     if len(source) > MAX_PATTERN_CHARS:
@@ -166,8 +169,8 @@ def get_pretokenizer(pattern: str = "gpt2") -> Pretokenizer:
             ascii_compiled = re.compile(twin)
         except re.error:  # possessive quantifiers need Python 3.11's re; `regex` always has them
             ascii_compiled = regex.compile(twin)
-    pretokenizer = Pretokenizer(source, compiled, ascii_compiled, trusted)
-    if not trusted:
+    pretokenizer = Pretokenizer(source, compiled, ascii_compiled, trusted, must_cover)
+    if must_cover and not trusted:
         pretokenizer.split(PROBE_TEXT)  # raises if the pattern drops a character
     return pretokenizer
 

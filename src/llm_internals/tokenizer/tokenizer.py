@@ -63,7 +63,7 @@ class Tokenizer:
             )
         self.normalization = normalization  # Unicode normal form applied before encoding
         self.cache_size = cache_size
-        self._pretokenizer = get_pretokenizer(self.pattern)
+        self._pretokenizer = get_pretokenizer(self.pattern, must_cover=True)
         self._id_of: dict[bytes, int] = {}
         for token_id, token in self.vocab.items():
             if token in self._id_of:
