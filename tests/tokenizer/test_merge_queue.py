@@ -131,6 +131,17 @@ def test_one_occurrence_at_a_time_on_a_non_causal_vocabulary():
     assert ours.encode("abab") == [256, ord("b")]
 
 
+def test_a_stale_entry_of_the_last_part_never_merges_with_the_end():
+    # The last part absorbs everything to its right, then merges into its left neighbour; a
+    # stale entry of it, ranked as pair (0x00, 0x00), must not pair "" with the end marker.
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks |= {b"\x00\x01": 256, b"\x00\x00\x01": 257, b"\x01\x00\x00\x01": 258, b"\x00\x00": 259}
+    ours = Tokenizer.from_tiktoken(ranks, pattern="gpt2")
+    enc = tiktoken.Encoding("end", pat_str=ours.pattern, mergeable_ranks=ranks, special_tokens={})
+    for text in ("\x02" * LONG_CHUNK + "\x01\x00\x00\x01", "\x01\x00\x00\x01" * LONG_CHUNK):
+        assert ours.encode(text) == enc.encode(text)
+
+
 def test_queue_agrees_with_the_old_loop_and_tiktoken_on_a_trained_vocabulary(tok_small):
     enc = tiktoken_encoding(tok_small)
     bpe = tok_small._bpe

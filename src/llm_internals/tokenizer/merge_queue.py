@@ -31,7 +31,9 @@ from collections.abc import Mapping
 import numpy as np
 
 NO_RANK = 1 << 62
-_END = "\0\0"  # two characters: no pair key (always 2 characters) can contain it
+# The end marker: three characters, so that neither a pair with it nor "" + it (a merged-away
+# part read through a stale entry) is ever a pair key, which always has 2 characters.
+_END = "\0\0\0"
 
 
 class PairTable:
