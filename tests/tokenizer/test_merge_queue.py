@@ -21,10 +21,13 @@ from llm_internals.tokenizer.merge_queue import merge_long
 
 from .conftest import hf_from_ours, tiktoken_encoding
 
-# texts drawn from a small alphabet, so that pairs repeat and merges chain
-no_space_runs = st.text(alphabet="abcd", min_size=0, max_size=3 * LONG_CHUNK)
+# texts drawn from a small alphabet (with NUL, which the queue's end marker is made of), so
+# that pairs repeat and merges chain
+no_space_runs = st.text(alphabet="ab\x00\x01", min_size=0, max_size=3 * LONG_CHUNK)
 mixed_texts = st.lists(no_space_runs, max_size=4).map(" ".join)
-extra_tokens = st.lists(st.text(alphabet="abcd", min_size=2, max_size=6), max_size=30, unique=True)
+extra_tokens = st.lists(
+    st.text(alphabet="ab\x00\x01", min_size=2, max_size=6), max_size=30, unique=True
+)
 
 
 def old_loop(bpe, symbols: str) -> str:
@@ -55,12 +58,12 @@ def test_random_tiktoken_vocabularies_encode_like_tiktoken(extra, order, text):
 
 
 def random_merge_list(pairs, order) -> Tokenizer:
-    """Merges over "abcd" built bottom-up from `pairs` (some make a token another merge already
-    makes, which HF allows), then shuffled: a merge may use a token that a later merge makes
-    (a non-causal list, which HF accepts and applies by rank)."""
+    """Merges over a, b, 0x00, 0x01 built bottom-up from `pairs` (some make a token that another
+    merge already makes, which HF allows), then shuffled: a merge may use a token that a later
+    merge makes (a non-causal list, which HF accepts and applies by rank)."""
     vocab = {b: bytes([b]) for b in range(256)}
     id_of = {t: i for i, t in vocab.items()}
-    made = [ord(c) for c in "abcd"]
+    made = [ord(c) for c in "ab\x00\x01"]
     merges = []
     for a, b in pairs:
         left, right = made[a % len(made)], made[b % len(made)]
