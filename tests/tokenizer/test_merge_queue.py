@@ -18,6 +18,7 @@ from llm_internals.tokenizer.chunk_bpe import (
     symbols_to_ids,
 )
 from llm_internals.tokenizer.merge_queue import merge_long
+from llm_internals.trace import recording
 
 from .conftest import hf_from_ours, tiktoken_encoding
 
@@ -55,6 +56,8 @@ def test_random_tiktoken_vocabularies_encode_like_tiktoken(extra, order, text):
     enc = tiktoken.Encoding("random", pat_str=ours.pattern, mergeable_ranks=mergeable,
                             special_tokens={})  # fmt: skip
     assert ours.encode(text) == enc.encode(text)
+    with recording():  # the readable loop the lessons record
+        assert ours.encode(text) == enc.encode(text)
 
 
 def random_merge_list(pairs, order) -> Tokenizer:
