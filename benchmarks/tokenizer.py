@@ -1,7 +1,7 @@
 """Tokenizer benchmark: training and encoding speed against HF `tokenizers` and `tiktoken`.
 
     python benchmarks/tokenizer.py [--rounds 3] [--encode-rounds 9] [--vocab-size 8192]
-                                   [--naive-vocab 384]
+                                   [--naive-vocab 384] [--only {all,no-space,multilingual}]
 
 Ours and the reference run interleaved in the same process, round after round, and the table
 shows the best round of each (the machine may be shared: interleaving keeps the ratio fair).
@@ -14,6 +14,8 @@ Every comparison first checks that both sides produce identical merges / ids.
   `encode_ordinary` on the whole corpus with the same vocabulary; `encode_batch(lines)` (cold)
   vs HF `encode_batch(lines)`.
 - compression: bytes per token of ours and HF's at the same vocab size.
+- multilingual: training on the multilingual corpus (38 languages, 11+ scripts), ours and HF
+  with the same vocab and special token, then our ids against tiktoken built from our ranks.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from llm_internals.tokenizer.byte_level import token_to_text
 console = Console(width=150)
 
 
-def hf_train(text: str, vocab_size: int) -> HFTokenizer:
+def hf_train(text: str, vocab_size: int, special_tokens: tuple[str, ...] = ()) -> HFTokenizer:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(special_tokens),
         show_progress=False,
     )
     tok.train_from_iterator([text], trainer=trainer)
@@ -74,11 +77,16 @@ def main() -> None:
     parser.add_argument("--no-space-mb", type=float, default=1.0, help="no-space text size")
     parser.add_argument("--no-space-vocab", type=int, default=50_000, help="no-space vocab size")
     parser.add_argument(
-        "--only", choices=("all", "no-space"), default="all", help="run one section only"
+        "--only",
+        choices=("all", "no-space", "multilingual"),
+        default="all",
+        help="run one section only",
     )
     args = parser.parse_args()
     if args.only == "no-space":
         return no_space_section(args.encode_rounds, args.no_space_vocab, args.no_space_mb)
+    if args.only == "multilingual":
+        return multilingual_section(args.rounds, args.vocab_size)
     text = corpus("shakespeare")
     n_bytes = len(text.encode("utf-8"))
     mb = n_bytes / 1e6
@@ -174,6 +182,46 @@ def main() -> None:
         f"Ratios > 1 in 'ref/ours' mean ours is faster."
     )
     no_space_section(args.encode_rounds, args.no_space_vocab, args.no_space_mb)
+    multilingual_section(args.rounds, args.vocab_size)
+
+
+def multilingual_section(rounds: int, vocab_size: int) -> None:
+    """Training on mixed-script text, where UTF-8 letters take 2-3 bytes: ours beside HF with
+    the same vocab and special token; our ids beside tiktoken's from our ranks."""
+    import os
+
+    text = corpus("multilingual")
+    mb = len(text.encode("utf-8")) / 1e6
+    special = ("<|endoftext|>",)
+    load_before = os.getloadavg()
+    times, trained = best_of(
+        rounds,
+        {
+            "ours": lambda: train_bpe(text, vocab_size, special_tokens=special),
+            "hf": lambda: hf_train(text, vocab_size, special),
+        },
+    )
+    ours: Tokenizer = trained["ours"]
+    hf_merge_list = [tuple(m) for m in json.loads(trained["hf"].to_str())["model"]["merges"]]
+    our_merge_list = [
+        (token_to_text(ours.vocab[a]), token_to_text(ours.vocab[b])) for a, b in ours.merges
+    ]
+    enc = tiktoken.Encoding(
+        "multilingual", pat_str=ours.pattern, mergeable_ranks=ours.to_tiktoken(),
+        special_tokens=ours.special_tokens,
+    )  # fmt: skip
+    same_ids = ours.encode_ordinary(text) == enc.encode_ordinary(text)
+    table = Table(title=f"training on the multilingual corpus ({mb:.2f} MB), vocab {vocab_size:,}")
+    for column in ("measure", "ours (s)", "HF (s)", "ours/HF (x)", "target", "identical"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        "train_bpe vs HF BpeTrainer", f"{times['ours']:.2f}", f"{times['hf']:.2f}",
+        f"{times['ours'] / times['hf']:.2f}", "<= 0.5",
+        f"merges {our_merge_list == hf_merge_list}, ids vs tiktoken {same_ids}",
+    )  # fmt: skip
+    console.print(table)
+    load = " -> ".join(", ".join(f"{x:.2f}" for x in avg) for avg in (load_before, os.getloadavg()))
+    console.print(f"best of {rounds} interleaved rounds; load average {load}")
 
 
 def no_space_section(rounds: int, vocab_size: int, megabytes: float) -> None:

@@ -97,7 +97,25 @@ def learn_merges(
                 continue  # stale index entry: an earlier merge already consumed the pair here
             parts = word.split(pair)  # non-overlapping, left to right: the BPE merge rule
             words[i] = z.join(parts)
-            fresh = _update_neighbours(parts, a, b, z, weights[i], pair_counts)
+            n = weights[i]
+            if len(parts) == 2:  # one occurrence (the common case), written out for speed
+                left, right = parts
+                if left:
+                    c = left[-1]
+                    pair_counts[c + a] -= n
+                    p = c + z
+                    pair_counts[p] += n
+                    where[p].append(i)
+                    grown.add(p)
+                if right:
+                    c = right[0]
+                    pair_counts[b + c] -= n
+                    p = z + c
+                    pair_counts[p] += n
+                    where[p].append(i)
+                    grown.add(p)
+                continue
+            fresh = _update_neighbours(parts, a, b, z, n, pair_counts)
             for p in set(fresh):
                 where[p].append(i)
             grown.update(fresh)
