@@ -189,3 +189,19 @@ def test_bad_training_input_is_a_clear_error():
     assert "--tie-break" in e.value.hint and "lexicographic" in e.value.hint
     with pytest.raises(LLMInternalsError, match="vocab size"):
         train_bpe_naive("hello", 100)
+
+
+def test_multilingual_merges_equal_hf_and_ids_equal_tiktoken(multilingual_text):
+    # 40 slices of 6,000 characters, one from each stretch of the corpus: every script in it.
+    import tiktoken
+
+    step = len(multilingual_text) // 40
+    text = "".join(multilingual_text[i : i + 6000] for i in range(0, 40 * step, step))
+    tok = train_bpe(text, 1500, special_tokens=("<|endoftext|>",))
+    reference = hf_merges(hf_train(text, 1500, specials=("<|endoftext|>",)))
+    ours = [(token_to_text(tok.vocab[a]), token_to_text(tok.vocab[b])) for a, b in tok.merges]
+    assert ours == reference
+    enc = tiktoken.Encoding(
+        "multilingual", pat_str=tok.pattern, mergeable_ranks=tok.to_tiktoken(), special_tokens={}
+    )
+    assert tok.encode_ordinary(text) == enc.encode_ordinary(text)
