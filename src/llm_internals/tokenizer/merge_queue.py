@@ -37,18 +37,25 @@ _END = "\0\0\0"
 
 
 class PairTable:
-    """The pair ranks as sorted numpy arrays (key = left id << 21 | right id), to rank all the
-    initial pairs of a long chunk in one vectorized search instead of a dict lookup each."""
+    """The pair ranks as numpy arrays, to rank all the initial pairs of a long chunk in one
+    vectorized step instead of a dict lookup each: a 256 x 256 table for pairs of ids below 256
+    (the byte tokens of most vocabularies), else a search in the sorted keys
+    (left id << 21 | right id)."""
 
     def __init__(self, pair_rank: Mapping[str, int]) -> None:
         keys = np.fromiter((ord(k[0]) << 21 | ord(k[1]) for k in pair_rank), np.int64)
         ranks = np.fromiter(pair_rank.values(), np.int64, len(pair_rank))
         order = np.argsort(keys)
         self.keys, self.ranks = keys[order], ranks[order]
+        self.byte_pairs = np.full((256, 256), NO_RANK, np.int64)
+        small = (keys >> 21 < 256) & (keys & (1 << 21) - 1 < 256)
+        self.byte_pairs[keys[small] >> 21, keys[small] & (1 << 21) - 1] = ranks[small]
 
     def ranks_of_pairs(self, symbols: str) -> np.ndarray:
         """The rank of each adjacent pair of `symbols` (NO_RANK where there is none)."""
         ids = np.frombuffer(symbols.encode("utf-32-le", "surrogatepass"), np.uint32)
+        if ids.max() < 256:
+            return self.byte_pairs[ids[:-1], ids[1:]]
         keys = ids[:-1].astype(np.int64) << 21 | ids[1:]
         if len(self.keys) == 0:
             return np.full(len(keys), NO_RANK, np.int64)
