@@ -171,7 +171,7 @@ def _priority_function(
             return k
 
         return lambda pair, count: (-count, key(pair[0]), key(pair[1]))
-    order = byte_symbol_order(tie_break)
+    order = byte_symbol_order()
     bits = max(n_tokens, 256).bit_length()
 
     def hf_priority(pair: str, count: int) -> int:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer.byte_level import HF_BYTE_ORDER
-from llm_internals.tokenizer.chunk_counts import count_chunks  # noqa: F401 (the bpe lesson's import)
 
 TIE_BREAKS = ("hf", "lexicographic")
 
@@ -34,11 +33,9 @@ class TrainedBPE:
     pattern: str = "gpt2"
 
 
-def byte_symbol_order(tie_break: str = "hf") -> list[int]:
+def byte_symbol_order() -> list[int]:
     """order() of the 256 byte symbols under tie_break="hf" (merged ids order as themselves);
     "lexicographic" compares token bytes instead (see descending_key)."""
-    if tie_break != "hf":
-        raise LLMInternalsError(f"tie_break {tie_break!r} has no byte order; only 'hf' has one")
     return list(HF_BYTE_ORDER)
 
 

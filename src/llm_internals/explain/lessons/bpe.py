@@ -18,8 +18,9 @@ from llm_internals.tokenizer import (
     train_bpe,
     train_bpe_naive,
 )
+from llm_internals.tokenizer.chunk_counts import count_chunks
 from llm_internals.tokenizer.stats import show_token
-from llm_internals.tokenizer.training_common import byte_symbol_order, count_chunks
+from llm_internals.tokenizer.training_common import byte_symbol_order
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -139,7 +140,7 @@ def _section_what_is_bpe() -> Section:
 
 
 def _section_training_steps(tok: Tokenizer, steps: list) -> Section:
-    order = byte_symbol_order("hf")
+    order = byte_symbol_order()
 
     def tie_key(pair: tuple[int, int]) -> tuple[int, int]:
         return tuple(order[t] if t < 256 else t for t in pair)  # type: ignore[return-value]
