@@ -83,8 +83,13 @@ class ChunkCounter:
             self._count("".join(blocks))
             return
         carry = ""
+        waiting: list[str] = []  # blocks without a newline: no cut can fall inside them
         for block in blocks:
-            pieces = self.cut.split(carry + block)
+            if "\n" not in block and not carry.endswith("\n"):
+                waiting.append(block)  # joined once a newline comes: no quadratic copying
+                continue
+            pieces = self.cut.split("".join([carry, *waiting, block]))
+            waiting.clear()
             # Keep the tail uncounted: the next block may continue its last chunk, or complete
             # a special token that starts within the last `longest_special` characters.
             k = len(pieces) - 1
@@ -94,7 +99,7 @@ class ChunkCounter:
                 tail += len(pieces[k])
             carry = "".join(pieces[k:])
             self._count_pieces(pieces[:k])
-        self._count_pieces([carry])
+        self._count_pieces(["".join([carry, *waiting])])
 
     def _count(self, text: str) -> None:
         self._count_pieces(self.cut.split(text) if self.cut is not None else [text])
