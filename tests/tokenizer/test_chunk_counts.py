@@ -100,3 +100,23 @@ def test_bad_sources_are_clear_errors(tmp_path):
         count_chunks(42)
     with pytest.raises(LLMInternalsError, match="no such file"):
         count_chunks(tmp_path / "missing.txt")
+
+
+def test_a_file_is_counted_in_blocks_never_held_whole(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from llm_internals.tokenizer import chunk_counts
+
+    monkeypatch.setattr(chunk_counts, "BLOCK_CHARS", 1 << 16)  # 64 KB blocks, a 2.1 MB file
+    lines = [f"line {i % 97} of a long corpus, with some words to count.\n" for i in range(40_000)]
+    path = tmp_path / "big.txt"
+    path.write_text("".join(lines))
+    size = path.stat().st_size
+    tracemalloc.start()
+    counts = count_chunks(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counts == whole_text_counts("".join(lines), "gpt2")
+    # A few forms of one block at a time (bytes, str, pieces); the whole text would be `size`
+    # and its list of 600k chunks ten times more.
+    assert peak < size / 3, (peak, size)

@@ -43,7 +43,7 @@ from llm_internals.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN, get_
 # `re`'s \S (not str.isspace()) excludes every Unicode White_Space character that `regex`'s \s
 # matches (and \x1c-\x1f besides), so it only ever finds fewer cuts than the proofs allow.
 SAFE_CUTS = {GPT2_PATTERN: r"(?=\n\S)", GPT4_PATTERN: r"(?<=\n)(?=\S)"}
-BLOCK_CHARS = 1 << 20
+BLOCK_CHARS = 1 << 20  # streaming unit: characters of a str, bytes of a file
 
 TrainingText = str | os.PathLike | Iterable[str]
 
@@ -118,7 +118,7 @@ def count_chunks(
     if isinstance(source, str):
         counter.add_document(source)
     elif isinstance(source, os.PathLike):
-        counter.add_stream(iter_text_blocks(Path(source)))
+        counter.add_stream(iter_text_blocks(Path(source), BLOCK_CHARS))
     elif isinstance(source, bytes | bytearray) or not isinstance(source, Iterable):
         raise LLMInternalsError(
             f"cannot train on a {type(source).__name__}: give a str (the text), a path "
