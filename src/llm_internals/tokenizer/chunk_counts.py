@@ -20,6 +20,9 @@ end a chunk, so pre-tokenizing the pieces one by one gives the whole text's chun
 - gpt4: after a "\\n" that is followed by a non-space: `\\s*[\\r\\n]` (or a symbol run's
   `[\\r\\n]*+`) ends there in the whole text, as `\\s++$` does at the end of a piece.
 Neither pattern looks behind, so matching restarts at a cut exactly as at a string's start.
+With special tokens, gpt2 does not cut before a "\n" that a special token follows (that segment
+ends at the "\n" and keeps its run whole), and a block's last `len(longest special)`
+characters wait for the next block, so a special token is always seen whole.
 Custom patterns get no cuts (a document is pre-tokenized whole), nor do special tokens that
 contain a newline. Small pieces are also faster: mostly-ASCII lines take the `re` fast path and
 non-ASCII lines are matched in their compact one- or two-byte form (see docs/benchmarks.md).
