@@ -68,3 +68,13 @@ def test_tie_break_option_reaches_the_trainer(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train-tokenizer", "--tie-break", "bytes"])
     assert e.value.code == 2 and "lexicographic" in capsys.readouterr().err
+
+
+def test_a_pattern_that_drops_characters_is_refused_before_training(tmp_path, capsys):
+    corpus = tmp_path / "not-read-yet.txt"  # the pattern is refused before the corpus is read
+    out = tmp_path / "tok.json"
+    code = main(["train-tokenizer", "--corpus", str(corpus), "--vocab-size", "300",
+                 "--pattern", r"\S+", "--out", str(out)])  # fmt: skip
+    assert code == 2
+    assert "it would be dropped from the tokens" in capsys.readouterr().out
+    assert not out.exists()

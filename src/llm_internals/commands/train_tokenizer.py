@@ -13,6 +13,7 @@ from llm_internals.data import CORPORA, corpus
 from llm_internals.data.corpus import iter_text_blocks
 from llm_internals.errors import LLMInternalsError
 from llm_internals.tokenizer import PATTERNS, train_bpe
+from llm_internals.tokenizer.pretokenize import get_pretokenizer
 from llm_internals.tokenizer.stats import bytes_per_token, longest_tokens, show_token
 from llm_internals.tokenizer.training_common import TIE_BREAKS
 
@@ -74,6 +75,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The tokenizer built at the end must cover every text: check the pattern before training.
+    get_pretokenizer(args.pattern, must_cover=True)
     if args.corpus in CORPORA:
         source = text = corpus(args.corpus)
     else:  # a file or folder: training streams it; compression is measured on its first MB
