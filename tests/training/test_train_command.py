@@ -214,12 +214,10 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, shakespeare_text, capsys
         (["--lr", "inf"], "lr must be a finite number >= 0, got inf"),
         (["--grad-clip", "nan"], "grad_clip must be a finite number >= 0, got nan"),
         (["--set", "min_lr=nan"], "min_lr must be a finite number >= 0, got nan"),
-        (["--device", "cuda:7"], "cuda:7"),
+        (["--device", "cuda:999"], "cuda:999"),  # past the last GPU of any machine
     ],
 )
 def test_impossible_numbers_and_devices_are_refused(tmp_path, capsys, flags, message):
-    if flags[0] == "--device" and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has a cuda:7")
     assert main(["train", "--out-dir", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().out.replace("\n", "")
 
