@@ -9,7 +9,7 @@ import transformers
 
 from llm_internals.cli import main
 from llm_internals.errors import LLMInternalsError
-from llm_internals.models import DecoderLM, ModelConfig, save_checkpoint
+from llm_internals.models import DecoderLM, ModelConfig, save_checkpoint, save_pretrained
 from llm_internals.models.loading import (
     find_tokenizer_file,
     load_model_and_tokenizer,
@@ -89,6 +89,22 @@ def test_hf_folder_loads_with_config_eos(tmp_path, tokenizer):
     with torch.no_grad():
         assert (loaded(ids) - hf(ids).logits).abs().max() < 1e-4
     assert eos == 7
+
+
+def test_our_hf_export_loads_with_model_alone_and_in_transformers(tmp_path, model, tokenizer):
+    save_pretrained(model, tmp_path, tokenizer=tokenizer)
+    loaded, loaded_tokenizer, _ = load_model_and_tokenizer(tmp_path)
+    _same_logits(loaded, model, tokenizer)
+    assert loaded_tokenizer.encode(TEXT) == tokenizer.encode(TEXT)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "tokenizer.json")
+    )
+    ids = hf_tokenizer("whether 'tis nobler")["input_ids"]
+    assert ids == tokenizer.encode("whether 'tis nobler")
+    with torch.no_grad():
+        expected = model(torch.tensor([ids]))
+        assert (hf_model(torch.tensor([ids])).logits - expected).abs().max() < 1e-4
 
 
 def test_clear_errors(tmp_path, model):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -135,9 +136,15 @@ def _hf_shape(m: hf_decoder.TensorMap, ours: dict[str, torch.Tensor]) -> tuple[i
     return tuple(m.to_hf(*parts).shape)
 
 
-def save_pretrained(model: nn.Module, path: str | Path, max_shard_bytes: int | None = None) -> None:
+def save_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    max_shard_bytes: int | None = None,
+    tokenizer: Any | None = None,
+) -> None:
     """Write `model` as an HF checkpoint directory: config.json plus safetensors (sharded when
-    larger than `max_shard_bytes`)."""
+    larger than `max_shard_bytes`), and `tokenizer` as tokenizer.json (HF's format when the
+    tokenizer can write it, so `transformers` and `--model PATH` both find it)."""
     directory = Path(path)
     converter = _converter_for_model(model)
     config = model.config
@@ -149,3 +156,8 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_bytes: int | N
     }
     write_weights(directory, tensors, max_shard_bytes=max_shard_bytes)
     write_json(directory / "config.json", hf_config)
+    if tokenizer is not None:
+        if hasattr(tokenizer, "to_hf"):
+            tokenizer.to_hf(directory / "tokenizer.json")
+        else:  # a character tokenizer: our own format (HF has no equivalent)
+            tokenizer.save(directory / "tokenizer.json")
