@@ -15,17 +15,12 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 from llm_internals.inference.generate import generate
 from llm_internals.inference.paged import LLM
 from llm_internals.inference.server import ServerLimits, create_app, serve_in_thread
 from llm_internals.inference.server.chat_template import SimpleChatTemplate
 from llm_internals.inference.server.metrics import parse_prometheus_text
-from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
-from llm_internals.models.checkpoint import save_checkpoint
-from llm_internals.models.loading import load_tokenizer
-from llm_internals.tokenizer import train_bpe
 
 MODEL = "tiny-test"
 CONTEXT = 256
@@ -36,22 +31,14 @@ TEXT = (
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, write_tiny_checkpoint):
     """A tiny random decoder and its tokenizer, saved as a checkpoint directory."""
-    tokenizer = train_bpe(TEXT, 300)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=CONTEXT)  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny")
-    save_checkpoint(DecoderLM(config), directory)
-    tokenizer.save(directory / "tokenizer.json")
-    return directory
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), TEXT, seed=0, max_seq_len=CONTEXT)
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(checkpoint):
-    model = load_pretrained(checkpoint, dtype=torch.float64, attn_impl="sdpa", fused_ops=True)
-    return model, load_tokenizer(checkpoint / "tokenizer.json")
+def model_and_tokenizer(checkpoint, load_float64):
+    return load_float64(checkpoint)
 
 
 def make_engine(model_and_tokenizer, **kwargs) -> LLM:

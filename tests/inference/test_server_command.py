@@ -13,14 +13,10 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 from llm_internals.cli import main
 from llm_internals.inference.generate import generate
-from llm_internals.models import DecoderLM, ModelConfig
-from llm_internals.models.checkpoint import save_checkpoint
 from llm_internals.models.loading import load_model_and_tokenizer
-from llm_internals.tokenizer import train_bpe
 
 TEXT = (
     "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. " * 8
@@ -29,15 +25,10 @@ STARTUP_S = 90
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tokenizer = train_bpe(TEXT, 300)
-    torch.manual_seed(2)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=128)  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny-serve")
-    save_checkpoint(DecoderLM(config), directory)
-    tokenizer.save(directory / "tokenizer.json")
-    return directory
+def checkpoint(tmp_path_factory, write_tiny_checkpoint):
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("tiny-serve"), TEXT, seed=2, max_seq_len=128
+    )
 
 
 def free_port() -> int:

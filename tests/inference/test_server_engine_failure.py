@@ -16,7 +16,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from llm_internals.cli import main
 from llm_internals.inference.generate import generate
@@ -25,10 +24,6 @@ from llm_internals.inference.paged import engine as engine_module
 from llm_internals.inference.server import create_app, serve_in_thread
 from llm_internals.inference.server.engine_loop import MAX_FAILURES
 from llm_internals.inference.server.metrics import parse_prometheus_text
-from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
-from llm_internals.models.checkpoint import save_checkpoint
-from llm_internals.models.loading import load_tokenizer
-from llm_internals.tokenizer import train_bpe
 
 MODEL = "tiny-fail"
 SECRET = "internal detail 0xdeadbeef"  # the injected exception's text: never shown to clients
@@ -36,21 +31,15 @@ TEXT = "Double, double toil and trouble; fire burn and cauldron bubble. " * 10
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tokenizer = train_bpe(TEXT, 300)
-    torch.manual_seed(3)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=128)  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny-fail")
-    save_checkpoint(DecoderLM(config), directory)
-    tokenizer.save(directory / "tokenizer.json")
-    return directory
+def checkpoint(tmp_path_factory, write_tiny_checkpoint):
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("tiny-fail"), TEXT, seed=3, max_seq_len=128
+    )
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(checkpoint):
-    model = load_pretrained(checkpoint, dtype=torch.float64, attn_impl="sdpa", fused_ops=True)
-    return model, load_tokenizer(checkpoint / "tokenizer.json")
+def model_and_tokenizer(checkpoint, load_float64):
+    return load_float64(checkpoint)
 
 
 def make_engine(model_and_tokenizer) -> LLM:

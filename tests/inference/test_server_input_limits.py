@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from llm_internals.inference.paged import LLM
 from llm_internals.inference.server import (
@@ -24,10 +23,6 @@ from llm_internals.inference.server import (
 from llm_internals.inference.server.guards import GuardSettings
 from llm_internals.inference.server.prompts import longest_token_chars
 from llm_internals.inference.server.schema import MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
-from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
-from llm_internals.models.checkpoint import save_checkpoint
-from llm_internals.models.loading import load_tokenizer
-from llm_internals.tokenizer import train_bpe
 
 MODEL = "tiny-limits"
 CONTEXT = 128
@@ -36,16 +31,9 @@ MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(tmp_path_factory):
-    tokenizer = train_bpe(TEXT, 300)
-    torch.manual_seed(4)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=CONTEXT)  # fmt: skip
+def model_and_tokenizer(tmp_path_factory, write_tiny_checkpoint, load_float64):
     directory = tmp_path_factory.mktemp("tiny-limits")
-    save_checkpoint(DecoderLM(config), directory)
-    tokenizer.save(directory / "tokenizer.json")
-    model = load_pretrained(directory, dtype=torch.float64, attn_impl="sdpa", fused_ops=True)
-    return model, load_tokenizer(directory / "tokenizer.json")
+    return load_float64(write_tiny_checkpoint(directory, TEXT, seed=4, max_seq_len=CONTEXT))
 
 
 def make_app(model_and_tokenizer, **kwargs):

@@ -15,16 +15,11 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 from llm_internals.inference.generate import generate
 from llm_internals.inference.paged import LLM
 from llm_internals.inference.server import create_app, serve_in_thread
 from llm_internals.inference.server.metrics import parse_prometheus_text
-from llm_internals.models import DecoderLM, ModelConfig, load_pretrained
-from llm_internals.models.checkpoint import save_checkpoint
-from llm_internals.models.loading import load_tokenizer
-from llm_internals.tokenizer import train_bpe
 
 MODEL = "tiny-load"
 REQUESTS = 200
@@ -50,16 +45,10 @@ TEST_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(tmp_path_factory):
-    tokenizer = train_bpe(TEXT, 320)
-    torch.manual_seed(1)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                         n_kv_heads=2, max_seq_len=256)  # fmt: skip
+def model_and_tokenizer(tmp_path_factory, write_tiny_checkpoint, load_float64):
     directory = tmp_path_factory.mktemp("tiny-load")
-    save_checkpoint(DecoderLM(config), directory)
-    tokenizer.save(directory / "tokenizer.json")
-    model = load_pretrained(directory, dtype=torch.float64, attn_impl="sdpa", fused_ops=True)
-    return model, load_tokenizer(directory / "tokenizer.json")
+    checkpoint = write_tiny_checkpoint(directory, TEXT, seed=1, max_seq_len=256, vocab_size=320)
+    return load_float64(checkpoint)
 
 
 async def one_request(client, i: int) -> tuple[int, str, str | None, bool]:

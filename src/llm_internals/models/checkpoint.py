@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +122,7 @@ def read_weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
                 found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as err:
             raise LLMInternalsError(f"{path}: not a readable safetensors file ({err})") from None
-        for name in names or found:
-            if name not in found:
-                raise LLMInternalsError(
-                    f"{Path(directory) / INDEX_FILE} maps {name} to {file_name}, which lacks it"
-                )
+        for name in _mapped_names(directory, file_name, names, found):
             shapes[name] = found[name]
     return shapes
 
@@ -136,13 +132,22 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for file_name, names in weight_files(directory).items():
         shard = _load_safetensors(Path(directory) / file_name)
-        for name in names or shard:
-            if name not in shard:
-                raise LLMInternalsError(
-                    f"{Path(directory) / INDEX_FILE} maps {name} to {file_name}, which lacks it"
-                )
+        for name in _mapped_names(directory, file_name, names, shard):
             tensors[name] = shard[name]
     return tensors
+
+
+def _mapped_names(
+    directory: Path, file_name: str, names: list[str], in_file: Mapping[str, Any]
+) -> list[str]:
+    """The tensor names to take from `file_name`: those the index maps to it (each checked to be
+    in the file), or all of them for a single-file checkpoint (no index, `names` empty)."""
+    for name in names:
+        if name not in in_file:
+            raise LLMInternalsError(
+                f"{Path(directory) / INDEX_FILE} maps {name} to {file_name}, which lacks it"
+            )
+    return list(names or in_file)
 
 
 def _no_weights(directory: Path) -> None:
