@@ -19,6 +19,12 @@ from llm_internals.models import (
     load_pretrained,
     save_checkpoint,
 )
+from llm_internals.models.checkpoint import (
+    INDEX_FILE,
+    read_weight_shapes,
+    read_weights,
+    write_weights,
+)
 
 CONFIG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                      tie_embeddings=True, qk_norm=True)  # fmt: skip
@@ -253,3 +259,16 @@ def test_shard_index_entries_must_be_file_names_in_the_folder(
     index_path.write_text(json.dumps(index))
     with pytest.raises(LLMInternalsError, match=re.escape(message)):
         load_pretrained(folder)
+
+
+def test_an_index_naming_a_tensor_its_shard_lacks_is_an_error(tmp_path):
+    tensors = {"a": torch.zeros(64), "b": torch.ones(64)}
+    write_weights(tmp_path, tensors, max_shard_bytes=300)  # one tensor per shard
+    assert read_weights(tmp_path).keys() == tensors.keys()
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    shard_of_a = index["weight_map"]["a"]
+    index["weight_map"]["ghost"] = shard_of_a
+    (tmp_path / INDEX_FILE).write_text(json.dumps(index))
+    for read in (read_weights, read_weight_shapes):
+        with pytest.raises(LLMInternalsError, match=f"maps ghost to {shard_of_a}, which lacks it"):
+            read(tmp_path)
