@@ -21,9 +21,11 @@ from llm_internals.layers.cpu_caches import SYSFS_CACHE_DIR, parse_size, read_cp
 from llm_internals.layers.flash_io import (
     GPUS,
     PAPER_STANDARD,
+    Tiling,
     block_pairs,
     paper_block_sizes,
     standard_io,
+    tiled_backward_io,
     tiled_io,
 )
 from llm_internals.layers.masks import causal_mask
@@ -95,17 +97,25 @@ def test_causal_skips_exactly_the_blocks_the_causal_mask_leaves_empty(n_q, n_k, 
 
 
 def test_tiled_io_by_hand_on_a_small_causal_case():
-    # N = 4 rows in 2 blocks of 2 (each way), d = 3, fp32, causal: pairs (0,0), (1,0), (1,1)
-    # computed, (0,1) skipped.
-    row = 3 * 4
-    fa2 = tiled_io(4, 4, 3, 4, block_q=2, block_k=2, loop_order="fa2", causal=True)
+    # N = 4 positions in 2 blocks of 2 (each way), d = 3, fp32, causal: pairs (0,0), (1,0),
+    # (1,1) computed, (0,1) skipped; 3 pairs x 2 rows = 6 row visits.
+    row, stat = 3 * 4, 4
+    tiling = Tiling(4, 4, 3, 4, block_q=2, block_k=2, causal=True)
+    fa2 = tiled_io(tiling, "fa2")
     assert (fa2.computed_pairs, fa2.skipped_pairs) == (3, 1)
-    assert fa2.reads == {"K": 3 * 2 * row, "V": 3 * 2 * row, "Q": 4 * row}
-    assert fa2.writes == {"O": 4 * row, "L": 4 * 4}
-    fa1 = tiled_io(4, 4, 3, 4, block_q=2, block_k=2, loop_order="fa1", causal=True)
-    assert fa1.reads == {"Q": 6 * row, "O": 6 * row, "m": 6 * 4, "l": 6 * 4, "K": 4 * row,
-                         "V": 4 * row}  # fmt: skip
-    assert fa1.writes == {"O": 6 * row, "m": 6 * 4, "l": 6 * 4}
+    assert fa2.reads == {"K": 6 * row, "V": 6 * row, "Q": 4 * row}
+    assert fa2.writes == {"O": 4 * row, "L": 4 * stat}
+    fa1 = tiled_io(tiling, "fa1")
+    assert fa1.reads == {"K": 4 * row, "V": 4 * row, "Q": 6 * row, "O": 6 * row,
+                         "m": 10 * stat, "l": 10 * stat}  # fmt: skip
+    assert fa1.writes == {"O": 10 * row, "m": 10 * stat, "l": 10 * stat, "L": 4 * stat}
+    back = tiled_backward_io(tiling)
+    assert back.reads == {"O": 4 * row, "dO": 10 * row, "K": 4 * row, "V": 4 * row,
+                          "Q": 6 * row, "L": 6 * stat, "D": 6 * stat, "dQ": 6 * row}  # fmt: skip
+    assert back.writes == {"D": 4 * stat, "dQ": 10 * row, "dK": 4 * row, "dV": 4 * row}
+    # grouped-query attention: 8 query heads sharing 2 K/V heads move 4x less K and V
+    gqa = tiled_io(Tiling(4, 4, 3, 4, block_q=2, block_k=2, causal=True, heads=8, kv_heads=2))
+    assert gqa.reads == {"K": 12 * row, "V": 12 * row, "Q": 32 * row}
 
 
 def test_paper_block_sizes_and_theta_n2d2_over_m():
@@ -115,16 +125,18 @@ def test_paper_block_sizes_and_theta_n2d2_over_m():
     assert paper_block_sizes(4096, 8, 4) == (8, 32)  # 1024 / 32 = 32, min(32, d = 8)
     n, d, sram = 16384, 64, 192 * 1024
     m = sram // 2
-    br, bc = paper_block_sizes(sram, d, 2)
-    fa1 = tiled_io(n, n, d, 2, block_q=br, block_k=bc, loop_order="fa1", stat_bytes=2)
-    # Q read, O read, O written ceil(N / B_c) times; K, V once; m, l per row per block
-    t_c = math.ceil(n / bc)
-    assert fa1.total_bytes == 2 * (3 * t_c * n * d + 2 * n * d + 4 * t_c * n)
-    assert 11 < fa1.total_bytes / 2 / (n * n * d * d / m) < 13.5
-    # doubling M halves the tiled traffic's leading term; the standard count does not move
-    br2, bc2 = paper_block_sizes(2 * sram, d, 2)
-    fa1_2m = tiled_io(n, n, d, 2, block_q=br2, block_k=bc2, loop_order="fa1", stat_bytes=2)
-    assert 1.8 < fa1.total_bytes / fa1_2m.total_bytes < 2.0
+
+    def fa1_bytes(sram_bytes):
+        br, bc = paper_block_sizes(sram_bytes, d, 2)
+        return tiled_io(Tiling(n, n, d, 2, br, bc, stat_bytes=2), "fa1").total_bytes
+
+    # Q read, O read, O written ceil(N / B_c) times, m and l read and written as often; K, V
+    # read once; O, m, l initialised; m, l read and L written at the end.
+    t_c = math.ceil(n / paper_block_sizes(sram, d, 2)[1])
+    assert fa1_bytes(sram) == 2 * (3 * t_c * n * d + 3 * n * d + 4 * t_c * n + 5 * n)
+    assert 11 < fa1_bytes(sram) / 2 / (n * n * d * d / m) < 13.5
+    # doubling M halves the tiled traffic's leading term; the standard count does not depend on M
+    assert 1.8 < fa1_bytes(sram) / fa1_bytes(2 * sram) < 2.0
 
 
 def test_published_gpu_figures_name_their_source():
@@ -135,9 +147,9 @@ def test_published_gpu_figures_name_their_source():
 
 def test_bad_sizes_are_one_clear_error():
     with pytest.raises(LLMInternalsError, match="block_q"):
-        tiled_io(8, 8, 4, 4, block_q=0, block_k=4)
+        Tiling(8, 8, 4, 4, block_q=0, block_k=4)
     with pytest.raises(LLMInternalsError, match="loop order"):
-        tiled_io(8, 8, 4, 4, block_q=4, block_k=4, loop_order="fa3")
+        tiled_io(Tiling(8, 8, 4, 4, block_q=4, block_k=4), "fa3")
 
 
 def _fake_cache(root, index, level, kind, size):

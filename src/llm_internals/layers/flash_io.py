@@ -18,8 +18,13 @@ Tiled attention is counted block pair by block pair for the loop order that runs
 
     fa2 (outer loop over query blocks i):  read Q_i once; for each block pair (i, j) that is not
         skipped, read K_j and V_j; write O_i and L_i once.
-    fa1 (outer loop over key/value blocks j, the paper's Algorithm 1):  read K_j and V_j once;
-        for each block pair not skipped, read Q_i, O_i, m_i, l_i and write O_i, m_i, l_i.
+    fa1 (outer loop over key/value blocks j, the paper's Algorithm 1):  initialise O, m, l in
+        slow memory; read K_j and V_j once; for each block pair not skipped, read Q_i, O_i, m_i,
+        l_i and write O_i, m_i, l_i; finally read m, l and write L.
+
+The backward pass (`tiled_backward_io`) recomputes P block by block from Q, K and L; these
+counts follow the rules of layers/flash_counters.py, which the tests compare exactly against the
+counters of the real loops (`FlashCounters`).
 
 In causal mode a block pair whose every key lies after every query of the block is skipped
 (never loaded). With the paper's block sizes for an SRAM of M elements, B_c = ceil(M / 4d) and
@@ -114,8 +119,13 @@ class Traffic:
     computed_pairs: int = 0
     skipped_pairs: int = 0
 
-    def add(self, table: dict[str, int], name: str, count: int) -> None:
-        table[name] = table.get(name, 0) + count
+    def read(self, **nbytes: int) -> None:
+        for name, count in nbytes.items():
+            self.reads[name] = self.reads.get(name, 0) + count
+
+    def write(self, **nbytes: int) -> None:
+        for name, count in nbytes.items():
+            self.writes[name] = self.writes.get(name, 0) + count
 
     @property
     def read_bytes(self) -> int:
@@ -158,10 +168,8 @@ def standard_io(
     for step in passes:
         if step.only_when_masked and not masked:
             continue
-        for name in step.reads:
-            traffic.add(traffic.reads, name, nbytes[name])
-        for name in step.writes:
-            traffic.add(traffic.writes, name, nbytes[name])
+        traffic.read(**{name: nbytes[name] for name in step.reads})
+        traffic.write(**{name: nbytes[name] for name in step.writes})
     return traffic
 
 
@@ -181,56 +189,99 @@ def block_pairs(
     return pairs
 
 
-def tiled_io(
-    n_q: int,
-    n_k: int,
-    d: int,
-    element_bytes: int,
-    *,
-    block_q: int,
-    block_k: int,
-    loop_order: str = "fa2",
-    causal: bool = False,
-    batch_heads: int = 1,
-    stat_bytes: int = 4,
-) -> Traffic:
-    """Bytes moved by the tiled forward pass in `loop_order` (see the module docstring).
-    `stat_bytes` is the size of one row statistic (m, l or L; float32 unless the inputs are
-    float64). Theta(N^2 d^2 / M) with the paper's block sizes."""
+@dataclass(frozen=True)
+class Tiling:
+    """A tiled attention problem: N_q queries and N_k keys of head dim d, in blocks of block_q
+    and block_k, for `heads` query heads (batch x heads; all are one batched tile op) and
+    `kv_heads` key/value heads (fewer with grouped-query attention: a K/V block is loaded once
+    for its whole group). `stat_bytes` is the size of one row statistic (m, l, L, D: float32,
+    or float64 for float64 inputs)."""
+
+    n_q: int
+    n_k: int
+    d: int
+    element_bytes: int
+    block_q: int
+    block_k: int
+    causal: bool = False
+    heads: int = 1
+    kv_heads: int | None = None
+    stat_bytes: int = 4
+
+    def __post_init__(self) -> None:
+        _check_positive(n_q=self.n_q, n_k=self.n_k, d=self.d, element_bytes=self.element_bytes,
+                        block_q=self.block_q, block_k=self.block_k, heads=self.heads,
+                        kv_heads=self.kv_heads or 1, stat_bytes=self.stat_bytes)  # fmt: skip
+
+    def q_bytes(self, rows: int) -> int:
+        """Bytes of `rows` positions of Q, O, dO or dQ (all query heads)."""
+        return rows * self.d * self.element_bytes * self.heads
+
+    def kv_bytes(self, rows: int) -> int:
+        """Bytes of `rows` positions of K, V, dK or dV (all key/value heads)."""
+        return rows * self.d * self.element_bytes * (self.kv_heads or self.heads)
+
+    def stat(self, rows: int) -> int:
+        """Bytes of `rows` positions of a row statistic (all query heads)."""
+        return rows * self.stat_bytes * self.heads
+
+    def pairs(self) -> list[tuple[int, int, bool]]:
+        return block_pairs(self.n_q, self.n_k, self.block_q, self.block_k, self.causal)
+
+
+def tiled_io(tiling: Tiling, loop_order: str = "fa2") -> Traffic:
+    """Bytes moved by the tiled forward pass in `loop_order` (see the module docstring; FA1 also
+    initialises O, m, l in slow memory and finally reads m, l to write L, as Algorithm 1 does).
+    Theta(N^2 d^2 / M) with the paper's block sizes."""
     if loop_order not in LOOP_ORDERS:
         raise LLMInternalsError(
             f"loop order {loop_order!r} is not one of {LOOP_ORDERS}", hint="--loop-order fa2|fa1"
         )
-    _check_positive(n_q=n_q, n_k=n_k, d=d, element_bytes=element_bytes, block_q=block_q,
-                    block_k=block_k, batch_heads=batch_heads, stat_bytes=stat_bytes)  # fmt: skip
-    rows = _block_lengths(n_q, block_q)
-    cols = _block_lengths(n_k, block_k)
-    row_bytes, stat = d * element_bytes * batch_heads, stat_bytes * batch_heads
-    traffic = Traffic()
-    add_read = lambda name, count: traffic.add(traffic.reads, name, count)  # noqa: E731
-    add_write = lambda name, count: traffic.add(traffic.writes, name, count)  # noqa: E731
-    for i, j, computed in block_pairs(n_q, n_k, block_q, block_k, causal):
+    t, traffic = tiling, Traffic()
+    rows, cols = _block_lengths(t.n_q, t.block_q), _block_lengths(t.n_k, t.block_k)
+    if loop_order == "fa1":
+        traffic.write(O=t.q_bytes(t.n_q), m=t.stat(t.n_q), l=t.stat(t.n_q))
+        traffic.read(K=t.kv_bytes(t.n_k), V=t.kv_bytes(t.n_k))
+    for i, j, computed in t.pairs():
         if not computed:
             traffic.skipped_pairs += 1
             continue
         traffic.computed_pairs += 1
         if loop_order == "fa2":
-            add_read("K", cols[j] * row_bytes)
-            add_read("V", cols[j] * row_bytes)
+            traffic.read(K=t.kv_bytes(cols[j]), V=t.kv_bytes(cols[j]))
         else:
-            for name in ("Q", "O"):
-                add_read(name, rows[i] * row_bytes)
-            add_write("O", rows[i] * row_bytes)
-            for name in ("m", "l"):
-                add_read(name, rows[i] * stat)
-                add_write(name, rows[i] * stat)
+            traffic.read(Q=t.q_bytes(rows[i]), O=t.q_bytes(rows[i]), m=t.stat(rows[i]),
+                         l=t.stat(rows[i]))  # fmt: skip
+            traffic.write(O=t.q_bytes(rows[i]), m=t.stat(rows[i]), l=t.stat(rows[i]))
     if loop_order == "fa2":
-        add_read("Q", n_q * row_bytes)
-        add_write("O", n_q * row_bytes)
-        add_write("L", n_q * stat)
+        traffic.read(Q=t.q_bytes(t.n_q))
+        traffic.write(O=t.q_bytes(t.n_q))
     else:
-        add_read("K", n_k * row_bytes)
-        add_read("V", n_k * row_bytes)
+        traffic.read(m=t.stat(t.n_q), l=t.stat(t.n_q))
+    traffic.write(L=t.stat(t.n_q))
+    return traffic
+
+
+def tiled_backward_io(tiling: Tiling) -> Traffic:
+    """Bytes moved by the recomputing backward pass (spec 5.2; K/V blocks outside in both
+    papers): O and dO read once to write D = rowsum(dO * O); dQ initialised; per key block K_j,
+    V_j read and dK_j, dV_j written once; per computed pair Q_i, dO_i, L_i, D_i read and dQ_i
+    read and written (accumulated in slow memory)."""
+    t, traffic = tiling, Traffic()
+    rows, cols = _block_lengths(t.n_q, t.block_q), _block_lengths(t.n_k, t.block_k)
+    traffic.read(O=t.q_bytes(t.n_q), dO=t.q_bytes(t.n_q))
+    traffic.write(D=t.stat(t.n_q), dQ=t.q_bytes(t.n_q))
+    for n in cols:
+        traffic.read(K=t.kv_bytes(n), V=t.kv_bytes(n))
+        traffic.write(dK=t.kv_bytes(n), dV=t.kv_bytes(n))
+    for i, _, computed in t.pairs():
+        if not computed:
+            traffic.skipped_pairs += 1
+            continue
+        traffic.computed_pairs += 1
+        traffic.read(Q=t.q_bytes(rows[i]), dO=t.q_bytes(rows[i]), L=t.stat(rows[i]),
+                     D=t.stat(rows[i]), dQ=t.q_bytes(rows[i]))  # fmt: skip
+        traffic.write(dQ=t.q_bytes(rows[i]))
     return traffic
 
 
