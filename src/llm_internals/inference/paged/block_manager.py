@@ -188,6 +188,15 @@ class BlockManager:
             seq.block_table.append(self._allocate())
         return copies
 
+    def truncate(self, seq: Sequence) -> None:
+        """Release the blocks past seq's computed tokens (slots reserved for draft tokens that
+        were rejected, or never proposed). Registered blocks are full of computed tokens, so
+        none is released here; the kept last block may hold rejected K/V past the computed
+        count: it is unregistered and those slots are written again before they are read."""
+        keep = self.blocks_for_tokens(seq.num_computed_tokens)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """child shares all of parent's blocks (its table is a copy of parent's)."""
         child.block_table = list(parent.block_table)

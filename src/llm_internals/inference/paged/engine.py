@@ -32,11 +32,12 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generation_request import eos_ids, split_prompts
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.paged.model_runner import ModelRunner
-from llm_internals.inference.paged.outputs import EngineStats, RequestOutput
+from llm_internals.inference.paged.outputs import EngineStats, RequestOutput, collect_stats
 from llm_internals.inference.paged.paged_cache import GIB, PagedKVCache, bytes_per_block
 from llm_internals.inference.paged.scheduler import Scheduler
 from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.paged.snapshot import PoolSnapshot
+from llm_internals.inference.paged.speculation import build_speculation
 from llm_internals.inference.paged.validation import check_request, positive_int
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import SamplingRowError
@@ -54,6 +55,9 @@ class LLM:
     The pool holds num_blocks blocks of block_size tokens, or as many as kv_cache_gb GiB hold;
     by default enough for max_num_seqs full contexts, at most 1 GiB.
     eos_token_id: "auto" (the checkpoint's or the tokenizer's end-of-text id), None, an id or ids.
+    Speculative decoding (paged/speculation.py): speculative_model (a folder or a built model
+    sharing the vocabulary) or speculative_ngram=True, num_speculative_tokens draft tokens per
+    step (default 4).
     """
 
     def __init__(
@@ -70,6 +74,9 @@ class LLM:
         eos_token_id: Any = "auto",
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        speculative_model: Any | None = None,
+        speculative_ngram: bool = False,
+        num_speculative_tokens: int | None = None,
     ) -> None:
         config_eos: Any = "auto"
         if isinstance(model, (str, Path)):
@@ -109,6 +116,11 @@ class LLM:
         self.block_manager = BlockManager(self.cache.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache)
+        self.speculation = build_speculation(
+            model, tokenizer, speculative_model=speculative_model,
+            speculative_ngram=speculative_ngram, num_speculative_tokens=num_speculative_tokens,
+            block_size=block_size, num_blocks=self.cache.num_blocks, max_num_seqs=max_num_seqs,
+        )  # fmt: skip
         self.eos_ids = eos_ids(config_eos if eos_token_id == "auto" else eos_token_id,
                                tokenizer, model)  # fmt: skip
         self.requests: dict[str, list[Sequence]] = {}  # unfinished requests -> their samples
@@ -155,6 +167,7 @@ class LLM:
             max_seq_len=self.max_seq_len,
             block_manager=self.block_manager,
             max_num_seqs=self.scheduler.max_num_seqs,
+            speculative=self.speculation is not None,
         )
 
     def abort(self, request_id: str) -> None:
@@ -167,7 +180,7 @@ class LLM:
         for seq in seqs:
             if seq.is_finished:
                 continue
-            self.scheduler.finish(seq)
+            self._finish(seq)
             seq.finish_reason = "abort"
             seq.metrics.finished_time = time.perf_counter()
             self._aborted_outputs.append(self._output(seq, [], "", request_finished=True))
@@ -180,42 +193,43 @@ class LLM:
         """Run one scheduler step; return an output for every sample that advanced (and for
         samples aborted since the last step)."""
         outputs, self._aborted_outputs = self._aborted_outputs, []
+        if self.speculation is not None:
+            self.speculation.plan(self.scheduler.running)
         batch = self.scheduler.schedule()
+        if self.speculation is not None:
+            self.speculation.propose(batch)
         if not batch:
             return outputs
         self._counts["steps"] += 1
         started = time.perf_counter()
-        sampling, logits = self.runner.execute(batch)
+        row_seqs, logits = self.runner.execute(batch)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
-            self.block_manager.register_full_blocks(seq)
+            if not seq.draft_token_ids:  # a speculating one registers after verification
+                self.block_manager.register_full_blocks(seq)
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = started
-        seqs, rows = self._fork(sampling)
-        if not seqs:
-            return outputs
-        failed: dict[int, str] = {}
-        try:
-            tokens = self.runner.sample(seqs, logits[rows])
-        except SamplingRowError as err:  # those samples fail; the others keep their tokens
-            tokens, failed = err.tokens.tolist(), err.rows
+        results = self._next_tokens(row_seqs, logits)
         now = time.perf_counter()
-        self._counts["generated"] += len(tokens) - len(failed)
         finished_requests = set()
         step_outputs = []
-        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            before = seq.num_tokens
-            if row in failed:
-                seq.fail(f"logits {failed[row]}: nothing to sample")
-                new_text = ""
-            else:
-                new_text = seq.append_token(token, now)
+        for seq, tokens in results:
+            before, new_text = seq.num_tokens, ""
+            if isinstance(tokens, str):
+                seq.fail(tokens)
+            for token in () if isinstance(tokens, str) else tokens:
+                self._counts["generated"] += 1
+                new_text += seq.append_token(token, now)
+                if seq.finish_reason is not None:
+                    break
             new_ids = seq.token_ids[before:]
             if seq.finish_reason is not None:
                 seq.metrics.finished_time = now
-                self.scheduler.finish(seq)
+                self._finish(seq)
                 if all(s.is_finished for s in self.requests[seq.request_id]):
                     finished_requests.add(seq.request_id)
+            elif seq.draft_token_ids:
+                self.speculation.commit(seq, self.block_manager)
             step_outputs.append((seq, new_ids, new_text))
         for seq, new_ids, new_text in step_outputs:
             done = seq.request_id in finished_requests
@@ -224,6 +238,36 @@ class LLM:
             del self.requests[request_id]
             self._counts["finished"] += 1
         return outputs
+
+    def _next_tokens(
+        self, row_seqs: list[Sequence], logits: torch.Tensor
+    ) -> list[tuple[Sequence, list[int] | str]]:
+        """The tokens each sample takes this step (one; several for a speculating sequence),
+        or why its logits could not be sampled."""
+        plain = [row for row, seq in enumerate(row_seqs) if not seq.draft_token_ids]
+        seqs, rows = self._fork([row_seqs[row] for row in plain])
+        results: list[tuple[Sequence, list[int] | str]] = []
+        if seqs:
+            failed: dict[int, str] = {}
+            try:
+                tokens = self.runner.sample(seqs, logits[[plain[r] for r in rows]])
+            except SamplingRowError as err:  # those samples fail; the others keep their tokens
+                tokens, failed = err.tokens.tolist(), err.rows
+            for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+                failure = f"logits {failed[row]}: nothing to sample" if row in failed else None
+                results.append((seq, failure or [token]))
+        speculating: dict[Sequence, list[int]] = {}
+        for row, seq in enumerate(row_seqs):
+            if seq.draft_token_ids:
+                speculating.setdefault(seq, []).append(row)
+        for seq, seq_rows in speculating.items():
+            results.append((seq, self.speculation.verify(seq, logits[seq_rows])))
+        return results
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        if self.speculation is not None:
+            self.speculation.release(seq)
 
     def _fork(self, sampling: list[Sequence]) -> tuple[list[Sequence], list[int]]:
         """Split sequences at their first sample into n samples; (samples, logits row each)."""
@@ -315,32 +359,5 @@ class LLM:
         return replace(snapshot, kv_block_ids=tuple(kv_block_ids), keys=keys, values=values)
 
     def stats(self) -> EngineStats:
-        manager = self.block_manager
-        used_slots: dict[int, int] = {}
-        for seq in self.scheduler.running:
-            for i, block_id in enumerate(seq.block_table):
-                filled = min(
-                    manager.block_size, max(seq.num_computed_tokens - i * manager.block_size, 0)
-                )
-                used_slots[block_id] = max(used_slots.get(block_id, 0), filled)
-        return EngineStats(
-            num_blocks=manager.num_blocks,
-            block_size=manager.block_size,
-            blocks_used=manager.num_used_blocks,
-            blocks_free=len(manager.free_block_ids),
-            blocks_cached=len(manager.evictable_block_ids),
-            prefix_cache_queried_tokens=manager.prefix_queried_tokens,
-            prefix_cache_hit_tokens=manager.prefix_hit_tokens,
-            prefix_cache_evictions=manager.evictions,
-            preemptions=self.scheduler.num_preemptions,
-            kv_slots_used=sum(used_slots.values()),
-            kv_slots_allocated=manager.num_used_blocks * manager.block_size,
-            kv_cache_bytes=self.cache.nbytes(),
-            num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
-            num_requests_added=self._counts["added"],
-            num_requests_finished=self._counts["finished"],
-            num_requests_aborted=self._counts["aborted"],
-            num_steps=self._counts["steps"],
-            generated_tokens=self._counts["generated"],
-        )
+        """The pool, the prefix cache, the queues, the counters and speculation's acceptance."""
+        return collect_stats(self)

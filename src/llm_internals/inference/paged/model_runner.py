@@ -10,6 +10,10 @@ tables A [5, 1, 8], B [2, 6]:
     prefill        B: blocks [2, 6], keys 0..6, query i sees keys j <= 4 + i
     sample rows    a9 (A's next token), b6 only if position 6 is B's last token
 
+A speculating sequence feeds its last token and its draft tokens like a prefill chunk (slots
+reserved by the scheduler) and samples at every one of those rows: one row of logits per
+position to verify (paged/speculation.py); `execute` lists it once per row.
+
 Linear layers see 4 tokens, not a padded (2, 7) batch. Only rows whose sequence has no token
 left to feed produce logits (the output head is the largest matrix of a small model).
 """
@@ -41,7 +45,8 @@ class ModelRunner:
         self.device = next(model.parameters()).device
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Run one step: (sequences that sample, their next-token logits (n, vocab))."""
+        """Run one step: (the sequence of each logits row, next-token logits (rows, vocab)).
+        A speculating sequence has 1 + len(draft_token_ids) consecutive rows."""
         record("paged.block_copies", list(batch.copies), note="copy-on-write (source, dest)")
         self.pool.copy_blocks(batch.copies)
         ids, positions, context, sample_rows, sample_seqs = self.prepare(batch)
@@ -121,7 +126,7 @@ class ModelRunner:
                 chunk_positions % block_size
             )
             row = len(ids)
-            ids.extend(seq.token_ids[start:end])
+            ids.extend(seq.scheduled_ids(start, end))
             positions.extend(range(start, end))
             slots.extend(chunk_slots.tolist())
             use_window = window is not None and end > window
@@ -134,8 +139,10 @@ class ModelRunner:
                 block_ids = table[None].to(self.device)
                 mask = causal_mask(n, end, window if use_window else None, device=self.device)
             chunks.append(PrefillChunk(row, n, end, block_ids, mask))
-            if end == seq.num_tokens:
-                sample_rows.append(row + n - 1)
+            # The last chunk of a prompt samples at its last row; a speculating sequence (last
+            # token + draft tokens) at every row: the target's p at each draft position.
+            for offset in range(seq.num_tokens - 1 - start, n):
+                sample_rows.append(row + offset)
                 sample_seqs.append(seq)
 
         context = PagedAttentionContext(

@@ -65,6 +65,37 @@ class EngineStats:
     num_steps: int
     generated_tokens: int
     extra: dict[str, float] = field(default_factory=dict)
+    speculative_method: str | None = None  # "draft_model", "ngram" or None (off)
+    num_speculative_tokens: int = 0  # gamma: draft tokens per step at most
+    spec_proposed_tokens: int = 0  # draft tokens verified
+    spec_accepted_tokens: int = 0  # of them accepted by the target
+    spec_verify_steps: int = 0  # sequence-steps that verified a draft (target forward rows)
+    spec_emitted_tokens: int = 0  # tokens those steps produced: accepted drafts + 1 each
+    spec_proposed_at: tuple[int, ...] = ()  # draft tokens verified at draft position i
+    spec_accepted_at: tuple[int, ...] = ()  # of them accepted
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        """Accepted / proposed draft tokens (0 when nothing was proposed)."""
+        return (
+            self.spec_accepted_tokens / self.spec_proposed_tokens
+            if self.spec_proposed_tokens
+            else 0.0
+        )
+
+    @property
+    def spec_tokens_per_forward(self) -> float:
+        """Tokens a speculating sequence took per target forward (1 without speculation)."""
+        steps = self.spec_verify_steps
+        return self.spec_emitted_tokens / steps if steps else 0.0
+
+    @property
+    def spec_acceptance_at(self) -> tuple[float, ...]:
+        """Acceptance rate at each draft position (0-based), given it was verified."""
+        return tuple(
+            a / p if p else 0.0
+            for a, p in zip(self.spec_accepted_at, self.spec_proposed_at, strict=True)
+        )
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -77,3 +108,47 @@ class EngineStats:
         """Allocated slots not holding a token, as a fraction of allocated slots."""
         allocated = self.kv_slots_allocated
         return 1.0 - self.kv_slots_used / allocated if allocated else 0.0
+
+
+def collect_stats(engine) -> EngineStats:
+    """The EngineStats of an engine (paged/engine.py's LLM) between two steps."""
+    manager, scheduler = engine.block_manager, engine.scheduler
+    used_slots: dict[int, int] = {}
+    for seq in scheduler.running:
+        for i, block_id in enumerate(seq.block_table):
+            filled = min(
+                manager.block_size, max(seq.num_computed_tokens - i * manager.block_size, 0)
+            )
+            used_slots[block_id] = max(used_slots.get(block_id, 0), filled)
+    counts = engine._counts
+    spec = engine.speculation
+    speculative = {}
+    if spec is not None:
+        c = spec.counts
+        speculative = dict(speculative_method=spec.method, num_speculative_tokens=spec.gamma,
+                           spec_proposed_tokens=c.proposed, spec_accepted_tokens=c.accepted,
+                           spec_verify_steps=c.verify_steps, spec_emitted_tokens=c.emitted,
+                           spec_proposed_at=tuple(c.proposed_at),
+                           spec_accepted_at=tuple(c.accepted_at))  # fmt: skip
+    return EngineStats(
+        num_blocks=manager.num_blocks,
+        block_size=manager.block_size,
+        blocks_used=manager.num_used_blocks,
+        blocks_free=len(manager.free_block_ids),
+        blocks_cached=len(manager.evictable_block_ids),
+        prefix_cache_queried_tokens=manager.prefix_queried_tokens,
+        prefix_cache_hit_tokens=manager.prefix_hit_tokens,
+        prefix_cache_evictions=manager.evictions,
+        preemptions=scheduler.num_preemptions,
+        kv_slots_used=sum(used_slots.values()),
+        kv_slots_allocated=manager.num_used_blocks * manager.block_size,
+        kv_cache_bytes=engine.cache.nbytes(),
+        num_running=len(scheduler.running),
+        num_waiting=len(scheduler.waiting),
+        num_requests_added=counts["added"],
+        num_requests_finished=counts["finished"],
+        num_requests_aborted=counts["aborted"],
+        num_steps=counts["steps"],
+        generated_tokens=counts["generated"],
+        **speculative,
+    )

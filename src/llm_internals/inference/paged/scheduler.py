@@ -5,9 +5,10 @@ and a waiting one joins as soon as there is room, instead of a whole batch waiti
 longest member. One step's budget is `max_num_batched_tokens` tokens over at most
 `max_num_seqs` sequences:
 
-    1. running sequences, first come first served: a decoding one feeds 1 token, one still in
-       its prompt feeds a chunk (chunked prefill: a long prompt is spread over several steps,
-       leaving a token of budget for every decode behind it, so decodes never stall);
+    1. running sequences, first come first served: a decoding one feeds 1 token (1 + its draft
+       tokens when it speculates: paged/speculation.py), one still in its prompt feeds a chunk
+       (chunked prefill: a long prompt is spread over several steps, leaving a token of budget
+       for every decode behind it, so decodes never stall);
     2. then waiting ones, first come first served, while budget, seats and blocks last; a new
        sequence starts from its longest cached prefix (those tokens need no compute).
 
@@ -98,6 +99,8 @@ class Scheduler:
                 continue
             if not self._make_room(seq, num_new, scheduled, batch):
                 continue  # seq preempted itself
+            if wanted == 1 and seq.num_lookahead:
+                num_new = self._speculative_slots(seq, budget - decodes_behind)
             batch.copies += self.block_manager.reserve(seq, num_new)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(num_new)
@@ -125,6 +128,15 @@ class Scheduler:
             budget -= num_new
             seats += seq.seats
         return batch
+
+    def _speculative_slots(self, seq: Sequence, budget: int) -> int:
+        """1 + the draft tokens a decoding sequence can verify this step: its num_lookahead,
+        cut to the budget left and to the blocks available now (a draft never preempts)."""
+        num_new = max(1, min(1 + seq.num_lookahead, budget))
+        manager = self.block_manager
+        while num_new > 1 and manager.blocks_needed(seq, num_new) > manager.num_available_blocks:
+            num_new -= 1
+        return num_new
 
     def _make_room(
         self, seq: Sequence, num_new: int, scheduled: set[int], batch: ScheduledBatch

@@ -108,6 +108,10 @@ class Sequence(SequenceCore):
         self.block_hashes: list[int] = []  # chained hash of each full block, in order
         self.pending_forks = params.n - 1  # samples still to split off at the first token
         self.num_preemptions = 0
+        # Speculative decoding (paged/speculation.py): draft tokens wanted at the next step, and
+        # the draft proposed for it; they are fed after token_ids, never part of them.
+        self.num_lookahead = 0
+        self.draft_token_ids: list[int] = []
         self.metrics = RequestMetrics(time.perf_counter() if arrival_time is None else arrival_time)
 
     # --- token counts ---------------------------------------------------------------------
@@ -127,6 +131,12 @@ class Sequence(SequenceCore):
     def num_uncomputed_tokens(self) -> int:
         """Tokens still to feed before the next token can be sampled."""
         return self.num_tokens - self.num_computed_tokens
+
+    def scheduled_ids(self, start: int, end: int) -> list[int]:
+        """The tokens fed at positions start..end-1: token_ids, then the draft tokens."""
+        if end <= self.num_tokens:
+            return self.token_ids[start:end]
+        return (self.token_ids[start:] + self.draft_token_ids)[: end - start]
 
     @property
     def is_finished(self) -> bool:
@@ -158,6 +168,7 @@ class Sequence(SequenceCore):
         child.block_table = list(self.block_table)
         child.block_hashes = list(self.block_hashes)
         child.pending_forks = 0
+        child.draft_token_ids = []
         child.metrics = RequestMetrics(self.metrics.arrival_time, self.metrics.first_scheduled_time)
         child.start_sample(index)
         return child

@@ -2,8 +2,8 @@
 
 A request is refused when it is malformed (empty prompt, ids outside the vocabulary, text without
 a tokenizer: the checks `generate` runs too, from generation_request.py) or when it could never
-run: a prompt beyond the model's context, more samples than max_num_seqs, or more KV blocks than
-the whole pool holds. The last check is what keeps the
+run: a prompt beyond the model's context, more samples than max_num_seqs (n > 1 at all with
+speculative decoding), or more KV blocks than the whole pool holds. The last check is what keeps the
 scheduler deadlock-free: every accepted sequence fits in the pool on its own.
 """
 
@@ -31,6 +31,7 @@ def check_request(
     max_seq_len: int,
     block_manager: BlockManager,
     max_num_seqs: int,
+    speculative: bool = False,
 ) -> list[int]:
     """The prompt's token ids, or LLMInternalsError saying why the request cannot run."""
     if not isinstance(request_id, str) or not request_id:
@@ -44,6 +45,12 @@ def check_request(
             f"request {request_id!r}: n={params.n} samples exceed max_num_seqs="
             f"{max_num_seqs} (the samples run side by side)",
             hint="lower n or raise max_num_seqs",
+        )
+    if speculative and params.n > 1:
+        raise LLMInternalsError(
+            f"request {request_id!r}: n={params.n} samples with speculative decoding: parallel "
+            "sampling is not supported with a draft (--speculative-model, --speculative-ngram)",
+            hint="send n=1 requests, or serve without speculative decoding",
         )
     label = f"request {request_id!r}: the prompt"
     ids = prompt_token_ids(prompt, tokenizer, label)

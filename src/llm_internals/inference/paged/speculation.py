@@ -1,0 +1,269 @@
+"""Speculative decoding inside continuous batching: draft, verify in the packed forward, roll back.
+
+Per step, for every decoding sequence (docs/serving.md, "Speculative decoding"):
+
+    plan      k = min(gamma, max_tokens left - 1, context left): the scheduler reserves slots
+              for the last token + k draft tokens (fewer when the budget or the free blocks
+              are short: a draft never preempts anybody); n-gram drafts are looked up here
+    propose   the draft model drafts k tokens for all scheduled speculating sequences at once
+              (paged/draft_model.py); the batch then feeds last token + draft like a prefill
+              chunk, and the runner returns target logits at all k + 1 positions
+    verify    exact rejection sampling (inference/speculative/rejection.py), with each
+              sequence's SamplingParams applied to p and q alike and its own generator;
+              greedy accepts while the draft equals the target's argmax
+    commit    the sequence keeps n accepted drafts + 1 token; computed count = tokens - 1;
+              blocks past it freed; only then are full blocks hashed into the prefix cache, so
+              a block holding a rejected draft token is never registered; the draft's own
+              cache rolls back likewise
+
+Prefills and non-speculating decodes share the same step. Parallel sampling (n > 1) is not
+combined with speculation: such requests are refused (`check_request`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.paged.block_manager import BlockManager
+from llm_internals.inference.paged.draft_model import PagedDraftModel
+from llm_internals.inference.paged.scheduler import ScheduledBatch
+from llm_internals.inference.paged.sequence import Sequence
+from llm_internals.inference.sampling import Sampler, invalid_rows
+from llm_internals.inference.speculative.rejection import verify
+
+
+@dataclass
+class SpeculationCounts:
+    """Running totals of the engine's speculation (EngineStats reports them).
+
+    verify_steps: sequence-steps that verified at least one draft token (one target forward
+    row-group each); emitted: tokens those steps produced (accepted drafts + 1 each).
+    """
+
+    gamma: int
+    proposed: int = 0
+    accepted: int = 0
+    verify_steps: int = 0
+    emitted: int = 0
+    proposed_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.proposed_at = [0] * self.gamma
+        self.accepted_at = [0] * self.gamma
+
+    def add(self, num_drafts: int, num_accepted: int) -> None:
+        self.proposed += num_drafts
+        self.accepted += num_accepted
+        self.verify_steps += 1
+        self.emitted += num_accepted + 1
+        for i in range(num_drafts):
+            self.proposed_at[i] += 1
+            self.accepted_at[i] += i < num_accepted
+
+
+class Speculation:
+    """The engine's speculative decoding: plan, propose, verify, commit (module docstring)."""
+
+    def __init__(
+        self,
+        gamma: int,
+        max_seq_len: int,
+        draft: PagedDraftModel | None = None,
+        ngram: Any | None = None,
+    ) -> None:
+        self.gamma = gamma
+        self.max_seq_len = max_seq_len
+        self.draft = draft
+        self.ngram = ngram
+        self.sampler = Sampler()
+        self.counts = SpeculationCounts(gamma)
+        self._q: dict[int, torch.Tensor | None] = {}
+
+    @property
+    def method(self) -> str:
+        return "draft_model" if self.draft is not None else "ngram"
+
+    def plan(self, running: list[Sequence]) -> None:
+        """Set each running sequence's num_lookahead (and its n-gram draft) for the scheduler."""
+        for seq in running:
+            seq.num_lookahead, seq.draft_token_ids = 0, []
+            if seq.num_uncomputed_tokens != 1 or seq.pending_forks:
+                continue
+            k = min(self.gamma, seq.max_tokens - seq.sampled - 1, self.max_seq_len - seq.num_tokens)
+            if self.draft is not None:  # the draft feeds positions up to num_tokens + k - 2
+                k = min(k, self.draft.max_seq_len - seq.num_tokens + 1)
+            elif k > 0:
+                seq.draft_token_ids = list(self.ngram.propose(seq.token_ids, k))[:k]
+                k = len(seq.draft_token_ids)
+            seq.num_lookahead = max(k, 0)
+
+    def propose(self, batch: ScheduledBatch) -> None:
+        """Draft tokens for the sequences scheduled with speculative slots; each one's
+        num_new_tokens becomes 1 + its draft length (the slots past it are freed at commit)."""
+        speculating = []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            seq.num_lookahead = 0
+            if n > 1 and seq.num_uncomputed_tokens == 1:
+                speculating.append((i, seq, n - 1))
+            else:
+                seq.draft_token_ids = []
+        for seq in batch.preempted:
+            self.release(seq)
+        if self.draft is not None and speculating:
+            drafts = self.draft.propose([s for _, s, _ in speculating],
+                                        [k for _, _, k in speculating])  # fmt: skip
+            for (_, seq, _), tokens, q in zip(speculating, drafts.tokens, drafts.q, strict=True):
+                seq.draft_token_ids = tokens
+                self._q[seq.seq_id] = q
+        for i, seq, k in speculating:
+            seq.draft_token_ids = seq.draft_token_ids[:k]
+            batch.num_new_tokens[i] = 1 + len(seq.draft_token_ids)
+
+    def verify(self, seq: Sequence, logits: torch.Tensor) -> list[int] | str:
+        """The tokens seq keeps from its k + 1 target logits rows (accepted drafts, then the
+        residual or bonus token), or why its logits cannot be sampled."""
+        draft = seq.draft_token_ids
+        q = self._q.pop(seq.seq_id, None)
+        bad = invalid_rows(logits)
+        if bad:
+            row, why = next(iter(bad.items()))
+            return f"logits at draft position {row} {why}"
+        params = seq.params
+        tokens = torch.tensor(draft, dtype=torch.long, device=logits.device)
+        if params.greedy and not params.uses_penalties:
+            verdict = verify(logits[None], None, tokens[None], greedy=True)
+        else:
+            histories = [seq.output_token_ids + draft[:i] for i in range(len(draft) + 1)]
+            with torch.inference_mode():
+                filtered, p = self.sampler.distribution(
+                    logits.float(), [params] * len(histories),
+                    [seq.prompt_token_ids] * len(histories), histories,
+                )  # fmt: skip
+            if params.greedy:
+                verdict = verify(filtered[None], None, tokens[None], greedy=True)
+            else:
+                uniforms = torch.rand(1, len(draft) + 1, dtype=torch.float64,
+                                      generator=seq.generator)  # fmt: skip
+                q_draft = None if q is None else q.to(p.device)[None]
+                verdict = verify(p[None], q_draft, tokens[None], uniforms=uniforms)
+        num_accepted = int(verdict.num_accepted[0])
+        self.counts.add(len(draft), num_accepted)
+        return draft[:num_accepted] + [int(verdict.next_token[0])]
+
+    def commit(self, seq: Sequence, block_manager: BlockManager) -> None:
+        """Roll a verified, unfinished sequence back to its kept tokens (module docstring)."""
+        seq.num_computed_tokens = seq.num_tokens - 1
+        seq.draft_token_ids = []
+        block_manager.truncate(seq)
+        block_manager.register_full_blocks(seq)
+        if self.draft is not None:
+            self.draft.commit(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """seq left the running batch (finished, aborted, preempted): drop its draft state."""
+        seq.draft_token_ids, seq.num_lookahead = [], 0
+        self._q.pop(seq.seq_id, None)
+        if self.draft is not None:
+            self.draft.release(seq)
+
+
+def build_speculation(
+    target: torch.nn.Module,
+    tokenizer: Any | None,
+    *,
+    speculative_model: Any | None,
+    speculative_ngram: bool,
+    num_speculative_tokens: int | None,
+    block_size: int,
+    num_blocks: int,
+    max_num_seqs: int,
+) -> Speculation | None:
+    """The engine's Speculation from its arguments (None: off), or LLMInternalsError naming the
+    flag (`--speculative-model`, `--speculative-ngram`, `--num-speculative-tokens`) and values."""
+    if speculative_model is None and not speculative_ngram:
+        if num_speculative_tokens is not None:
+            raise LLMInternalsError(
+                f"--num-speculative-tokens {num_speculative_tokens} needs a draft",
+                hint="add --speculative-model PATH or --speculative-ngram",
+            )
+        return None
+    if speculative_model is not None and speculative_ngram:
+        raise LLMInternalsError(
+            "--speculative-model and --speculative-ngram exclude each other",
+            hint="give one draft source",
+        )
+    gamma = DEFAULT_GAMMA if num_speculative_tokens is None else num_speculative_tokens
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise LLMInternalsError(
+            f"--num-speculative-tokens must be an integer >= 1, got {gamma!r}",
+            hint="draft at least one token per step (4 is a common choice)",
+        )
+    max_seq_len = target.config.max_seq_len
+    if speculative_ngram:
+        from llm_internals.inference.speculative.proposers import NgramProposer
+
+        return Speculation(gamma, max_seq_len, ngram=NgramProposer())
+    draft_model = load_draft(speculative_model, target, tokenizer)
+    per_seq = -(-(gamma + 1) // block_size) + 1
+    draft = PagedDraftModel(draft_model, block_size, num_blocks + max_num_seqs * per_seq)
+    return Speculation(gamma, max_seq_len, draft=draft)
+
+
+DEFAULT_GAMMA = 4
+
+
+def load_draft(speculative_model: Any, target: torch.nn.Module, tokenizer: Any | None) -> Any:
+    """The draft model (a folder is loaded where the target's weights are, in their dtype),
+    checked to share the target's vocabulary and, when both have one, its tokenizer."""
+    from pathlib import Path
+
+    draft_tokenizer = None
+    weight = next(target.parameters())
+    if isinstance(speculative_model, (str, Path)):
+        from llm_internals.inference.decode_layout import use_decode_layout
+        from llm_internals.models.loading import load_model_and_tokenizer
+
+        model, draft_tokenizer, _ = load_model_and_tokenizer(
+            Path(speculative_model), None, device=weight.device, dtype=weight.dtype,
+            require_tokenizer=False,
+        )  # fmt: skip
+        if weight.device.type == "cpu":
+            model = use_decode_layout(model)
+    else:
+        model = speculative_model
+    if not hasattr(model, "hidden_states") or not hasattr(model, "config"):
+        raise LLMInternalsError(
+            f"--speculative-model must be a decoder language model, got {type(model).__name__}"
+        )
+    draft_vocab, target_vocab = model.config.vocab_size, target.config.vocab_size
+    if draft_vocab != target_vocab:
+        raise LLMInternalsError(
+            f"--speculative-model has a vocabulary of {draft_vocab} tokens, the target "
+            f"(--model) {target_vocab}: drafts must be token ids of the target's vocabulary",
+            hint="give a draft trained with the target's tokenizer",
+        )
+    if tokenizer is not None and draft_tokenizer is not None:
+        differing = _first_different_token(tokenizer, draft_tokenizer, target_vocab)
+        if differing is not None:
+            token, ours, theirs = differing
+            raise LLMInternalsError(
+                f"--speculative-model's tokenizer differs from the target's (--model): token "
+                f"{token} is {theirs!r} in the draft's and {ours!r} in the target's",
+                hint="give a draft trained with the target's tokenizer",
+            )
+    return model.eval()
+
+
+def _first_different_token(target_tokenizer: Any, draft_tokenizer: Any, vocab_size: int):
+    """(token id, target's text, draft's text) of the first id the two decode differently."""
+    size = min(vocab_size, getattr(target_tokenizer, "vocab_size", vocab_size))
+    for token in range(size):
+        ours, theirs = target_tokenizer.decode([token]), draft_tokenizer.decode([token])
+        if ours != theirs:
+            return token, ours, theirs
+    return None

@@ -1,0 +1,147 @@
+"""Speculative decoding in the engine (paged/speculation.py): greedy output equals the target
+alone, token for token, whatever the draft (the target itself: nearly everything accepted; an
+unrelated random model: nearly nothing; n-gram lookup), across mixed batches with chunked
+prefills, prefix-cache hits, max_tokens and stop tokens ending a sample mid-draft; the pool
+drains; bad drafts and n > 1 are refused before anything is allocated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.paged import LLM
+from llm_internals.inference.params import SamplingParams
+
+from .conftest import make_tiny_model
+
+SHARED = [1, 2, 3, 4, 5, 6, 7, 8]  # two full blocks of 4: the second wave hits the prefix cache
+# (prompt, max_tokens, stop_token_ids): a long prompt (chunked), repeats (n-gram matches),
+# samples ending at max_tokens 1 and 2 (mid-draft), a stop token
+FIRST_WAVE = [
+    (SHARED + [9, 10], 14, ()),
+    ([5, 9, 2], 2, ()),
+    (list(range(10, 40)), 9, ()),
+    ([7, 8, 7, 8, 7, 8, 7], 12, ()),
+]
+SECOND_WAVE = [
+    (SHARED + [11], 11, ()),
+    (SHARED + [9, 10, 3], 1, ()),
+    ([3, 1, 4, 1, 5], 16, (17, 30)),
+]
+
+
+def run_engine(target, tokenizer=None, waves=(FIRST_WAVE, SECOND_WAVE), **spec):
+    """Run the waves (the second added after two steps); final outputs by request id, and the
+    engine."""
+    llm = LLM(target, tokenizer, block_size=4, num_blocks=80, max_num_seqs=4,
+              max_num_batched_tokens=16, **spec)  # fmt: skip
+    start = llm.stats()
+    assert start.blocks_free == 80
+    final = {}
+    for number, wave in enumerate(waves):
+        for i, (prompt, max_tokens, stop_ids) in enumerate(wave):
+            params = SamplingParams(temperature=0.0, max_tokens=max_tokens,
+                                    stop_token_ids=stop_ids)  # fmt: skip
+            llm.add_request(f"{number}-{i}", prompt, params)
+        for _ in range(2 if number + 1 < len(waves) else 500):
+            for out in llm.step():
+                if out.finished:
+                    final[out.request_id] = (out.token_ids, out.finish_reason)
+            if not llm.has_unfinished():
+                break
+    assert not llm.has_unfinished()
+    stats = llm.stats()
+    assert stats.blocks_used == 0 and stats.blocks_free + stats.blocks_cached == 80
+    if llm.speculation is not None and llm.speculation.draft is not None:
+        draft = llm.speculation.draft.blocks
+        assert draft.num_available_blocks == draft.num_blocks, "draft blocks leaked"
+    return final, llm
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_model):
+    return run_engine(tiny_model)[0]
+
+
+@pytest.mark.parametrize(
+    "draft, gamma",
+    [("target", 3), ("random", 2), ("ngram", 4), ("target", 1)],
+)
+def test_greedy_speculative_engine_equals_the_target_alone(
+    tiny_model, greedy_reference, plain_run, draft, gamma
+):
+    spec = dict(num_speculative_tokens=gamma)
+    if draft == "ngram":
+        spec["speculative_ngram"] = True
+    else:
+        spec["speculative_model"] = tiny_model if draft == "target" else make_tiny_model(seed=7)
+    final, llm = run_engine(tiny_model, **spec)
+    assert final == plain_run  # the engine without speculation: tokens and finish reasons
+    for number, wave in enumerate((FIRST_WAVE, SECOND_WAVE)):
+        for i, (prompt, max_tokens, stop_ids) in enumerate(wave):
+            if not stop_ids:
+                assert final[f"{number}-{i}"][0] == greedy_reference(tiny_model, prompt, max_tokens)
+    stats = llm.stats()
+    assert stats.prefix_cache_hit_tokens >= 8, "the second wave should hit the prefix cache"
+    assert stats.spec_proposed_tokens > 0 and stats.spec_verify_steps > 0
+    assert stats.spec_proposed_at[0] == stats.spec_verify_steps
+    assert sum(stats.spec_accepted_at) == stats.spec_accepted_tokens
+    assert stats.spec_emitted_tokens == stats.spec_accepted_tokens + stats.spec_verify_steps
+    if draft == "target":  # the draft is the target: every draft token is accepted
+        assert stats.spec_accepted_tokens == stats.spec_proposed_tokens
+        assert stats.spec_tokens_per_forward > 1.5
+    if draft == "random":
+        assert stats.spec_acceptance_rate < 0.3
+
+
+def test_stop_strings_ending_mid_draft(write_tiny_checkpoint, load_float64, tmp_path):
+    """A stop string found inside an accepted draft ends the sample there, as without a draft."""
+    text = "the cat sat on the mat. the dog sat on the log. " * 20
+    model, tokenizer = load_float64(write_tiny_checkpoint(tmp_path, text, seed=3, max_seq_len=96))
+    prompts = ["the cat", "on the mat", "dog sat"]
+    plain = LLM(model, tokenizer, block_size=4, num_blocks=120, max_num_seqs=4)
+    free = [plain.generate(p, SamplingParams(temperature=0.0, max_tokens=20))[0].text
+            for p in prompts]  # fmt: skip
+    stops = [t[len(t) // 3 : len(t) // 3 + 2] or "x" for t in free]  # strings the output holds
+    outputs = {}
+    for spec in ({}, dict(speculative_model=model, num_speculative_tokens=4)):
+        llm = LLM(model, tokenizer, block_size=4, num_blocks=120, max_num_seqs=4, **spec)
+        params = [SamplingParams(temperature=0.0, max_tokens=20, stop=[s]) for s in stops]
+        outs = llm.generate(prompts, params)
+        outputs[bool(spec)] = [(o.text, o.token_ids, o.finish_reason) for o in outs]
+        assert llm.stats().blocks_used == 0
+    assert outputs[True] == outputs[False]
+    assert [reason for *_, reason in outputs[True]].count("stop") >= 2
+
+
+def test_bad_drafts_and_settings_are_clear_errors(tiny_model):
+    with pytest.raises(LLMInternalsError, match=r"--speculative-model.* 40 tokens.*--model\) 48"):
+        LLM(tiny_model, num_blocks=8, speculative_model=make_tiny_model(vocab_size=40))
+    for gamma in (0, -2):
+        with pytest.raises(LLMInternalsError, match=rf"--num-speculative-tokens.*got {gamma}"):
+            LLM(tiny_model, num_blocks=8, speculative_ngram=True, num_speculative_tokens=gamma)
+    with pytest.raises(LLMInternalsError, match="exclude each other"):
+        LLM(tiny_model, num_blocks=8, speculative_ngram=True, speculative_model=tiny_model)
+    with pytest.raises(LLMInternalsError, match="needs a draft"):
+        LLM(tiny_model, num_blocks=8, num_speculative_tokens=3)
+
+
+def test_n_above_one_is_refused_and_nothing_is_allocated(tiny_model):
+    llm = LLM(tiny_model, block_size=4, num_blocks=20, speculative_model=tiny_model)
+    with pytest.raises(LLMInternalsError, match=r"n=2 .*speculative"):
+        llm.add_request("a", [1, 2, 3], SamplingParams(n=2, max_tokens=4))
+    assert llm.stats().blocks_free == 20 and not llm.has_unfinished()
+    assert llm.generate([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4))[0].finished
+
+
+def test_drafts_respect_the_context_window(tiny_model, greedy_reference):
+    """Near max_seq_len the draft is cut so that no position past the context is fed."""
+    prompt = list(range(1, 40)) * 2
+    prompt = prompt[:60]  # 4 positions left of 64
+    llm = LLM(tiny_model, block_size=4, num_blocks=40, speculative_model=tiny_model,
+              num_speculative_tokens=6)  # fmt: skip
+    out = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=10))[0]
+    assert out.finish_reason == "context"
+    assert out.token_ids == greedy_reference(tiny_model, prompt, 10)[: len(out.token_ids)]
+    assert torch.is_tensor(llm.cache.keys[0])
