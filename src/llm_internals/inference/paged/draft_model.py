@@ -156,8 +156,9 @@ class PagedDraftModel:
                 logits, params, [s.prompt_token_ids for s in seqs], histories
             )
         drawn = filtered.argmax(dim=-1)
-        for row, seq in enumerate(seqs):
-            if not seq.params.greedy:
-                u = torch.rand(1, dtype=torch.float64, generator=seq.generator)
-                drawn[row] = inverse_cdf_sample(q[row : row + 1], u)[0]
+        sampled = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
+        if sampled:  # one uniform per row from the sequence's own generator, one draw for all
+            u = torch.cat([torch.rand(1, dtype=torch.float64, generator=seqs[row].generator)
+                           for row in sampled])  # fmt: skip
+            drawn[sampled] = inverse_cdf_sample(q[sampled], u)
         return [None if r in bad else t for r, t in enumerate(drawn.tolist())], q

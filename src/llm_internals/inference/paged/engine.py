@@ -260,8 +260,10 @@ class LLM:
         for row, seq in enumerate(row_seqs):
             if seq.draft_token_ids:
                 speculating.setdefault(seq, []).append(row)
-        for seq, seq_rows in speculating.items():
-            results.append((seq, self.speculation.verify(seq, logits[seq_rows])))
+        if speculating:
+            spec_seqs = list(speculating)
+            verified = self.speculation.verify(spec_seqs, [logits[r] for r in speculating.values()])
+            results += zip(spec_seqs, verified, strict=True)
         return results
 
     def _finish(self, seq: Sequence) -> None:

@@ -10,9 +10,11 @@ tables A [5, 1, 8], B [2, 6]:
     prefill        B: blocks [2, 6], keys 0..6, query i sees keys j <= 4 + i
     sample rows    a9 (A's next token), b6 only if position 6 is B's last token
 
-A speculating sequence feeds its last token and its draft tokens like a prefill chunk (slots
-reserved by the scheduler) and samples at every one of those rows: one row of logits per
-position to verify (paged/speculation.py); `execute` lists it once per row.
+A speculating sequence feeds its last token and its draft tokens (slots reserved by the
+scheduler) and samples at every one of those rows: the target's logits at each position to
+verify (paged/speculation.py); `execute` lists it once per row. Such sequences with the same
+number of fed tokens attend as one decode group with that many queries per sequence (query i
+sees positions <= its own), between the decodes and the prefill chunks.
 
 Linear layers see 4 tokens, not a padded (2, 7) batch. Only rows whose sequence has no token
 left to feed produce logits (the output head is the largest matrix of a small model).
@@ -71,20 +73,22 @@ class ModelRunner:
         return tokens.tolist()
 
     def _decode_group(
-        self, decodes: list, lengths: list[int], start: int, window: int | None
+        self, decodes: list, lengths: list[int], start: int, window: int | None, queries: int = 1
     ) -> DecodeGroup:
-        """Block ids (padded with block 0) and the visibility mask of a run of decodes."""
+        """Block ids (padded with block 0) and the visibility mask of a run of sequences that
+        each feed their last `queries` tokens (lengths: tokens up to the last query's)."""
         block_size = self.pool.block_size
         width = -(-max(lengths) // block_size)
         table = [s.block_table[:width] + [0] * (width - len(s.block_table[:width]))
                  for s, _ in decodes]  # fmt: skip
-        key = torch.arange(width * block_size, device=self.device)[None, :]
-        length = torch.tensor(lengths, device=self.device)[:, None]
-        visible = key < length
+        key = torch.arange(width * block_size, device=self.device)[None, None, :]
+        offsets = torch.arange(queries - 1, -1, -1, device=self.device)[None, :]
+        length = (torch.tensor(lengths, device=self.device)[:, None] - offsets)[..., None]
+        visible = key < length  # (count, queries, keys): query i sees positions < its length
         if window is not None:
             visible &= key >= length - window
         block_ids = torch.tensor(table, device=self.device)
-        return DecodeGroup(start, len(decodes), block_ids, visible[:, None, :])
+        return DecodeGroup(start, len(decodes), block_ids, visible, queries=queries)
 
     def prepare(
         self, batch: ScheduledBatch
@@ -95,7 +99,9 @@ class ModelRunner:
         sdpa = getattr(self.model.config, "attn_impl", "scratch") == "sdpa"
         work = list(zip(batch.seqs, batch.num_new_tokens, strict=True))
         decodes = [(s, n) for s, n in work if n == 1]
-        prefills = [(s, n) for s, n in work if n > 1]
+        # fed past its tokens: last token + draft tokens of a speculating sequence
+        verifying = [(s, n) for s, n in work if n > 1 and s.num_computed_tokens + n > s.num_tokens]
+        prefills = [(s, n) for s, n in work if n > 1 and s.num_computed_tokens + n <= s.num_tokens]
 
         ids: list[int] = []
         positions: list[int] = []
@@ -115,6 +121,26 @@ class ModelRunner:
         groups = []
         for start, end in group_by_length([-(-n // block_size) for n in lengths]):
             groups.append(self._decode_group(decodes[start:end], lengths[start:end], start, window))
+
+        # Speculating sequences (last token + draft tokens): decode-like groups of equal length
+        # with one query per fed token; every row samples (the target's p at each position).
+        verifying.sort(key=lambda item: (item[1], item[0].num_computed_tokens))
+        for queries in sorted({n for _, n in verifying}):
+            run = [(s, n) for s, n in verifying if n == queries]
+            first_row = len(ids)
+            for seq, n in run:
+                p = seq.num_computed_tokens
+                ids.extend(seq.scheduled_ids(p, p + n))
+                positions.extend(range(p, p + n))
+                slots.extend(seq.block_table[i // block_size] * block_size + i % block_size
+                             for i in range(p, p + n))  # fmt: skip
+                sample_rows.extend(range(len(ids) - n, len(ids)))
+                sample_seqs.extend([seq] * n)
+            lengths = [s.num_computed_tokens + n for s, n in run]
+            for start, end in group_by_length([-(-n // block_size) for n in lengths]):
+                row = first_row + start * queries
+                groups.append(self._decode_group(run[start:end], lengths[start:end], row, window,
+                                                 queries))  # fmt: skip
 
         chunks = []
         for seq, n in prefills:
@@ -139,10 +165,8 @@ class ModelRunner:
                 block_ids = table[None].to(self.device)
                 mask = causal_mask(n, end, window if use_window else None, device=self.device)
             chunks.append(PrefillChunk(row, n, end, block_ids, mask))
-            # The last chunk of a prompt samples at its last row; a speculating sequence (last
-            # token + draft tokens) at every row: the target's p at each draft position.
-            for offset in range(seq.num_tokens - 1 - start, n):
-                sample_rows.append(row + offset)
+            if end == seq.num_tokens:
+                sample_rows.append(row + n - 1)
                 sample_seqs.append(seq)
 
         context = PagedAttentionContext(
@@ -159,7 +183,9 @@ class ModelRunner:
             record("paged.slot_mapping", context.slot_mapping, note="block * block_size + offset")
             for group in groups:
                 record("paged.decode_block_ids", group.block_ids, note="block tables, padded")
-            owners = [s for s, _ in decodes] + [s for s, n in prefills for _ in range(n)]
+            owners = [s for s, _ in decodes] + [
+                s for s, n in verifying + prefills for _ in range(n)
+            ]
             record("paged.row_sequences", [(s.request_id, s.index) for s in owners],
                    note="(request id, sample index) of each row")  # fmt: skip
             record("paged.sample_rows", list(sample_rows), note="rows whose logits are sampled")

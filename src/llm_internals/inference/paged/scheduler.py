@@ -86,12 +86,12 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         scheduled: set[int] = set()
-        for position, seq in enumerate(list(self.running)):
+        decodes_behind = sum(1 for s in self.running if s.num_uncomputed_tokens == 1)
+        for seq in list(self.running):
+            if seq.num_uncomputed_tokens == 1:
+                decodes_behind -= 1  # the decodes after this one (preempted ones included)
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            decodes_behind = sum(
-                1 for s in self.running[position + 1 :] if s.num_uncomputed_tokens == 1
-            )
             wanted = seq.num_uncomputed_tokens
             num_new = wanted if wanted == 1 else min(wanted, budget - decodes_behind)
             num_new = min(num_new, budget)

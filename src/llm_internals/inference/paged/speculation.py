@@ -124,36 +124,73 @@ class Speculation:
             seq.draft_token_ids = seq.draft_token_ids[:k]
             batch.num_new_tokens[i] = 1 + len(seq.draft_token_ids)
 
-    def verify(self, seq: Sequence, logits: torch.Tensor) -> list[int] | str:
-        """The tokens seq keeps from its k + 1 target logits rows (accepted drafts, then the
-        residual or bonus token), or why its logits cannot be sampled."""
-        draft = seq.draft_token_ids
-        q = self._q.pop(seq.seq_id, None)
-        bad = invalid_rows(logits)
-        if bad:
-            row, why = next(iter(bad.items()))
-            return f"logits at draft position {row} {why}"
-        params = seq.params
-        tokens = torch.tensor(draft, dtype=torch.long, device=logits.device)
-        if params.greedy and not params.uses_penalties:
-            verdict = verify(logits[None], None, tokens[None], greedy=True)
-        else:
-            histories = [seq.output_token_ids + draft[:i] for i in range(len(draft) + 1)]
-            with torch.inference_mode():
-                filtered, p = self.sampler.distribution(
-                    logits.float(), [params] * len(histories),
-                    [seq.prompt_token_ids] * len(histories), histories,
-                )  # fmt: skip
-            if params.greedy:
-                verdict = verify(filtered[None], None, tokens[None], greedy=True)
+    def verify(self, seqs: list[Sequence], logits: list[torch.Tensor]) -> list[list[int] | str]:
+        """The tokens each speculating sequence keeps from its k + 1 target logits rows (the
+        accepted drafts, then the residual or bonus token), or why its logits cannot be
+        sampled. One batched verification for the greedy rows and one for the sampled ones."""
+        results: list[list[int] | str] = [[] for _ in seqs]
+        valid = []
+        for i, rows in enumerate(logits):
+            bad = invalid_rows(rows)
+            if bad:
+                row, why = next(iter(bad.items()))
+                results[i] = f"logits at draft position {row} {why}"
             else:
-                uniforms = torch.rand(1, len(draft) + 1, dtype=torch.float64,
-                                      generator=seq.generator)  # fmt: skip
-                q_draft = None if q is None else q.to(p.device)[None]
-                verdict = verify(p[None], q_draft, tokens[None], uniforms=uniforms)
-        num_accepted = int(verdict.num_accepted[0])
-        self.counts.add(len(draft), num_accepted)
-        return draft[:num_accepted] + [int(verdict.next_token[0])]
+                valid.append(i)
+        plain = [i for i in valid if seqs[i].params.greedy and not seqs[i].params.uses_penalties]
+        if plain:
+            self._verify_group([seqs[i] for i in plain], [logits[i] for i in plain], results, plain,
+                               greedy=True)  # fmt: skip
+        filtered = [i for i in valid if i not in set(plain)]
+        if filtered:
+            group = [seqs[i] for i in filtered]
+            params, prompts, histories = [], [], []
+            for seq in group:
+                draft = seq.draft_token_ids
+                for j in range(len(draft) + 1):
+                    params.append(seq.params)
+                    prompts.append(seq.prompt_token_ids)
+                    histories.append(seq.output_token_ids + draft[:j])
+            with torch.inference_mode():
+                rows, probs = self.sampler.distribution(
+                    torch.cat([logits[i] for i in filtered]).float(), params, prompts, histories
+                )
+            sizes = [len(seq.draft_token_ids) + 1 for seq in group]
+            for greedy in (True, False):
+                members = [j for j, seq in enumerate(group) if seq.params.greedy == greedy]
+                source = (rows if greedy else probs).split(sizes)
+                if members:
+                    self._verify_group([group[j] for j in members], [source[j] for j in members],
+                                       results, [filtered[j] for j in members], greedy)  # fmt: skip
+        return results
+
+    def _verify_group(self, seqs: list[Sequence], p: list[torch.Tensor], results: list,
+                      slots: list[int], greedy: bool) -> None:  # fmt: skip
+        """verify() on a padded batch: p rows (k_i + 1, vocab) each (probabilities, or logits
+        when greedy); the result of seqs[j] goes to results[slots[j]]."""
+        gamma = max(len(seq.draft_token_ids) for seq in seqs)
+        batch, vocab = len(seqs), p[0].shape[-1]
+        p_target = p[0].new_zeros(batch, gamma + 1, vocab)
+        tokens = torch.zeros(batch, gamma, dtype=torch.long)
+        num_drafts = torch.tensor([len(seq.draft_token_ids) for seq in seqs])
+        q_draft = None if greedy or self.draft is None else p_target.new_zeros(batch, gamma, vocab)
+        uniforms = None if greedy else torch.zeros(batch, gamma + 1, dtype=torch.float64)
+        for j, seq in enumerate(seqs):
+            k = len(seq.draft_token_ids)
+            p_target[j, : k + 1] = p[j]
+            tokens[j, :k] = torch.tensor(seq.draft_token_ids)
+            q = self._q.pop(seq.seq_id, None)
+            if q_draft is not None:
+                q_draft[j, :k] = q[:k]
+            if uniforms is not None:  # r_1..r_k, then the draw's, from the sequence's generator
+                u = torch.rand(k + 1, dtype=torch.float64, generator=seq.generator)
+                uniforms[j, :k], uniforms[j, gamma] = u[:k], u[k]
+        verdict = verify(p_target, q_draft, tokens.to(p_target.device), greedy=greedy,
+                         num_drafts=num_drafts, uniforms=uniforms)  # fmt: skip
+        accepted, next_tokens = verdict.num_accepted.tolist(), verdict.next_token.tolist()
+        for j, seq in enumerate(seqs):
+            self.counts.add(len(seq.draft_token_ids), accepted[j])
+            results[slots[j]] = seq.draft_token_ids[: accepted[j]] + [next_tokens[j]]
 
     def commit(self, seq: Sequence, block_manager: BlockManager) -> None:
         """Roll a verified, unfinished sequence back to its kept tokens (module docstring)."""
