@@ -35,6 +35,12 @@ from llm_internals.inference.generation_types import (
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.seq2seq_generate import seq2seq_loop
 from llm_internals.inference.sequence_state import SequenceState
+from llm_internals.inference.speculative.loop import (
+    SpeculativeConfig,
+    speculative_config,
+    speculative_loop,
+)
+from llm_internals.inference.speculative.stats import SpeculativeStats
 
 __all__ = [
     "FINISH_REASONS",
@@ -60,6 +66,11 @@ def stream(
     padding_side: str = "left",
     timing: Timing | None = None,
     sliding_window: bool = False,
+    draft_model: torch.nn.Module | None = None,
+    ngram: bool | tuple[int, int] = False,
+    num_speculative_tokens: int = 4,
+    adaptive_gamma: bool = False,
+    speculative_stats: SpeculativeStats | None = None,
     **sampling: Any,
 ) -> Iterator[StreamChunk]:
     """Generate, yielding a StreamChunk per sampled token as soon as it is sampled.
@@ -75,10 +86,19 @@ def stream(
     sliding_window: past the context, keep the last max_seq_len tokens and go on (each step then
         recomputes the cropped window without a cache; see decode_loop.py) instead of finishing
         with reason "context". A prompt longer than the context is cropped the same way.
+    draft_model / ngram: speculative decoding (inference/speculative/): a smaller DecoderLM with
+        the same tokenizer, or prompt lookup (True, or (min_n, max_n) n-gram sizes), drafts
+        num_speculative_tokens tokens per round (adaptive_gamma: at most that many, following
+        the acceptance rate) that one target forward verifies; the output distribution is the
+        target's. speculative_stats (a SpeculativeStats) is filled in with the acceptance counts.
     """
     seqs, _ = prepare(model, tokenizer, prompt, max_new_tokens, params, eos_token_id,
                       padding_side, sampling, sliding_window)  # fmt: skip
-    return _loop(model, seqs, use_cache, padding_side, timing or Timing())
+    speculative = speculative_config(model, draft_model, ngram, num_speculative_tokens,
+                                     adaptive_gamma, speculative_stats, use_cache=use_cache,
+                                     sliding_window=sliding_window,
+                                     seq2seq=is_seq2seq(model))  # fmt: skip
+    return _loop(model, seqs, use_cache, padding_side, timing or Timing(), speculative)
 
 
 def generate(
@@ -92,6 +112,11 @@ def generate(
     eos_token_id: Any = "auto",
     padding_side: str = "left",
     sliding_window: bool = False,
+    draft_model: torch.nn.Module | None = None,
+    ngram: bool | tuple[int, int] = False,
+    num_speculative_tokens: int = 4,
+    adaptive_gamma: bool = False,
+    speculative_stats: SpeculativeStats | None = None,
     **sampling: Any,
 ) -> GenerationResult | list[GenerationResult]:
     """Generate to the end and return the result (a list of results for a list of prompts).
@@ -100,8 +125,12 @@ def generate(
     """
     seqs, single = prepare(model, tokenizer, prompt, max_new_tokens, params, eos_token_id,
                            padding_side, sampling, sliding_window)  # fmt: skip
+    speculative = speculative_config(model, draft_model, ngram, num_speculative_tokens,
+                                     adaptive_gamma, speculative_stats, use_cache=use_cache,
+                                     sliding_window=sliding_window,
+                                     seq2seq=is_seq2seq(model))  # fmt: skip
     timing = Timing()
-    for _chunk in _loop(model, seqs, use_cache, padding_side, timing):
+    for _chunk in _loop(model, seqs, use_cache, padding_side, timing, speculative):
         pass
     results = [
         GenerationResult(s.prompt_ids, s.output_ids, s.text, s.finish_reason, timing) for s in seqs
@@ -115,6 +144,9 @@ def _loop(
     use_cache: bool,
     padding_side: str,
     timing: Timing,
+    speculative: SpeculativeConfig | None = None,
 ) -> Iterator[StreamChunk]:
+    if speculative is not None:
+        return speculative_loop(model, seqs, timing, speculative)
     loop = seq2seq_loop if is_seq2seq(model) else decoder_only_loop
     return loop(model, seqs, use_cache, padding_side, timing)

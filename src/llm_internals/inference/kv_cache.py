@@ -141,6 +141,39 @@ class ContiguousKVCache:
                 kept[:, :, :length] = buffer[index, :, :length]  # copy only the filled part
                 store[i] = kept
 
+    def truncate(self, length: int) -> None:
+        """Roll back to the first `length` positions (speculative decoding drops the K/V of
+        rejected draft tokens): later positions are forgotten and will be overwritten."""
+        if isinstance(length, bool) or not isinstance(length, int) or not (
+            0 <= length <= self.past_length()
+        ):  # fmt: skip
+            raise LLMInternalsError(
+                f"KV cache: can only truncate to a length in [0, {self.past_length()}], "
+                f"got {length!r}"
+            )
+        self.lengths = [length] * self.n_layers
+
+    def gather_columns(self, index: torch.Tensor) -> None:
+        """Rearrange each row's stored positions: row r keeps columns index[r, 0..m-1], in that
+        order, as its new positions 0..m-1 (index: (batch, m) long). Used to squeeze out the
+        holes that speculative decoding leaves when rows accept different numbers of tokens."""
+        if index.dim() != 2 or index.shape[0] != self.batch or index.shape[1] > self.max_len:
+            raise LLMInternalsError(
+                f"KV cache: gather_columns needs a (batch={self.batch}, m <= {self.max_len}) "
+                f"index, got {tuple(index.shape)}"
+            )
+        length = self.past_length()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= length):
+            raise LLMInternalsError(f"KV cache: column index outside the {length} stored ones")
+        m = index.shape[1]
+        for store in (self.keys, self.values):
+            for buffer in store:
+                gather = index.to(buffer.device)[:, None, :, None].expand(
+                    -1, buffer.shape[1], -1, buffer.shape[3]
+                )
+                buffer[:, :, :m] = buffer[:, :, :length].gather(2, gather)
+        self.lengths = [m] * self.n_layers
+
     def reset(self) -> None:
         """Forget everything stored (the buffers are reused)."""
         self.lengths = [0] * self.n_layers
