@@ -1,0 +1,494 @@
+"""Lesson "flash-attention": attention computed block by block, never writing the N x N matrix.
+
+Every number comes from the real code: `layers.attention.scaled_dot_product_attention` (the
+materialised path) and `layers.flash_attention` (the tiled path) run under a recorder, with their
+`FlashCounters`; `layers.flash_io` (the IO model, published GPU figures); `layers.cpu_caches`
+(this CPU's caches); matmul shapes and saved-tensor hooks around the real passes;
+wall-clock timing of the materialised steps on this machine (one thread). The FlashAttention-3
+figures are published figures, stated as such.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.registry import LessonInfo
+from llm_internals.layers.attention import scaled_dot_product_attention
+from llm_internals.layers.cpu_caches import read_cpu_caches
+from llm_internals.layers.flash_attention import (
+    FlashCounters,
+    flash_attention,
+    flash_attention_forward,
+)
+from llm_internals.layers.flash_io import (
+    GPUS,
+    PAPER_STANDARD,
+    Tiling,
+    paper_block_sizes,
+    standard_io,
+    tiled_io,
+)
+from llm_internals.layers.softmax import softmax
+from llm_internals.trace import recording
+
+INFO = LessonInfo(
+    name="flash-attention",
+    title="Flash attention: exact attention without the N x N matrix",
+    summary="Why standard attention is bound by memory traffic, tiling and the online softmax, "
+    "recomputation in the backward pass, FlashAttention 2 and 3, and the memory it saves.",
+)
+
+RECAP_N, RECAP_D = 6, 4
+TIMED_N, TIMED_D, TIMED_REPEATS = 512, 64, 5
+GRID_N, GRID_BLOCK = 10, 4
+ROW_SCORES = (0.5, 2.0, -1.0, 3.0, 1.0, 0.0, 2.5, -0.5)  # one query's 8 scores
+ROW_BLOCK = 3  # key blocks of 3, 3 and 2 scores
+ROW_VALUES = (1.0, -2.0, 0.5, 4.0, -1.0, 3.0, 2.0, 0.0)
+SMALL = dict(n=128, d=16, heads=2, block=32)  # recomputation and loop-order examples
+IO_SIZES = (1024, 4096, 16384)
+IO_D, IO_BYTES = 64, 2  # head dim 64, fp16/bf16 on the GPU
+CURVE_SIZES = (64, 128, 256, 512)
+CURVE_BLOCK = 128
+FA3_PUBLISHED = (
+    ("forward speed vs FlashAttention-2 (FP16)", "1.5-2.0x"),
+    ("FP16 forward, peak", "up to 740 TFLOP/s"),
+    ("FP8 forward, peak", "close to 1.2 PFLOP/s"),
+    ("backward vs FlashAttention-2", "1.5-1.75x"),
+    ("FP8 error with incoherent processing", "2.6x lower RMSE than plain FP8 attention"),
+    ("ablation: warp specialisation, two-stage pipelining", "about 12-14% each"),
+)
+FA3_SOURCE = (
+    "Shah et al. 2024, FlashAttention-3 (v1 abstract and ablation), as summarised in the "
+    "project's spec (flash-attention.md 5.3)"
+)
+PARTITION = dict(heads=8, n=8192, block=128)  # batch 1
+
+
+def qkv(n: int, d: int, heads: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, heads, n, d, generator=g) for _ in range(3))
+
+
+def saved_bytes(fn, *tensors: torch.Tensor, backward: bool = False) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of fn(*tensors)
+    (then runs that backward pass when `backward`)."""
+    seen: dict[int, int] = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    inputs = [t.detach().requires_grad_() for t in tensors]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = fn(*inputs)
+    if backward:
+        out.sum().backward()
+    return sum(seen.values())
+
+
+def best_seconds(fn, repeats: int = TIMED_REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _section_recap() -> Section:
+    q, k, v = qkv(RECAP_N, RECAP_D)
+    with recording() as rec, torch.no_grad():
+        scaled_dot_product_attention(q, k, v)
+    weights = rec.get("weights")[0, 0]
+    return Section(
+        "Quick recap: standard attention",
+        [
+            Step(
+                f"The real `scaled_dot_product_attention` on {RECAP_N} tokens of head dim "
+                f"{RECAP_D}: every query meets every key, so the scores and the softmax weights "
+                "are N x N matrices, written to memory in full, while the inputs and the output "
+                "are only N x d.",
+                formula="S = Q K^T / sqrt(d);  P = softmax(S) (per row);  O = P V",
+                values={
+                    "weights P (N x N)": weights,
+                    "row sums of P": weights.sum(-1),
+                    "output O shape": str(tuple(rec.get("output").shape)),
+                },
+            )
+        ],
+    )
+
+
+def _section_why_slow() -> Section:
+    q, k, v = (x[0, 0] for x in qkv(TIMED_N, TIMED_D))
+    n, d = TIMED_N, TIMED_D
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores = q @ k.T
+        probs = softmax(scores)
+        seconds = (best_seconds(lambda: q @ k.T), best_seconds(lambda: softmax(scores)),
+                   best_seconds(lambda: probs @ v))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    flops = (2 * n * n * d, 5 * n * n, 2 * n * n * d)  # softmax: max, subtract, exp, sum, divide
+    rows = []
+    for step, f, s in zip(PAPER_STANDARD, flops, seconds, strict=True):
+        moved = standard_io(n, n, d, 4, passes=(step,)).total_bytes
+        rows.append([step.name, f, moved, round(f / moved, 2), round(s * 1e3, 3),
+                     round(f / s / 1e9, 1)])  # fmt: skip
+    return Section(
+        "Why standard attention is slow",
+        [
+            Step(
+                f"For N = {n}, d = {d} (fp32, one head, one thread, best of {TIMED_REPEATS}): "
+                "the two matmuls do d/2 or more FLOPs per byte they move; the softmax does about "
+                "one FLOP per byte (5 operations per score, 8 bytes moved per score), so its "
+                "speed is set by memory, not arithmetic. Measured on this machine just now: the "
+                "softmax runs at a small fraction of the matmuls' FLOP rate.",
+                formula="arithmetic intensity = FLOPs / bytes moved;  softmax: 5 N^2 / 8 N^2",
+                values={
+                    "steps": Table(
+                        ["step", "FLOPs", "bytes moved", "FLOPs/byte", "ms", "GFLOP/s"], rows
+                    ),  # fmt: skip
+                },
+            )
+        ],
+    )
+
+
+def _section_gpu_memory() -> Section:
+    rows = [
+        [g.name, round(g.hbm_bytes / 1e9), g.hbm_bytes_per_s / 1e12, g.sram_bytes_per_sm // 1024,
+         g.sms, round(g.sms * g.sram_bytes_per_sm / 2**20, 1), g.peak_flops_16bit / 1e12,
+         round(g.peak_flops_16bit / g.hbm_bytes_per_s)]
+        for g in GPUS
+    ]  # fmt: skip
+    caches = read_cpu_caches()
+    cpu = [[c.label, c.kind, c.size_bytes // 1024] for c in caches.caches]
+    return Section(
+        "How GPU memory works: HBM and SRAM",
+        [
+            Step(
+                "A GPU has two memories that matter here: HBM, tens of GB off the chip, and "
+                "SRAM, a few hundred KB inside each streaming multiprocessor (SM): about 10x "
+                "faster (19 TB/s against 1.5-2 TB/s on A100, the FlashAttention paper's "
+                "estimate) but thousands of times smaller in total. Published figures (sources in "
+                "`layers/flash_io.py`). The last column is how many FLOPs a kernel must do per "
+                "byte it reads from HBM to keep the tensor cores busy; the softmax does about 1.",
+                formula="ridge point = peak FLOP/s / HBM bytes/s",
+                values={
+                    "published figures": Table(
+                        [
+                            "GPU",
+                            "HBM GB",
+                            "HBM TB/s",
+                            "SRAM KiB/SM",
+                            "SMs",
+                            "SRAM MiB total",
+                            "16-bit TFLOP/s",
+                            "FLOPs/byte to be compute-bound",
+                        ],
+                        rows,
+                    ),  # fmt: skip
+                    "sources": "; ".join(f"{g.name}: {g.source}" for g in GPUS),
+                },
+            ),
+            Step(
+                "A CPU has the same shape: DRAM is the slow memory, the caches the fast one. "
+                f"This machine's data caches, read from the OS ({caches.source}):",
+                values={"caches": Table(["level", "type", "KiB"], cpu) if cpu else "unknown"},
+            ),
+        ],
+    )
+
+
+def _section_core_idea() -> Section:
+    gpu = GPUS[0]
+    b_r, b_c = paper_block_sizes(gpu.sram_bytes_per_sm, IO_D, IO_BYTES)
+    rows = []
+    for n in IO_SIZES:
+        std = standard_io(n, n, IO_D, IO_BYTES, passes=PAPER_STANDARD).total_bytes
+        tiled = tiled_io(Tiling(n, n, IO_D, IO_BYTES, b_r, b_c), "fa1").total_bytes
+        rows.append([n, round(std / 2**20, 1), round(tiled / 2**20, 1), round(std / tiled, 1),
+                     round(std / gpu.hbm_bytes_per_s * 1e6, 1),
+                     round(tiled / gpu.hbm_bytes_per_s * 1e6, 1)])  # fmt: skip
+    return Section(
+        "The core idea: never write S to HBM",
+        [
+            Step(
+                "Load blocks of Q, K and V into SRAM, compute that block of scores, fold it into "
+                "the output right there, and move on. S and P never leave the chip, so slow "
+                "memory sees only Q, K, V and O (several times over). The paper's block sizes "
+                f"for an SRAM of M elements ({gpu.name}: {gpu.sram_bytes_per_sm // 1024} KiB, "
+                f"d = {IO_D}, 2-byte elements): B_c = ceil(M / 4d) = {b_c}, B_r = min(B_c, d) "
+                f"= {b_r}. Bytes per head from `layers.flash_io` (forward pass), and the time "
+                "they take at the published HBM bandwidth:",
+                formula="standard: Theta(N d + N^2)   tiled: Theta(N^2 d^2 / M)",
+                values={
+                    f"per head on {gpu.name}": Table(
+                        [
+                            "N",
+                            "standard MiB",
+                            "tiled MiB",
+                            "standard / tiled",
+                            "standard us at HBM speed",
+                            "tiled us",
+                        ],
+                        rows,
+                    )  # fmt: skip
+                },
+            )
+        ],
+    )
+
+
+def _section_tiling() -> Section:
+    q, k, v = qkv(GRID_N, RECAP_D)
+    counters = FlashCounters()
+    with recording() as rec, torch.no_grad():
+        flash_attention(q, k, v, causal=True, block_q=GRID_BLOCK, block_k=GRID_BLOCK,
+                        counters=counters)  # fmt: skip
+    blocks = -(-GRID_N // GRID_BLOCK)
+    grid = [[""] * blocks for _ in range(blocks)]
+    for i, j, status in rec.all("flash.pair"):
+        grid[i][j] = "computed" if status == "computed" else "skipped"
+    rows = [[f"queries {i * GRID_BLOCK}-{min((i + 1) * GRID_BLOCK, GRID_N) - 1}", *grid[i]]
+            for i in range(blocks)]  # fmt: skip
+    columns = ["", *(f"keys {j * GRID_BLOCK}-{min((j + 1) * GRID_BLOCK, GRID_N) - 1}"
+                     for j in range(blocks))]  # fmt: skip
+    return Section(
+        "Tiling: attention in blocks",
+        [
+            Step(
+                f"The real `flash_attention` on {GRID_N} tokens, causal, blocks of {GRID_BLOCK} "
+                f"queries x {GRID_BLOCK} keys (the last block is shorter). Each computed cell is "
+                "one small matmul in fast memory; with a causal mask, blocks whose every key "
+                "comes after every query are skipped without being loaded.",
+                values={
+                    "block pairs, as recorded (flash.pair)": Table(columns, rows),
+                    "computed": counters.blocks_computed,
+                    "skipped": counters.blocks_skipped,
+                },
+            )
+        ],
+    )
+
+
+def _section_online_softmax() -> Section:
+    scores = torch.tensor(ROW_SCORES, dtype=torch.float64)
+    q = torch.ones(1, 1, dtype=torch.float64)
+    k, v = scores[:, None], torch.tensor(ROW_VALUES, dtype=torch.float64)[:, None]
+    with recording() as rec:
+        out, lse = flash_attention_forward(q, k, v, scale=1.0, block_q=1, block_k=ROW_BLOCK)
+    rows = []
+    for j, (m, l_sum) in enumerate(zip(rec.all("flash.m"), rec.all("flash.l"), strict=True)):
+        block = ROW_SCORES[j * ROW_BLOCK : (j + 1) * ROW_BLOCK]
+        rows.append([j, ", ".join(f"{s:g}" for s in block), float(m[0]), float(l_sum[0])])
+    full = torch.softmax(scores, 0)
+    from_lse = torch.exp(scores - lse[0])
+    return Section(
+        "Online softmax: one row, block by block",
+        [
+            Step(
+                f"One query with the {len(ROW_SCORES)} scores {list(ROW_SCORES)} (d = 1, scale "
+                f"1, so S = K), keys in blocks of {ROW_BLOCK}. After each block the real "
+                "forward pass keeps only the running max m and the running sum l of exp(s - m); "
+                "when a larger score arrives, the old sum is rescaled by exp(m_old - m_new).",
+                formula="m' = max(m, max_j s_j);  l' = exp(m - m') l + sum_j exp(s_j - m')",
+                values={
+                    "after each block (flash.m, flash.l)": Table(
+                        ["key block", "scores", "m", "l"], rows
+                    )
+                },  # fmt: skip
+            ),
+            Step(
+                "At the end L = m + log l is the log of the full softmax denominator, so "
+                "exp(s - L) is exactly the softmax of the whole row, and the output equals the "
+                "softmax-weighted average of the values, without ever holding the row at once.",
+                formula="L = m + log l = log sum_j exp(s_j);  softmax(s)_j = exp(s_j - L)",
+                values={
+                    "L (flash)": float(lse[0]),
+                    "logsumexp of the full row": float(torch.logsumexp(scores, 0)),
+                    "exp(s - L)": from_lse,
+                    "softmax of the full row": full,
+                    "output (flash)": float(out[0, 0]),
+                    "softmax . values": float(full @ v[:, 0]),
+                },
+                decimals=6,
+            ),
+        ],
+    )
+
+
+def _section_recomputation() -> Section:
+    n, d, heads, block = SMALL["n"], SMALL["d"], SMALL["heads"], SMALL["block"]
+    q, k, v = qkv(n, d, heads)
+    counters = FlashCounters()
+
+    def tiled(*x: torch.Tensor) -> torch.Tensor:
+        return flash_attention(*x, block_q=block, block_k=block, counters=counters)
+
+    kept = {"materialised": saved_bytes(scaled_dot_product_attention, q, k, v, backward=True),
+            "tiled": saved_bytes(tiled, q, k, v, backward=True)}  # fmt: skip
+    pairs = (counters.forward.blocks_computed, counters.backward.blocks_computed)
+    per_entry = 2 * d * heads  # FLOPs per output entry of a (. x d) @ (d x .) product, all heads
+    flops = {"materialised": per_entry * n * n * (2 + 4),
+             "tiled": per_entry * block * block * (2 * pairs[0] + 5 * pairs[1])}  # fmt: skip
+    rows = [[path, kept[path], flops[path]] for path in kept]
+    return Section(
+        "Recomputation in the backward pass",
+        [
+            Step(
+                "The backward pass needs P. Standard attention keeps it (and more) from the "
+                "forward pass: N^2 per head. Flash attention keeps only Q, K, V, O and the "
+                "log-sum-exp L (N per head) and rebuilds each block of P = exp(S - L) when it "
+                "needs it: one extra Q K^T matmul, 2 N^2 d FLOPs, on top of the 4 N^2 d of the "
+                "forward and 8 N^2 d of the backward matmuls. Bytes autograd keeps, measured with "
+                "saved-tensor hooks on the real passes; matmul FLOPs of forward + backward: "
+                "materialised 2 + 4 matmuls of N x N x d, tiled 2 per block pair forward and 5 "
+                f"per block pair backward, pairs as counted by FlashCounters ({pairs[0]} and "
+                f"{pairs[1]}); N = {n}, d = {d}, "
+                f"{heads} heads, blocks of {block}, fp32.",
+                formula="forward 4 N^2 d;  backward 8 N^2 d (+ 2 N^2 d recomputing S)",
+                values={
+                    "forward + backward": Table(["path", "bytes kept", "matmul FLOPs"], rows),
+                    "memory saved (x)": round(kept["materialised"] / kept["tiled"], 1),
+                    "FLOPs added (x)": round(flops["tiled"] / flops["materialised"], 3),
+                },
+            )
+        ],
+    )
+
+
+def _section_flash2() -> Section:
+    n, d, heads, block = SMALL["n"], SMALL["d"], SMALL["heads"], SMALL["block"]
+    q, k, v = qkv(n, d, heads)
+    rows, counted = [], {}
+    for order in ("fa1", "fa2"):
+        counters = FlashCounters()
+        with torch.no_grad():
+            flash_attention(q, k, v, causal=True, block_q=block, block_k=block,
+                            loop_order=order, counters=counters)  # fmt: skip
+        model = tiled_io(Tiling(n, n, d, 4, block, block, True, heads), order)
+        counted[order] = counters.forward
+        rows.append([order, counters.forward.bytes_read, counters.forward.bytes_written,
+                     model.read_bytes, model.written_bytes])  # fmt: skip
+    pairs = counted["fa2"].blocks_computed
+    rescale = [["fa1", 3 * pairs * block * d * heads], ["fa2", (pairs * block + n) * d * heads]]
+    gpu = GPUS[0]
+    heads_n, n_big, block_big = PARTITION["heads"], PARTITION["n"], PARTITION["block"]
+    work = [["fa1 (batch x heads)", heads_n],
+            ["fa2 (batch x heads x query blocks)", heads_n * -(-n_big // block_big)]]  # fmt: skip
+    return Section(
+        "Flash Attention 2",
+        [
+            Step(
+                "FA1 loops over key blocks outside and query blocks inside, so O, m and l go "
+                "back to slow memory after every block pair; FA2 swaps the loops: each query "
+                "block's output stays on chip until it is finished. Counted by the real loops "
+                f"(FlashCounters, forward, N = {n}, d = {d}, {heads} heads, causal, blocks of "
+                f"{block}) beside the IO model's prediction:",
+                values={
+                    "bytes": Table(
+                        ["order", "read", "written", "model read", "model written"], rows
+                    )
+                },  # fmt: skip
+            ),
+            Step(
+                "Fewer non-matmul FLOPs: FA1 keeps O normalised, rescaling it at every block pair "
+                "(2 multiplies and an add per element); FA2 keeps it unnormalised (1 multiply "
+                f"per element per pair) and divides by l once per row. With the {pairs} computed "
+                "pairs above:",
+                formula="FA1: 3 x pairs x B_r x d   FA2: pairs x B_r x d + N x d   (per head)",
+                values={"elementwise operations on O": Table(["order", "operations"], rescale)},
+            ),
+            Step(
+                "Work partitioning: FA1 can only give each (batch, head) to one SM (its outer "
+                "loop writes every query block's O); FA2's query blocks are independent, so they "
+                f"run in parallel too. For batch 1, {heads_n} heads, N = {n_big}, blocks of "
+                f"{block_big} on an "
+                f"{gpu.name} with {gpu.sms} SMs:",
+                values={"independent work items": Table(["order", "items"], work)},
+            ),
+        ],
+    )
+
+
+def _section_flash3() -> Section:
+    h100 = GPUS[1]
+    return Section(
+        "Flash Attention 3 (Hopper)",
+        [
+            Step(
+                "On H100, FlashAttention-3 overlaps what FA2 does in sequence: producer warps "
+                "load tiles asynchronously (TMA) while consumer warpgroups compute (warp "
+                "specialisation); the softmax of one warpgroup overlaps the matmuls of another "
+                "(ping-pong) and, within a warpgroup, of the next block (two-stage pipelining); "
+                "FP8 matmuls with one scale per block and a random orthogonal rotation of Q and K "
+                "to spread outliers (incoherent processing). Published figures, not measured "
+                f"here ({FA3_SOURCE}):",
+                values={
+                    "published": Table(["what", "reported"], [list(r) for r in FA3_PUBLISHED]),
+                    f"740 TFLOP/s as a share of the {h100.name} 16-bit peak": round(
+                        740e12 / h100.peak_flops_16bit, 3
+                    ),
+                },
+            )
+        ],
+    )
+
+
+def _section_impact() -> Section:
+    def tiled(*x: torch.Tensor) -> torch.Tensor:
+        return flash_attention(*x, block_q=CURVE_BLOCK, block_k=CURVE_BLOCK)
+
+    rows = []
+    for n in CURVE_SIZES:
+        q, k, v = qkv(n, SMALL["d"], SMALL["heads"])
+        rows.append([n, saved_bytes(scaled_dot_product_attention, q, k, v),
+                     saved_bytes(tiled, q, k, v)])  # fmt: skip
+    for row, prev in zip(rows[1:], rows[:-1], strict=True):
+        row += [round(row[1] / prev[1], 2), round(row[2] / prev[2], 2)]
+    rows[0] += ["", ""]
+    return Section(
+        "Advantages and impact",
+        [
+            Step(
+                "Memory grows linearly in N instead of quadratically, which is what made 32k- "
+                "and 128k-token contexts trainable; and fewer bytes moved makes attention "
+                "faster on GPUs although it does more FLOPs. Measured on the real passes: bytes "
+                f"kept for the backward pass, d = {SMALL['d']}, {SMALL['heads']} heads, fp32 "
+                "(x per doubling: 4 is quadratic, 2 linear). `benchmarks/flash_attention.py` "
+                "measures peak memory up to N = 16k against torch SDPA.",
+                values={
+                    "bytes kept for backward": Table(
+                        ["N", "materialised", "tiled", "materialised x", "tiled x"], rows
+                    )
+                },
+            )
+        ],
+    )
+
+
+def build() -> Lesson:
+    return Lesson(
+        name=INFO.name,
+        title=INFO.title,
+        summary=INFO.summary,
+        sections=[
+            _section_recap(),
+            _section_why_slow(),
+            _section_gpu_memory(),
+            _section_core_idea(),
+            _section_tiling(),
+            _section_online_softmax(),
+            _section_recomputation(),
+            _section_flash2(),
+            _section_flash3(),
+            _section_impact(),
+        ],
+    )
