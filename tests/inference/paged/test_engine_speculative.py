@@ -84,15 +84,16 @@ def test_greedy_speculative_engine_equals_the_target_alone(
                 assert final[f"{number}-{i}"][0] == greedy_reference(tiny_model, prompt, max_tokens)
     stats = llm.stats()
     assert stats.prefix_cache_hit_tokens >= 8, "the second wave should hit the prefix cache"
-    assert stats.spec_proposed_tokens > 0 and stats.spec_verify_steps > 0
-    assert stats.spec_proposed_at[0] == stats.spec_verify_steps
-    assert sum(stats.spec_accepted_at) == stats.spec_accepted_tokens
-    assert stats.spec_emitted_tokens == stats.spec_accepted_tokens + stats.spec_verify_steps
+    spec = stats.speculative
+    assert spec.proposed > 0 and spec.rounds > 0 and 0 < spec.target_forwards <= spec.rounds
+    assert spec.per_position_proposed[0] == spec.rounds
+    assert sum(spec.per_position_accepted) == spec.accepted
+    assert spec.tokens_emitted == spec.accepted + spec.rounds
     if draft == "target":  # the draft is the target: every draft token is accepted
-        assert stats.spec_accepted_tokens == stats.spec_proposed_tokens
-        assert stats.spec_tokens_per_forward > 1.5
+        assert spec.accepted == spec.proposed
+        assert spec.tokens_per_target_forward > 1.5
     if draft == "random":
-        assert stats.spec_acceptance_rate < 0.3
+        assert spec.acceptance_rate < 0.3
 
 
 def test_stop_strings_ending_mid_draft(write_tiny_checkpoint, load_float64, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from llm_internals.inference.paged.sequence import RequestMetrics
 from llm_internals.inference.sequence_core import FINISH_REASONS as ALL_FINISH_REASONS
+from llm_internals.inference.speculative.stats import SpeculativeStats
 
 FINISH_REASONS = tuple(ALL_FINISH_REASONS)  # what each means: inference/sequence_core.py
 
@@ -65,37 +67,9 @@ class EngineStats:
     num_steps: int
     generated_tokens: int
     extra: dict[str, float] = field(default_factory=dict)
-    speculative_method: str | None = None  # "draft_model", "ngram" or None (off)
-    num_speculative_tokens: int = 0  # gamma: draft tokens per step at most
-    spec_proposed_tokens: int = 0  # draft tokens verified
-    spec_accepted_tokens: int = 0  # of them accepted by the target
-    spec_verify_steps: int = 0  # sequence-steps that verified a draft (target forward rows)
-    spec_emitted_tokens: int = 0  # tokens those steps produced: accepted drafts + 1 each
-    spec_proposed_at: tuple[int, ...] = ()  # draft tokens verified at draft position i
-    spec_accepted_at: tuple[int, ...] = ()  # of them accepted
-
-    @property
-    def spec_acceptance_rate(self) -> float:
-        """Accepted / proposed draft tokens (0 when nothing was proposed)."""
-        return (
-            self.spec_accepted_tokens / self.spec_proposed_tokens
-            if self.spec_proposed_tokens
-            else 0.0
-        )
-
-    @property
-    def spec_tokens_per_forward(self) -> float:
-        """Tokens a speculating sequence took per target forward (1 without speculation)."""
-        steps = self.spec_verify_steps
-        return self.spec_emitted_tokens / steps if steps else 0.0
-
-    @property
-    def spec_acceptance_at(self) -> tuple[float, ...]:
-        """Acceptance rate at each draft position (0-based), given it was verified."""
-        return tuple(
-            a / p if p else 0.0
-            for a, p in zip(self.spec_accepted_at, self.spec_proposed_at, strict=True)
-        )
+    # speculative decoding (None: off): proposed / accepted drafts, per position, sequence-
+    # rounds, batched target forwards, tokens per round (inference/speculative/stats.py)
+    speculative: SpeculativeStats | None = None
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -122,14 +96,6 @@ def collect_stats(engine) -> EngineStats:
             used_slots[block_id] = max(used_slots.get(block_id, 0), filled)
     counts = engine._counts
     spec = engine.speculation
-    speculative = {}
-    if spec is not None:
-        c = spec.counts
-        speculative = dict(speculative_method=spec.method, num_speculative_tokens=spec.gamma,
-                           spec_proposed_tokens=c.proposed, spec_accepted_tokens=c.accepted,
-                           spec_verify_steps=c.verify_steps, spec_emitted_tokens=c.emitted,
-                           spec_proposed_at=tuple(c.proposed_at),
-                           spec_accepted_at=tuple(c.accepted_at))  # fmt: skip
     return EngineStats(
         num_blocks=manager.num_blocks,
         block_size=manager.block_size,
@@ -150,5 +116,5 @@ def collect_stats(engine) -> EngineStats:
         num_requests_aborted=counts["aborted"],
         num_steps=counts["steps"],
         generated_tokens=counts["generated"],
-        **speculative,
+        speculative=None if spec is None else copy.deepcopy(spec.stats),
     )

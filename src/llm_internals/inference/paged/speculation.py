@@ -22,7 +22,6 @@ combined with speculation: such requests are refused (`check_request`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,37 +32,10 @@ from llm_internals.inference.paged.draft_model import PagedDraftModel
 from llm_internals.inference.paged.scheduler import ScheduledBatch
 from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.sampling import Sampler, invalid_rows
+from llm_internals.inference.speculative.adaptive import GammaSchedule
+from llm_internals.inference.speculative.proposers import DraftRow, NgramProposer
 from llm_internals.inference.speculative.rejection import verify
-
-
-@dataclass
-class SpeculationCounts:
-    """Running totals of the engine's speculation (EngineStats reports them).
-
-    verify_steps: sequence-steps that verified at least one draft token (one target forward
-    row-group each); emitted: tokens those steps produced (accepted drafts + 1 each).
-    """
-
-    gamma: int
-    proposed: int = 0
-    accepted: int = 0
-    verify_steps: int = 0
-    emitted: int = 0
-    proposed_at: list[int] = field(default_factory=list)
-    accepted_at: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.proposed_at = [0] * self.gamma
-        self.accepted_at = [0] * self.gamma
-
-    def add(self, num_drafts: int, num_accepted: int) -> None:
-        self.proposed += num_drafts
-        self.accepted += num_accepted
-        self.verify_steps += 1
-        self.emitted += num_accepted + 1
-        for i in range(num_drafts):
-            self.proposed_at[i] += 1
-            self.accepted_at[i] += i < num_accepted
+from llm_internals.inference.speculative.stats import SpeculativeStats
 
 
 class Speculation:
@@ -74,33 +46,42 @@ class Speculation:
         gamma: int,
         max_seq_len: int,
         draft: PagedDraftModel | None = None,
-        ngram: Any | None = None,
+        ngram: NgramProposer | None = None,
+        adaptive: bool = False,
     ) -> None:
         self.gamma = gamma
+        self.adaptive = adaptive
         self.max_seq_len = max_seq_len
         self.draft = draft
         self.ngram = ngram
         self.sampler = Sampler()
-        self.counts = SpeculationCounts(gamma)
+        method = "draft-model" if draft is not None else "ngram"
+        self.stats = SpeculativeStats(method=method, gamma=gamma, adaptive=adaptive)
+        self._schedules: dict[int, GammaSchedule] = {}  # per sequence (adaptive gamma)
         self._q: dict[int, torch.Tensor | None] = {}
-
-    @property
-    def method(self) -> str:
-        return "draft_model" if self.draft is not None else "ngram"
 
     def plan(self, running: list[Sequence]) -> None:
         """Set each running sequence's num_lookahead (and its n-gram draft) for the scheduler."""
+        lookups = []
         for seq in running:
             seq.num_lookahead, seq.draft_token_ids = 0, []
             if seq.num_uncomputed_tokens != 1 or seq.pending_forks:
                 continue
-            k = min(self.gamma, seq.max_tokens - seq.sampled - 1, self.max_seq_len - seq.num_tokens)
+            schedule = self._schedules.get(seq.seq_id)
+            if schedule is None:
+                schedule = self._schedules[seq.seq_id] = GammaSchedule(self.gamma, self.adaptive)
+            k = min(schedule.gamma, seq.max_tokens - seq.sampled - 1,
+                    self.max_seq_len - seq.num_tokens)  # fmt: skip
             if self.draft is not None:  # the draft feeds positions up to num_tokens + k - 2
                 k = min(k, self.draft.max_seq_len - seq.num_tokens + 1)
-            elif k > 0:
-                seq.draft_token_ids = list(self.ngram.propose(seq.token_ids, k))[:k]
-                k = len(seq.draft_token_ids)
             seq.num_lookahead = max(k, 0)
+            if self.ngram is not None and k > 0:
+                lookups.append(seq)
+        if lookups:  # prompt lookup: a draft only where the text repeats itself
+            rows = [DraftRow(s.prompt_token_ids, s.output_token_ids, s.num_lookahead, s.params)
+                    for s in lookups]  # fmt: skip
+            for seq, draft in zip(lookups, self.ngram.propose(rows).drafts(), strict=True):
+                seq.draft_token_ids, seq.num_lookahead = draft, len(draft)
 
     def propose(self, batch: ScheduledBatch) -> None:
         """Draft tokens for the sequences scheduled with speculative slots; each one's
@@ -129,6 +110,7 @@ class Speculation:
         accepted drafts, then the residual or bonus token), or why its logits cannot be
         sampled. One batched verification for the greedy rows and one for the sampled ones."""
         results: list[list[int] | str] = [[] for _ in seqs]
+        self.stats.target_forwards += 1
         valid = []
         for i, rows in enumerate(logits):
             bad = invalid_rows(rows)
@@ -189,7 +171,8 @@ class Speculation:
                          num_drafts=num_drafts, uniforms=uniforms)  # fmt: skip
         accepted, next_tokens = verdict.num_accepted.tolist(), verdict.next_token.tolist()
         for j, seq in enumerate(seqs):
-            self.counts.add(len(seq.draft_token_ids), accepted[j])
+            self.stats.add_round(len(seq.draft_token_ids), accepted[j], accepted[j] + 1)
+            self._schedules[seq.seq_id].update(len(seq.draft_token_ids), accepted[j])
             results[slots[j]] = seq.draft_token_ids[: accepted[j]] + [next_tokens[j]]
 
     def commit(self, seq: Sequence, block_manager: BlockManager) -> None:
@@ -205,6 +188,8 @@ class Speculation:
         """seq left the running batch (finished, aborted, preempted): drop its draft state."""
         seq.draft_token_ids, seq.num_lookahead = [], 0
         self._q.pop(seq.seq_id, None)
+        if seq.is_finished:  # a preempted sequence keeps its acceptance estimate
+            self._schedules.pop(seq.seq_id, None)
         if self.draft is not None:
             self.draft.release(seq)
 
@@ -216,6 +201,7 @@ def build_speculation(
     speculative_model: Any | None,
     speculative_ngram: bool,
     num_speculative_tokens: int | None,
+    speculative_adaptive: bool = False,
     block_size: int,
     num_blocks: int,
     max_num_seqs: int,
@@ -242,13 +228,11 @@ def build_speculation(
         )
     max_seq_len = target.config.max_seq_len
     if speculative_ngram:
-        from llm_internals.inference.speculative.proposers import NgramProposer
-
-        return Speculation(gamma, max_seq_len, ngram=NgramProposer())
+        return Speculation(gamma, max_seq_len, ngram=NgramProposer(), adaptive=speculative_adaptive)
     draft_model = load_draft(speculative_model, target, tokenizer)
     per_seq = -(-(gamma + 1) // block_size) + 1
     draft = PagedDraftModel(draft_model, block_size, num_blocks + max_num_seqs * per_seq)
-    return Speculation(gamma, max_seq_len, draft=draft)
+    return Speculation(gamma, max_seq_len, draft=draft, adaptive=speculative_adaptive)
 
 
 DEFAULT_GAMMA = 4
