@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 from llm_internals.errors import LLMInternalsError
 from llm_internals.layers.attention import scaled_dot_product_attention
 from llm_internals.layers.cpu_caches import SYSFS_CACHE_DIR, parse_size, read_cpu_caches
+from llm_internals.layers.flash_attention import FlashCounters, flash_attention
 from llm_internals.layers.flash_io import (
     GPUS,
     PAPER_STANDARD,
@@ -191,3 +192,38 @@ def test_cpu_caches_agree_with_getconf_on_this_machine():
         text = subprocess.run([getconf, key], capture_output=True, text=True).stdout.strip()
         if text.isdigit() and int(text) > 0:
             assert caches.size(level) == int(text), key
+
+
+@pytest.mark.parametrize("loop_order", ["fa2", "fa1"])
+@pytest.mark.parametrize(
+    "n_q, n_k, heads, kv_heads, bq, bk, causal, dtype",
+    [
+        (37, 37, 2, 2, 8, 5, True, torch.float32),  # ragged blocks, B_r != B_c
+        (16, 16, 4, 4, 4, 4, False, torch.float64),
+        (5, 29, 4, 2, 4, 8, True, torch.float32),  # queries at an offset, GQA
+        (1, 33, 4, 1, 16, 16, True, torch.bfloat16),  # one decode query, MQA, 2-byte elements
+        (24, 24, 2, 2, 32, 32, True, torch.float32),  # one block larger than N
+    ],
+)
+def test_io_model_equals_the_counters_of_the_real_loops(
+    loop_order, n_q, n_k, heads, kv_heads, bq, bk, causal, dtype
+):
+    g = torch.Generator().manual_seed(0)
+    d, batch = 8, 2
+    q = torch.randn(batch, heads, n_q, d, generator=g).to(dtype).requires_grad_()
+    k, v = (torch.randn(batch, kv_heads, n_k, d, generator=g).to(dtype).requires_grad_()
+            for _ in range(2))  # fmt: skip
+    counters = FlashCounters()
+    out = flash_attention(q, k, v, causal=causal, block_q=bq, block_k=bk, loop_order=loop_order,
+                          counters=counters)  # fmt: skip
+    out.float().sum().backward()
+    tiling = Tiling(n_q, n_k, d, dtype.itemsize, bq, bk, causal, batch * heads, batch * kv_heads,
+                    stat_bytes=8 if dtype == torch.float64 else 4)  # fmt: skip
+    forward, backward = tiled_io(tiling, loop_order), tiled_backward_io(tiling)
+    assert dict(counters.forward.read) == forward.reads
+    assert dict(counters.forward.written) == forward.writes
+    assert (counters.blocks_computed, counters.blocks_skipped) == (
+        forward.computed_pairs, forward.skipped_pairs
+    )  # fmt: skip
+    assert dict(counters.backward.read) == backward.reads
+    assert dict(counters.backward.written) == backward.writes
