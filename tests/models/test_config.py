@@ -27,7 +27,7 @@ def test_defaults_are_derived():
         ({"activation": "swish2"}, "unknown activation 'swish2'"),
         ({"norm": "batchnorm"}, "unknown norm 'batchnorm'"),
         ({"position": "alibi"}, "unknown position 'alibi'"),
-        ({"attn_impl": "flash"}, "unknown attn_impl 'flash'"),
+        ({"attn_impl": "fused"}, "unknown attn_impl 'fused'"),
         ({"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
         ({"n_layers": 2.5}, "n_layers must be a positive integer, got 2.5"),
         ({"head_dim": 15}, "RoPE needs an even head_dim, got 15"),

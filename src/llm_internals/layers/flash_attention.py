@@ -22,6 +22,9 @@ the input dtype, L in fp32.
 statistics updated in slow memory); the backward pass always runs key blocks outside.
 `counters` (FlashCounters) receives the block pairs computed/skipped and the bytes each loop
 moves to and from slow memory (rules in flash_counters.py).
+`use_triton`: None (default) runs the Triton kernel (llm_internals.kernels) for CUDA tensors it
+supports when triton is installed, in FA2 order with no counters or trace; True requires it
+(an error says why it cannot run); False always runs the PyTorch loops here.
 
 Trace records (only while llm_internals.trace is recording; nothing is prepared otherwise):
     flash.pair           (query block i, key block j, "computed" | "skipped"), in loop order
@@ -39,8 +42,9 @@ import math
 import torch
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.kernels import unsupported_reason
 from llm_internals.layers.flash_backward import backward_kv_outer
-from llm_internals.layers.flash_counters import FlashCounters, PassCounts
+from llm_internals.layers.flash_counters import FlashCounters
 from llm_internals.layers.flash_forward import forward_fa1, forward_fa2
 from llm_internals.layers.flash_tiles import Tiles, make_tiles
 from llm_internals.trace import is_recording, record
@@ -117,9 +121,24 @@ def check_inputs(
             _fail(f"mask is on {mask.device}, q on {q.device}")
 
 
-def _forward(tiles: Tiles, scale: float, loop_order: str, counts: PassCounts):
+def _use_triton(q, k, v, mask, loop_order, counters, use_triton: bool | None) -> bool:
+    """Whether the Triton kernel computes this call (see use_triton in the module doc)."""
+    if use_triton is False:
+        return False
+    reason = unsupported_reason(q, k, v, mask)
+    if reason is None and (loop_order != "fa2" or counters is not None or is_recording()):
+        reason = "loop_order fa1, counters and trace records exist only in the PyTorch loops"
+    if use_triton and reason is not None:
+        _fail(f"use_triton=True but {reason}")
+    return reason is None and (use_triton or q.device.type == "cuda")
+
+
+def _forward(
+    tiles: Tiles, scale: float, loop_order: str, counters: FlashCounters | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     recording = is_recording()
-    out, lse = LOOP_ORDERS[loop_order](tiles, tiles.q * scale, counts, recording)
+    tiles.counts = counters.forward if counters is not None else None
+    out, lse = LOOP_ORDERS[loop_order](tiles, tiles.q * scale, recording)
     out, lse = tiles.from_rows(out), tiles.from_rows(lse)
     if recording:
         record("flash.output", out, note="O = A / l per row")
@@ -139,13 +158,17 @@ def flash_attention_forward(
     block_k: int = 64,
     loop_order: str = "fa2",
     counters: FlashCounters | None = None,
+    use_triton: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, L in fp32 or fp64), forward only, no autograd graph through the loops."""
     check_inputs(q, k, v, mask, block_q, block_k, loop_order)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if _use_triton(q, k, v, mask, loop_order, counters, use_triton):
+        from llm_internals.kernels import flash_attention_triton as kernel
+
+        return kernel.triton_flash_attention_forward(q, k, v, causal=causal, scale=scale)
     tiles = make_tiles(q.detach(), k.detach(), v.detach(), mask, causal, block_q, block_k)
-    counts = counters.forward if counters is not None else PassCounts()
-    out, lse = _forward(tiles, scale, loop_order, counts)
+    out, lse = _forward(tiles, scale, loop_order, counters)
     return out.to(q.dtype), lse
 
 
@@ -155,8 +178,7 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, causal, scale, block_q, block_k, loop_order, counters):
         tiles = make_tiles(q, k, v, mask, causal, block_q, block_k)
-        counts = counters.forward if counters is not None else PassCounts()
-        out, lse = _forward(tiles, scale, loop_order, counts)
+        out, lse = _forward(tiles, scale, loop_order, counters)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.causal, ctx.scale = mask, causal, scale
@@ -167,7 +189,7 @@ class FlashAttentionFunction(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         tiles = make_tiles(q, k, v, ctx.mask, ctx.causal, *ctx.blocks)
-        counts = ctx.counters.backward if ctx.counters is not None else PassCounts()
+        tiles.counts = ctx.counters.backward if ctx.counters is not None else None
         dtype = tiles.q.dtype
         dq, dk, dv = backward_kv_outer(
             tiles,
@@ -176,7 +198,6 @@ class FlashAttentionFunction(torch.autograd.Function):
             tiles.to_rows(out.to(dtype)),
             tiles.to_rows(lse),
             tiles.to_rows(dout.to(dtype)),
-            counts,
             is_recording(),
         )
         dq = tiles.from_rows(dq).to(q.dtype)
@@ -197,10 +218,15 @@ def flash_attention(
     block_k: int = 64,
     loop_order: str = "fa2",
     counters: FlashCounters | None = None,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v by tiles; differentiable in q, k and v (see module doc)."""
     check_inputs(q, k, v, mask, block_q, block_k, loop_order)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if _use_triton(q, k, v, mask, loop_order, counters, use_triton):
+        from llm_internals.kernels import flash_attention_triton as kernel
+
+        return kernel.triton_flash_attention(q, k, v, causal=causal, scale=scale)
     return FlashAttentionFunction.apply(
         q, k, v, mask, causal, scale, block_q, block_k, loop_order, counters
     )

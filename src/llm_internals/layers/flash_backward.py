@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from llm_internals.layers.flash_counters import PassCounts
 from llm_internals.layers.flash_tiles import Tiles, finite_or_zero, masked_scores
 from llm_internals.trace import record
 
@@ -33,32 +32,31 @@ def backward_kv_outer(
     out: torch.Tensor,
     lse: torch.Tensor,
     dout: torch.Tensor,
-    counts: PassCounts,
     recording: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV (rows layout, compute dtype) from q = scale * Q, O, L and dO in rows."""
     delta = (dout * out).sum(dim=-1)
-    tiles.count(counts, "O", out)
-    tiles.count(counts, "dO", dout)
-    tiles.count(counts, "D", delta, read=False)
+    tiles.count("O", out)
+    tiles.count("dO", dout)
+    tiles.count("D", delta, read=False)
     if recording:
         record("flash.D", tiles.from_rows(delta), note="rowsum(dO * O), shape (*q_lead, N_q)")
     lse = finite_or_zero(lse)
     dq = torch.zeros_like(q)
-    tiles.count(counts, "dQ", dq, read=False)
+    tiles.count("dQ", dq, read=False)
     dk = torch.empty_like(tiles.k)
     dv = torch.empty_like(tiles.v)
     for j, (j0, j1) in enumerate(tiles.k_blocks()):
         kj, vj = tiles.k[:, j0:j1], tiles.v[:, j0:j1]
-        tiles.count(counts, "K", kj)
-        tiles.count(counts, "V", vj)
+        tiles.count("K", kj)
+        tiles.count("V", vj)
         dk_j = torch.zeros_like(kj)
         dv_j = torch.zeros_like(vj)
         for i, (i0, i1) in enumerate(tiles.q_blocks()):
             if not tiles.visible(i0, i1, j0):
-                counts.blocks_skipped += 1
+                tiles.tally(computed=False)
                 continue
-            counts.blocks_computed += 1
+            tiles.tally(computed=True)
             rows = tiles.rows(i0, i1)
             qi, do_i, lse_i, delta_i, dq_i = (
                 q[:, rows],
@@ -74,18 +72,18 @@ def backward_kv_outer(
                 ("D", delta_i),
                 ("dQ", dq_i),
             ):
-                tiles.count(counts, name, tensor)
+                tiles.count(name, tensor)
             scores, _ = masked_scores(tiles, qi, i0, i1, j0, j1)
             p = scores.sub_(lse_i[..., None]).exp_()
             dv_j.baddbmm_(p.transpose(1, 2), do_i)
             ds = torch.bmm(do_i, vj.transpose(1, 2)).sub_(delta_i[..., None]).mul_(p)
             dq_i.baddbmm_(ds, kj)
             dk_j.baddbmm_(ds.transpose(1, 2), qi)
-            tiles.count(counts, "dQ", dq_i, read=False)
+            tiles.count("dQ", dq_i, read=False)
             if recording:
                 record("flash.backward_pair", (i, j))
         dk[:, j0:j1] = dk_j
         dv[:, j0:j1] = dv_j
-        tiles.count(counts, "dK", dk_j, read=False)
-        tiles.count(counts, "dV", dv_j, read=False)
+        tiles.count("dK", dk_j, read=False)
+        tiles.count("dV", dv_j, read=False)
     return dq.mul_(scale), dk, dv

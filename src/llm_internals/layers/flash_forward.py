@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from llm_internals.layers.flash_counters import PassCounts
 from llm_internals.layers.flash_tiles import NEG_INF, Tiles, finite_or_zero, masked_scores
 from llm_internals.trace import record
 
 
 def forward_fa2(
-    tiles: Tiles, q: torch.Tensor, counts: PassCounts, recording: bool
+    tiles: Tiles, q: torch.Tensor, recording: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query blocks outside, key blocks inside. q = scale * Q in rows. Returns O, L in rows."""
     z, n_rows = q.shape[:2]
@@ -38,20 +37,20 @@ def forward_fa2(
     for i, (i0, i1) in enumerate(tiles.q_blocks()):
         rows = tiles.rows(i0, i1)
         qi = q[:, rows]
-        tiles.count(counts, "Q", qi)
+        tiles.count("Q", qi)
         m = qi.new_full(qi.shape[:2], NEG_INF)
         l_sum = qi.new_zeros(qi.shape[:2])
         acc = qi.new_zeros(*qi.shape[:2], tiles.v.shape[-1])
         for j, (j0, j1) in enumerate(tiles.k_blocks()):
             if not tiles.visible(i0, i1, j0):
-                counts.blocks_skipped += 1
+                tiles.tally(computed=False)
                 if recording:
                     record("flash.pair", (i, j, "skipped"))
                 continue
-            counts.blocks_computed += 1
+            tiles.tally(computed=True)
             vj = tiles.v[:, j0:j1]
-            tiles.count(counts, "K", tiles.k[:, j0:j1])
-            tiles.count(counts, "V", vj)
+            tiles.count("K", tiles.k[:, j0:j1])
+            tiles.count("V", vj)
             scores, masked = masked_scores(tiles, qi, i0, i1, j0, j1)
             m_new = torch.maximum(m, scores.amax(dim=-1))
             m_ref = finite_or_zero(m_new) if masked else m_new
@@ -64,13 +63,13 @@ def forward_fa2(
                 tiles.record_step(i, j, m, l_sum)
         out[:, rows] = acc / torch.where(l_sum > 0, l_sum, 1.0)[..., None]
         lse[:, rows] = m + torch.log(l_sum)
-        tiles.count(counts, "O", out[:, rows], read=False)
-        tiles.count(counts, "L", lse[:, rows], read=False)
+        tiles.count("O", out[:, rows], read=False)
+        tiles.count("L", lse[:, rows], read=False)
     return out, lse
 
 
 def forward_fa1(
-    tiles: Tiles, q: torch.Tensor, counts: PassCounts, recording: bool
+    tiles: Tiles, q: torch.Tensor, recording: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Key blocks outside, query blocks inside; O (normalised), m, l updated in place."""
     z, n_rows = q.shape[:2]
@@ -78,22 +77,22 @@ def forward_fa1(
     m = q.new_full((z, n_rows), NEG_INF)
     l_sum = q.new_zeros(z, n_rows)
     for name, tensor in (("O", out), ("m", m), ("l", l_sum)):
-        tiles.count(counts, name, tensor, read=False)
+        tiles.count(name, tensor, read=False)
     for j, (j0, j1) in enumerate(tiles.k_blocks()):
         vj = tiles.v[:, j0:j1]
-        tiles.count(counts, "K", tiles.k[:, j0:j1])
-        tiles.count(counts, "V", vj)
+        tiles.count("K", tiles.k[:, j0:j1])
+        tiles.count("V", vj)
         for i, (i0, i1) in enumerate(tiles.q_blocks()):
             if not tiles.visible(i0, i1, j0):
-                counts.blocks_skipped += 1
+                tiles.tally(computed=False)
                 if recording:
                     record("flash.pair", (i, j, "skipped"))
                 continue
-            counts.blocks_computed += 1
+            tiles.tally(computed=True)
             rows = tiles.rows(i0, i1)
             qi, out_i, m_i, l_i = q[:, rows], out[:, rows], m[:, rows], l_sum[:, rows]
             for name, tensor in (("Q", qi), ("O", out_i), ("m", m_i), ("l", l_i)):
-                tiles.count(counts, name, tensor)
+                tiles.count(name, tensor)
             scores, masked = masked_scores(tiles, qi, i0, i1, j0, j1)
             m_block = scores.amax(dim=-1)
             p = scores.sub_(finite_or_zero(m_block)[..., None]).exp_()
@@ -110,11 +109,11 @@ def forward_fa1(
             m_i.copy_(m_new)
             l_i.copy_(l_new)
             for name, tensor in (("O", out_i), ("m", m_i), ("l", l_i)):
-                tiles.count(counts, name, tensor, read=False)
+                tiles.count(name, tensor, read=False)
             if recording:
                 tiles.record_step(i, j, m_i, l_i)
     lse = m + torch.log(l_sum)
     for name, tensor in (("m", m), ("l", l_sum)):
-        tiles.count(counts, name, tensor)
-    tiles.count(counts, "L", lse, read=False)
+        tiles.count(name, tensor)
+    tiles.count("L", lse, read=False)
     return out, lse

@@ -34,13 +34,15 @@ def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(x == NEG_INF, 0.0)
 
 
-def masked_scores(tiles: Tiles, qi: torch.Tensor, i0: int, i1: int, j0: int, j1: int):
+def masked_scores(
+    tiles: Tiles, qi: torch.Tensor, i0: int, i1: int, j0: int, j1: int
+) -> tuple[torch.Tensor, bool]:
     """S = (scale Q_i) K_j^T with hidden pairs set to -inf; also says whether a mask applied."""
     scores = torch.bmm(qi, tiles.k[:, j0:j1].transpose(1, 2))
-    mask = tiles.block_mask(i0, i1, j0, j1)
-    if mask is not None:
-        scores.masked_fill_(~mask, NEG_INF)
-    return scores, mask is not None
+    hidden = tiles.block_hidden(i0, i1, j0, j1)
+    if hidden is not None:
+        scores.masked_fill_(hidden, NEG_INF)
+    return scores, hidden is not None
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,9 +62,12 @@ class Tiles:
     block_q: int
     block_k: int
     causal: bool
-    mask: torch.Tensor | None  # (*pre, H_kv, G, N_q or 1, N_k or 1), a broadcast view
+    hidden: torch.Tensor | None  # NOT mask: (*pre, H_kv, G, N_q or 1, N_k or 1), a view
     io_itemsize: int  # bytes per element of Q, K, V, O in slow memory
     stat_itemsize: int  # bytes per element of L, m, l, D
+    counts: PassCounts | None = None  # where `count` adds up, if anywhere
+    row_reach: torch.Tensor | None = None  # causal: (N_q * G,) last key index each row sees
+    key_index: torch.Tensor | None = None  # causal: arange(N_k)
 
     @property
     def n_q(self) -> int:
@@ -86,29 +91,37 @@ class Tiles:
         """False when the causal mask hides key block j0.. from every query in [i0, i1)."""
         return not self.causal or j0 <= i1 - 1 + self.n_k - self.n_q
 
-    def block_mask(self, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor | None:
-        """Boolean (True = attend) mask broadcastable to (Z, (i1 - i0) * G, j1 - j0), or None."""
+    def block_hidden(self, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor | None:
+        """Boolean (True = hidden) broadcastable to (Z, (i1 - i0) * G, j1 - j0), or None."""
         out = None
-        offset = self.n_k - self.n_q
-        if self.causal and j1 - 1 > i0 + offset:  # some key lies past the first query's reach
-            device = self.q.device
-            positions = torch.arange(i0, i1, device=device).repeat_interleave(self.group)
-            out = torch.arange(j0, j1, device=device) <= (positions + offset)[:, None]
-        if self.mask is not None:
-            part = self.mask[..., i0:i1, :] if self.mask.shape[-2] > 1 else self.mask
+        if self.causal and j1 - 1 > i0 + self.n_k - self.n_q:  # past the first query's reach
+            out = self.key_index[j0:j1] > self.row_reach[self.rows(i0, i1), None]
+        if self.hidden is not None:
+            part = self.hidden[..., i0:i1, :] if self.hidden.shape[-2] > 1 else self.hidden
             part = part[..., j0:j1] if part.shape[-1] > 1 else part
             if self.group > 1:  # every row of the (B_r, G) block gets its own mask row
                 part = part.expand(*part.shape[:-3], self.group, i1 - i0, part.shape[-1])
             # (*pre, H_kv, G, B_r, B_c) -> (*pre, H_kv, B_r, G, B_c) -> (Z, B_r * G, B_c)
             part = part.transpose(-3, -2).reshape(-1, part.shape[-2] * self.group, part.shape[-1])
-            out = part if out is None else out & part
+            out = part if out is None else out | part
         return out
 
-    def count(self, counts: PassCounts, name: str, x: torch.Tensor, read: bool = True) -> None:
-        """Count slice `x` of slow-memory tensor `name` as read (or written)."""
+    def tally(self, computed: bool) -> None:
+        """One block pair computed, or skipped by the causal mask, if counting."""
+        if self.counts is None:
+            return
+        if computed:
+            self.counts.blocks_computed += 1
+        else:
+            self.counts.blocks_skipped += 1
+
+    def count(self, name: str, x: torch.Tensor, read: bool = True) -> None:
+        """Count slice `x` of slow-memory tensor `name` as read (or written), if counting."""
+        if self.counts is None:
+            return
         stat = name in ("L", "m", "l", "D")
         n_bytes = x.numel() * (self.stat_itemsize if stat else self.io_itemsize)
-        (counts.load if read else counts.store)(name, n_bytes)
+        (self.counts.load if read else self.counts.store)(name, n_bytes)
 
     def to_rows(self, x: torch.Tensor) -> torch.Tensor:
         """(*q_lead, n, *trail) -> (Z, n * G, *trail): q, O, dO, or row statistics (no trail)."""
@@ -146,8 +159,7 @@ def make_tiles(
     """Lay q, k, v out as rows (inputs already validated by flash_attention.check_inputs)."""
     dtype = compute_dtype(q.dtype)
     group = q.shape[-3] // k.shape[-3] if q.dim() >= 3 else 1
-    if mask is not None:
-        mask = _mask_view(mask, q.shape, group)
+    hidden = None if mask is None else _mask_view(~mask, q.shape, group)
     tiles = Tiles(
         q=q,
         k=k.to(dtype).reshape(-1, *k.shape[-2:]),
@@ -157,18 +169,22 @@ def make_tiles(
         block_q=block_q,
         block_k=block_k,
         causal=causal,
-        mask=mask,
+        hidden=hidden,
         io_itemsize=q.element_size(),
         stat_itemsize=torch.empty(0, dtype=dtype).element_size(),
     )
     tiles.q = tiles.to_rows(q.to(dtype))
+    if causal:  # query position p sees keys j <= p + N_k - N_q
+        positions = torch.arange(q.shape[-2], device=q.device) + (k.shape[-2] - q.shape[-2])
+        tiles.row_reach = positions.repeat_interleave(group)
+        tiles.key_index = torch.arange(k.shape[-2], device=q.device)
     return tiles
 
 
 def _mask_view(mask: torch.Tensor, q_shape: torch.Size, group: int) -> torch.Tensor:
-    """A mask broadcastable to (*q_lead, N_q, N_k) as a view (*pre, H_kv, G, N_q|1, N_k|1).
+    """A bool tensor broadcastable to (*q_lead, N_q, N_k) as a view (*pre, H_kv, G, N_q|1, N_k|1).
 
-    Leading dims are expanded (stride 0, no copy) unless all are 1; block_mask then copies only
+    Leading dims are expanded (stride 0, no copy) unless all are 1; block_hidden then copies only
     one block at a time into the (Z, rows, B_c) layout.
     """
     lead = tuple(q_shape[:-2])

@@ -39,6 +39,12 @@ holds the tokens of several sequences (the serving engine, inference/paged/paged
 
 Only the attention between projections changes; the projections, QK-norm, RoPE and W_o are the
 module's own either way.
+
+Attention itself runs one of three ways: the recorded from-scratch steps (layers/attention.py),
+torch's fused kernel (`use_sdpa`), or the tiled flash attention (`use_flash`,
+layers/flash_attention.py: causal without a mask skips the blocks above the diagonal; a given
+mask is applied block by block). A cache with `attend` computes attention itself; a flash model
+there takes the from-scratch path (use_sdpa is False).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import torch
 from torch import nn
 
 from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
+from llm_internals.layers.flash_attention import flash_attention
 from llm_internals.layers.masks import causal_mask
 from llm_internals.layers.norm import RMSNorm
 from llm_internals.layers.rope import apply_rope
@@ -67,6 +74,7 @@ class AttentionCache(Protocol):
 
 
 SCORES_CHUNK_BYTES = 16 * 2**20
+FLASH_BLOCK_Q = FLASH_BLOCK_K = 64  # the flash path's tile: see docs/flash-attention.md
 
 
 def _attend_in_batch_chunks(
@@ -111,6 +119,7 @@ class MultiHeadAttention(nn.Module):
         kv_dim: int | None = None,
         rope_layout: str = "half",
         use_sdpa: bool = False,
+        use_flash: bool = False,
         layer_idx: int = 0,
     ) -> None:
         super().__init__()
@@ -121,6 +130,7 @@ class MultiHeadAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.rope_layout = rope_layout
         self.use_sdpa = use_sdpa
+        self.use_flash = use_flash
         self.layer_idx = layer_idx
         kv_dim = d_model if kv_dim is None else kv_dim
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
@@ -172,6 +182,12 @@ class MultiHeadAttention(nn.Module):
         record("q", q, note="(batch, heads, queries, head_dim)")
         record("k", k, note="(batch, kv_heads, keys, head_dim)")
         record("v", v, note="(batch, kv_heads, keys, head_dim)")
+        if self.use_flash:  # queries are the last q_len of the keys, as causal_mask(q_len, k_len)
+            out = flash_attention(
+                q, k, v, causal=mask is None and causal, mask=mask, scale=self.scale,
+                block_q=FLASH_BLOCK_Q, block_k=FLASH_BLOCK_K,
+            )  # fmt: skip
+            return self._merge_heads(out, batch, q_len)
         k_len = k.shape[2]
         if mask is None and causal and (q_len != k_len or not self.use_sdpa):
             mask = causal_mask(q_len, k_len, device=x.device)

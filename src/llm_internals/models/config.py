@@ -23,7 +23,7 @@ POSITIONS = ("learned", "rope", "sinusoidal", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 FFNS = ("mlp", "gated")
-ATTN_IMPLS = ("scratch", "sdpa")
+ATTN_IMPLS = ("scratch", "sdpa", "flash")
 ROPE_LAYOUTS = ("half", "interleaved")
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -36,8 +36,9 @@ class ModelConfig:
     head_dim defaults to d_model // n_heads, n_kv_heads to n_heads, d_ff to 4 * d_model.
     rope_scaling is None or {"rope_type": "llama3", "factor", "low_freq_factor",
     "high_freq_factor", "original_max_position_embeddings"}. attn_impl "scratch" runs attention
-    as its recorded steps; "sdpa" calls torch's fused kernel. fused_ops swaps the written-out
-    norms and activations for torch's single kernels. Scratch without fused_ops is what lessons
+    as its recorded steps; "sdpa" calls torch's fused kernel; "flash" the tiled flash attention
+    (layers/flash_attention.py). fused_ops swaps the written-out norms and activations for
+    torch's single kernels. Scratch without fused_ops is what lessons
     show; sdpa with fused_ops is the fast path.
     """
 

@@ -53,6 +53,7 @@ def make_attention(config: ModelConfig, layer_idx: int) -> MultiHeadAttention:
         norm_eps=config.norm_eps,
         rope_layout=config.rope_layout,
         use_sdpa=config.attn_impl == "sdpa",
+        use_flash=config.attn_impl == "flash",
         layer_idx=layer_idx,
     )
 

@@ -15,11 +15,13 @@ class KernelSwitches:
     """`set_attn_impl` and `set_fused_ops` for an nn.Module holding a ModelConfig as `config`."""
 
     def set_attn_impl(self: nn.Module, impl: str) -> None:
-        """Switch every attention between "scratch" (recorded steps) and "sdpa" (fused kernel)."""
+        """Switch every attention between "scratch" (recorded steps), "sdpa" (fused kernel) and
+        "flash" (tiled, layers/flash_attention.py)."""
         self.config = self.config.replace(attn_impl=impl)
         for module in self.modules():
             if isinstance(module, MultiHeadAttention):
                 module.use_sdpa = impl == "sdpa"
+                module.use_flash = impl == "flash"
 
     def set_fused_ops(self: nn.Module, fused: bool) -> None:
         """Switch norms and activations between written-out steps and torch's fused kernels."""
