@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check: one command for a machine with an NVIDIA GPU, at most about 10 minutes (plus, the
+# GPU check: one command for a machine with an NVIDIA GPU, at most about 16 minutes (plus, the
 # first time on a machine without a CUDA torch, the install):
 #
 #     bash scripts/gpu_check.sh
@@ -9,8 +9,12 @@
 # 2. prints the GPU (nvidia-smi);
 # 3. runs the CUDA tests (pytest -m cuda: generate, the paged engine, half precision, training
 #    steps and attention on the GPU against the CPU);
-# 4. runs benchmarks/on_device.py: decode, serving and training speed on the GPU, each beside
-#    its reference (HF transformers, static batches, HF + torch AdamW).
+# 4. runs the Triton kernel tests (all of tests/kernels, compiled for the GPU; on a CPU they
+#    run in Triton's interpreter, bf16 and the GPU tile sizes only here);
+# 5. runs benchmarks/on_device.py: decode, serving and training speed on the GPU, each beside
+#    its reference (HF transformers, static batches, HF + torch AdamW);
+# 6. runs benchmarks/flash_attention_gpu.py: the Triton flash-attention kernel against torch
+#    SDPA's flash backend, forward and forward + backward, N = 1k..16k, d 64 and 128, bf16.
 # Logs and figures go to $OUT (default out/gpu_check). Without a GPU it says so and exits 0.
 # Nothing in the project depends on this script; the CPU test suite is the gate.
 # Offline, CUDA tests that need the corpus download fail unless $LLM_INTERNALS_HOME holds the
@@ -22,6 +26,8 @@ OUT="${OUT:-out/gpu_check}"
 TEST_SECONDS="${GPU_CHECK_TEST_SECONDS:-240}"
 MARKS="${GPU_CHECK_MARKS:-cuda}"
 BENCH_SECONDS="${GPU_CHECK_BENCH_SECONDS:-240}"
+KERNEL_SECONDS="${GPU_CHECK_KERNEL_SECONDS:-240}"
+FLASH_SECONDS="${GPU_CHECK_FLASH_SECONDS:-240}"
 section() { printf '\n== %s\n' "$*"; }
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
@@ -70,17 +76,38 @@ nvidia-smi >"$OUT/nvidia-smi.txt"
 failed=()
 section "CUDA tests (pytest -m \"$MARKS\")"
 # Only the files that hold CUDA tests: collecting the rest would import packages (the server's)
-# that a GPU image may lack.
-mapfile -t cuda_tests < <(grep -rlE 'mark\.cuda' tests --include='test_*.py' | sort)
+# that a GPU image may lack. tests/kernels runs next, whole.
+mapfile -t cuda_tests < <(grep -rlE 'mark\.cuda' tests --include='test_*.py' \
+    | grep -v '^tests/kernels/' | sort)
 if ! timeout "$TEST_SECONDS" "$PY" -m pytest -m "$MARKS" -q -p no:cacheprovider "${cuda_tests[@]}" \
     2>&1 | tee "$OUT/pytest_cuda.txt"; then
     failed+=("CUDA tests")
+fi
+
+section "Triton kernel tests (pytest tests/kernels, compiled for the GPU)"
+has_triton() {
+    "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("triton") is None)'
+}
+if ! has_triton; then
+    echo "gpu_check: $PY has no triton (pip install -e '.[triton]'), so the kernel is unchecked" >&2
+    failed+=("Triton kernel tests")
+elif ! timeout "$KERNEL_SECONDS" "$PY" -m pytest -q -p no:cacheprovider -rs tests/kernels \
+    2>&1 | tee "$OUT/pytest_kernels.txt"; then
+    failed+=("Triton kernel tests")
 fi
 
 section "decode, serving and training benchmark (benchmarks/on_device.py)"
 if ! PYTHONUNBUFFERED=1 timeout "$BENCH_SECONDS" "$PY" benchmarks/on_device.py --device cuda \
     --out "$OUT/on_device.json" 2>&1 | tee "$OUT/on_device.txt"; then
     failed+=("benchmark")
+fi
+
+section "flash attention: Triton kernel vs SDPA flash (benchmarks/flash_attention_gpu.py)"
+if ! has_triton; then
+    failed+=("flash-attention benchmark (no triton)")
+elif ! PYTHONUNBUFFERED=1 timeout "$FLASH_SECONDS" "$PY" benchmarks/flash_attention_gpu.py \
+    --out "$OUT/flash_attention_gpu.json" 2>&1 | tee "$OUT/flash_attention_gpu.txt"; then
+    failed+=("flash-attention benchmark")
 fi
 
 section "result"

@@ -1,20 +1,16 @@
 """The Triton flash-attention kernel against the materialised formula (autograd gives its
 gradients) and against the PyTorch flash attention (llm_internals.layers.flash_attention).
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set
-while this module's tests run; numpy underneath, so slow: tiny shapes with 16 x 16 tiles, so
-every input spans several tiles and ends in a ragged one). With a GPU the same tests run
-compiled, on CUDA. The interpreter cannot check bfloat16 (its tl.dot multiplies the raw 16-bit
-patterns as integers, triton 3.7 and 3.9), so bf16, the default GPU tiles and long sequences
-are `cuda` tests (scripts/gpu_check.sh runs them).
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest.py; numpy
+underneath, so slow: tiny shapes with 16 x 16 tiles, so every input spans several tiles and
+ends in a ragged one). With a GPU the same tests run compiled, on CUDA. The interpreter cannot
+check bfloat16 (its tl.dot multiplies the raw 16-bit patterns as integers, triton 3.7 and 3.9),
+so bf16, the default GPU tiles and long sequences are `cuda` tests (scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
 
 import builtins
-import importlib
-import os
-import sys
 
 import pytest
 import torch
@@ -29,41 +25,20 @@ from ..layers.flash_reference import materialised, random_qkv, rel_err
 pytestmark = pytest.mark.skipif(
     not triton_installed(), reason="triton is not installed (pip install -e .[triton], Linux)"
 )
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TILES = dict(block_m=16, block_n=16)
 
 # (q shape, k shape, causal, scale): each spans several 16-row tiles with a ragged last one.
 CASES = {
     "gqa causal": ((1, 2, 33, 16), (1, 1, 33, 16), True, None),  # 33 = 2 tiles of 16 + 1 row
     "gqa": ((1, 2, 33, 16), (1, 1, 33, 16), False, None),
-    # chunked prefill: the 12 queries are the last 12 of 40 positions; head dim 24 (tile 32)
-    "offset causal": ((1, 2, 12, 24), (1, 1, 40, 24), True, 0.3),
-    "offset": ((1, 2, 12, 24), (1, 1, 40, 24), False, 0.3),
+    # chunked prefill: the 12 queries are the last 12 of 40 positions; head dim 24 (tile 32);
+    # 4 query heads on 2 K/V heads, then 2 batch rows: the (batch, head) -> K/V head map
+    "offset causal": ((1, 4, 12, 24), (1, 2, 40, 24), True, 0.3),
+    "offset": ((2, 2, 12, 24), (2, 1, 40, 24), False, 0.3),
     # more queries than keys: causal rows 0..15 see no key (O = 0, L = -inf, zero gradients)
     "no key": ((1, 1, 36, 16), (1, 1, 20, 16), True, None),
 }
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    """llm_internals.kernels.flash_attention_triton, imported under the interpreter where there
-    is no GPU. Triton decides interpreted or compiled when a jit function is defined, its own
-    (tl.zeros, tl.max, ...) included, so the variable must be set before triton is imported."""
-    name = "llm_internals.kernels.flash_attention_triton"
-    saved = os.environ.get("TRITON_INTERPRET")
-    if not GPU and name not in sys.modules:
-        if "triton" in sys.modules:
-            pytest.fail("triton was imported before these tests could set TRITON_INTERPRET=1; "
-                        "run them with TRITON_INTERPRET=1 in the environment")  # fmt: skip
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield importlib.import_module(name)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
 
 
 def _grads(out, inputs, dout):
