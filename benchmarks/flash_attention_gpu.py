@@ -36,9 +36,9 @@ TOKENS, WIDTH = 16384, 2048
 PASSES = ("forward", "forward+backward")
 
 
-def shape_for(n: int, head_dim: int, tokens: int = TOKENS, width: int = WIDTH) -> tuple[int, int]:
-    """(batch, heads) for sequence length n: `tokens` tokens, width = heads * head_dim."""
-    return max(1, tokens // n), max(1, width // head_dim)
+def shape_for(n: int, head_dim: int) -> tuple[int, int]:
+    """(batch, heads) for sequence length n: TOKENS tokens, WIDTH = heads * head_dim."""
+    return max(1, TOKENS // n), max(1, WIDTH // head_dim)
 
 
 def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool, passes: str):
@@ -111,6 +111,9 @@ def measure(
             row[f"{name}_tflops"] = flops / median / 1e12
             row[f"{name}_tokens_per_s"] = batch * n / median
         rows.append(row)
+        print(f"d={head_dim} N={n} causal={causal} {passes}: Triton {row['triton_ms']:.3f} ms "
+              f"({row['triton_tflops']:.1f} TFLOP/s), SDPA {row['sdpa_ms']:.3f} ms "
+              f"({row['sdpa_tflops']:.1f} TFLOP/s)", file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
@@ -202,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.lengths:
             for causal in causal_modes:
                 rows += measure(n, head_dim, causal, args.reps, torch.device("cuda"))
-                print(f"done d={head_dim} N={n} causal={causal}", file=sys.stderr, flush=True)
     console.print(table(rows, device))
     if args.out is not None:
         write_json(args.out, dict(device=device, torch=torch.__version__, rows=rows))

@@ -65,12 +65,17 @@ def test_without_a_gpu_it_says_so(bench, monkeypatch, capsys):
     not triton_installed(), reason="triton is not installed (pip install -e .[triton])"
 )
 def test_one_tiny_measurement_runs_the_timing_code(bench, kernel):
-    """Both passes of both implementations on the same input, rows complete and consistent."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = bench.measure(20, 16, True, 1, device, torch.float32, shape=(1, 2), warmup=0)
+    """Both passes of both implementations on the same input, rows complete and consistent.
+    fp32 on the CPU (the interpreter cannot do bf16); bf16 on a GPU (SDPA's flash backend has
+    no fp32 there), where the two differ by bf16 rounding of O."""
+    gpu = torch.cuda.is_available()
+    device, dtype = (
+        (torch.device("cuda"), torch.bfloat16) if gpu else (torch.device("cpu"), torch.float32)
+    )
+    rows = bench.measure(20, 16, True, 1, device, dtype, shape=(1, 2), warmup=0)
     assert [r["passes"] for r in rows] == ["forward", "forward+backward"]
     for r in rows:
-        assert r["max_abs_diff"] < 1e-5  # fp32: the kernel and SDPA agree
+        assert r["max_abs_diff"] < (3e-2 if gpu else 1e-5)
         flops = bench.attention_flops(1, 2, 20, 16, True, r["passes"])
         for name in ("triton", "sdpa"):
             seconds = r[f"{name}_ms"] / 1e3
