@@ -198,3 +198,10 @@ def test_impact_curve_is_linear_for_tiled_and_quadratic_for_materialised(lesson)
         assert row[2] == (4 * row[0] * d * heads + row[0] * heads) * F32
     for row in table[1:]:
         assert row[4] == 2.0 and 3.5 < row[3] <= 4.0
+
+
+def test_impact_io_limit(lesson):
+    table = rows(lesson["Advantages and impact"][1].values["limit of standard / tiled bytes"])
+    # A100: 192 KiB of 2-byte elements = 98,304; / (3 x 64^2) = 8
+    assert table[0][1:] == [98304, 8.0]
+    assert table[1][1:] == [228 * 1024 // 2, round(228 * 512 / (3 * 64**2), 2)]

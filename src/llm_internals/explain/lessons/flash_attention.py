@@ -469,7 +469,27 @@ def _section_impact() -> Section:
                         ["N", "materialised", "tiled", "materialised x", "tiled x"], rows
                     )
                 },
-            )
+            ),
+            Step(
+                "Bytes moved shrink too, by a factor the IO model bounds: standard attention "
+                "moves ~4 N^2 elements per head, FA1 with the paper's blocks ~12 N^2 d^2 / M, so "
+                "for long sequences the saving tends to M / 3d^2: the larger the SRAM per SM "
+                f"against d^2, the larger the gain (d = {IO_D}, {IO_BYTES}-byte elements).",
+                formula="4 N^2 / (12 N^2 d^2 / M) = M / (3 d^2)",
+                values={
+                    "limit of standard / tiled bytes": Table(
+                        ["GPU", "M (elements)", "M / 3d^2"],
+                        [
+                            [
+                                g.name,
+                                g.sram_bytes_per_sm // IO_BYTES,
+                                round(g.sram_bytes_per_sm // IO_BYTES / (3 * IO_D**2), 2),
+                            ]
+                            for g in GPUS
+                        ],
+                    )  # fmt: skip
+                },
+            ),
         ],
     )
 
