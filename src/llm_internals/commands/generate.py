@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +17,8 @@ from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import Timing, stream
 from llm_internals.inference.generation_request import is_seq2seq
 from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.speculative.loop import DEFAULT_NGRAM, check_same_tokenizer
+from llm_internals.inference.speculative.stats import SpeculativeStats
 from llm_internals.models.loading import load_model_and_tokenizer
 
 
@@ -55,6 +58,42 @@ def add_parser(subparsers) -> None:
         help="past the model's context, keep its last max_seq_len tokens and go on (as "
         "nanoGPT's sample does; each step then recomputes the window without a cache); "
         "default: stop when the context window is full",
+    )
+    draft = p.add_mutually_exclusive_group()
+    draft.add_argument(
+        "--draft-model",
+        type=Path,
+        help="speculative decoding with this smaller checkpoint (same tokenizer) as the draft; "
+        "the output distribution stays the target's",
+    )
+    draft.add_argument(
+        "--ngram",
+        action="store_true",
+        help="speculative decoding with prompt lookup: draft the tokens that followed the last "
+        "n-gram earlier in the text (no draft model)",
+    )
+    p.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=4,
+        help="draft tokens per round, gamma (with --adaptive-gamma: the most) (default: 4)",
+    )
+    p.add_argument(
+        "--adaptive-gamma",
+        action="store_true",
+        help="follow the running acceptance rate: draft fewer tokens when they are rejected",
+    )
+    p.add_argument(
+        "--ngram-min",
+        type=int,
+        default=DEFAULT_NGRAM[0],
+        help=f"shortest n-gram --ngram matches (default: {DEFAULT_NGRAM[0]})",
+    )
+    p.add_argument(
+        "--ngram-max",
+        type=int,
+        default=DEFAULT_NGRAM[1],
+        help=f"longest n-gram --ngram matches (default: {DEFAULT_NGRAM[1]})",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_device_arguments(p)
@@ -101,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = None  # ids in, ids out
     if tokenizer is None and params.stop:
         raise LLMInternalsError("--stop needs a tokenizer (it matches text)")
+    draft_model = None if args.draft_model is None else load_draft(args, tokenizer, device, dtype)
+    stats = SpeculativeStats()
     timing = Timing()
     chunks = stream(
         model,
@@ -112,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
         eos_token_id=eos,
         timing=timing,
         sliding_window=args.sliding_window,
+        draft_model=draft_model,
+        ngram=(args.ngram_min, args.ngram_max) if args.ngram else False,
+        num_speculative_tokens=args.num_speculative_tokens,
+        adaptive_gamma=args.adaptive_gamma,
+        speculative_stats=stats,
     )
     shown_prompt = args.prompt if prompt_ids is None else " ".join(map(str, prompt_ids))
     separator = "\n" if is_seq2seq(model) else ("" if prompt_ids is None else " ")
@@ -137,4 +183,19 @@ def run(args: argparse.Namespace) -> int:
         f"{str(dtype).removeprefix('torch.')}); finished: {reason}[/dim]",
         soft_wrap=True,
     )
+    if draft_model is not None or args.ngram:
+        console.print(f"[dim]{stats.summary()}[/dim]", soft_wrap=True)
     return 0
+
+
+def load_draft(
+    args: argparse.Namespace, tokenizer: Any | None, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The --draft-model checkpoint, on the target's device and dtype; its tokenizer (if the
+    folder has one) must match the target's."""
+    draft, draft_tokenizer, _ = load_model_and_tokenizer(
+        args.draft_model, require_tokenizer=False, device=device, dtype=dtype
+    )
+    if tokenizer is not None and draft_tokenizer is not None:
+        check_same_tokenizer(tokenizer, draft_tokenizer, draft.config.vocab_size)
+    return use_decode_layout(draft) if device.type == "cpu" else draft

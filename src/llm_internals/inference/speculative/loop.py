@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -133,6 +134,20 @@ def speculative_config(
                                stats if stats is not None else SpeculativeStats())  # fmt: skip
     check_speculative(model, config)
     return config
+
+
+def check_same_tokenizer(target: Any, draft: Any, vocab_size: int) -> None:
+    """The draft's tokenizer must map every id to the same text as the target's: drafts are
+    token ids, so a different vocabulary would propose words the target never meant. Compares
+    the decoded text of each of the `vocab_size` ids (a byte-identical file passes at once)."""
+    for token_id in range(vocab_size):
+        ours, theirs = target.decode([token_id]), draft.decode([token_id])
+        if ours != theirs:
+            raise LLMInternalsError(
+                f"the draft model's tokenizer differs from the target's: token id {token_id} is "
+                f"{theirs!r} for the draft, {ours!r} for the target",
+                hint="--draft-model must use the same tokenizer as --model",
+            )
 
 
 def speculative_loop(
