@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
         "stream: true for server-sent events), /v1/models, /health, /metrics (Prometheus text; "
         "?format=json). Listens on 127.0.0.1 only unless --host says otherwise. If the engine "
         "fails, the requests in flight end with an error and a fresh engine serves the rest "
-        "(after 3 failures within a minute, serve exits with status 1). See docs/serving.md.",
+        "(after 3 failures within a minute, serve exits with status 1). Speculative decoding: "
+        "--speculative-model PATH or --speculative-ngram. See docs/serving.md.",
     )
     p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
     p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
@@ -53,6 +54,21 @@ def add_parser(subparsers) -> None:
     engine.add_argument("--no-prefix-caching", action="store_true",
                         help="do not reuse the KV blocks of shared prompt prefixes")  # fmt: skip
     add_device_arguments(engine)
+    spec = p.add_argument_group("speculative decoding (greedy and sampled outputs keep the "
+                                "target's distribution; n > 1 requests get 400)")  # fmt: skip
+    spec.add_argument("--speculative-model", type=Path, metavar="PATH",
+                      help="draft model checkpoint directory: a smaller model with --model's "
+                      "tokenizer that proposes tokens the target verifies "
+                      "(default: none)")  # fmt: skip
+    spec.add_argument("--speculative-ngram", action="store_true",
+                      help="draft by prompt lookup instead: copy the tokens that followed the "
+                      "last 1-3 tokens where they occurred earlier (no draft model)")  # fmt: skip
+    spec.add_argument("--num-speculative-tokens", type=int, metavar="N",
+                      help="draft tokens per step, at least 1 (default: 4 with a "
+                      "draft)")  # fmt: skip
+    spec.add_argument("--speculative-adaptive", action="store_true",
+                      help="adapt each sequence's draft length to its acceptance rate, up to "
+                      "--num-speculative-tokens")  # fmt: skip
     limits = p.add_argument_group("limits (beyond them: 429 for concurrency, 400 otherwise)")
     limits.add_argument("--max-concurrent", type=int, default=256,
                         help="generation requests in flight at once")  # fmt: skip
@@ -99,6 +115,21 @@ def _check_args(args: argparse.Namespace) -> None:
             raise LLMInternalsError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.kv_cache_gb is not None and not args.kv_cache_gb > 0:
         raise LLMInternalsError(f"--kv-cache-gb must be positive, got {args.kv_cache_gb}")
+    if args.num_speculative_tokens is not None and args.num_speculative_tokens < 1:
+        raise LLMInternalsError(
+            f"--num-speculative-tokens must be at least 1, got {args.num_speculative_tokens}",
+            hint="draft at least one token per step (4 is a common choice)",
+        )
+    if args.speculative_model is not None and args.speculative_ngram:
+        raise LLMInternalsError("--speculative-model and --speculative-ngram exclude each other",
+                                hint="give one draft source")  # fmt: skip
+    if (args.num_speculative_tokens is not None or args.speculative_adaptive) and (
+        args.speculative_model is None and not args.speculative_ngram
+    ):
+        raise LLMInternalsError(
+            "--num-speculative-tokens and --speculative-adaptive need a draft",
+            hint="add --speculative-model PATH or --speculative-ngram",
+        )
     if args.chat_template is not None and not args.chat_template.is_file():
         raise LLMInternalsError(f"chat template file {args.chat_template} does not exist")
     if args.host in WILDCARDS and args.allowed_hosts is None:
@@ -135,6 +166,16 @@ def _chat_template(args: argparse.Namespace):
     return load_chat_template(args.model)
 
 
+def _speculation_note(engine: Any) -> str:
+    spec = engine.speculation
+    if spec is None:
+        return ""
+    source = f"draft {spec.stats.method}"
+    return f", speculative: {source}, {spec.gamma} tokens" + (
+        " (adaptive)" if spec.adaptive else ""
+    )
+
+
 def _require_server_packages() -> None:
     try:
         import fastapi  # noqa: F401
@@ -169,13 +210,21 @@ def run(args: argparse.Namespace) -> int:
                                                      dtype=dtype)  # fmt: skip
     if device.type == "cpu":  # a CPU BLAS layout choice (see decode_layout.py)
         model = use_decode_layout(model)
+    draft = None
+    if args.speculative_model is not None:  # loaded once; checked against --model's vocabulary
+        from llm_internals.inference.paged.speculation import load_draft
+
+        draft = load_draft(args.speculative_model, model, tokenizer)
 
     def new_engine() -> LLM:  # also the fresh engine after a failure
         return LLM(model, tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
                    kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                    max_num_batched_tokens=args.max_num_batched_tokens,
                    enable_prefix_caching=not args.no_prefix_caching,
-                   eos_token_id=eos)  # fmt: skip
+                   eos_token_id=eos, speculative_model=draft,
+                   speculative_ngram=args.speculative_ngram,
+                   num_speculative_tokens=args.num_speculative_tokens,
+                   speculative_adaptive=args.speculative_adaptive)  # fmt: skip
 
     engine = new_engine()
     limits = ServerLimits(max_concurrent_requests=args.max_concurrent,
@@ -192,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
         f"serving [bold]{name}[/bold] at {url}/v1 (context {engine.max_seq_len} tokens, "
         f"KV pool {stats.num_blocks} blocks x {stats.block_size} tokens = "
         f"{stats.kv_cache_bytes / 2**20:.1f} MiB, chat template: {template.name}, "
-        f"{describe_device(device)}, {str(dtype).removeprefix('torch.')}); "
-        "Ctrl-C stops",
+        f"{describe_device(device)}, {str(dtype).removeprefix('torch.')}"
+        f"{_speculation_note(engine)}); Ctrl-C stops",
         soft_wrap=True,
     )
     if args.host not in LOOPBACK and guards.api_key is None:

@@ -79,6 +79,7 @@ class ServerState:
         self.context = int(engine.max_seq_len)
         self.vocab_size = int(engine.config.vocab_size)
         self.limits = limits.resolved(self.context, engine.scheduler.max_num_seqs, tokenizer)
+        self.speculative = getattr(engine, "speculation", None) is not None
         self.created = int(time.time())
         self.in_flight = 0
         self.accepted = 0
@@ -225,6 +226,10 @@ def _check_common(state: ServerState, body: SamplingFields) -> None:
     if body.n > state.limits.max_n:
         raise ApiError(400, f"n must be at most {state.limits.max_n} (the engine's max_num_seqs), "
                        f"got {body.n}", "n")  # fmt: skip
+    if body.n > 1 and state.speculative:
+        raise ApiError(400, f"n={body.n}: parallel sampling (n > 1) is not supported with "
+                       "speculative decoding (this server runs with --speculative-model or "
+                       "--speculative-ngram); send n=1", "n")  # fmt: skip
     outside = [t for t in body.stop_token_ids or () if t >= state.vocab_size]
     if outside:
         raise ApiError(400, f"stop_token_ids: token id {outside[0]} is outside the vocabulary "

@@ -103,7 +103,46 @@ def engine_metrics(stats: Any) -> list[Metric]:
         ),  # fmt: skip
         Metric("engine_steps_total", "counter", "engine steps run", stats.num_steps),
         Metric("generated_tokens_total", "counter", "tokens sampled", stats.generated_tokens),
-    ]
+    ] + speculative_metrics(getattr(stats, "speculative", None))
+
+
+def speculative_metrics(spec: Any) -> list[Metric]:
+    """Speculative decoding's counters (SpeculativeStats), when the engine speculates: per
+    sequence-round (one sequence in one target forward) and per draft position i = 1..gamma."""
+    if spec is None:
+        return []
+    metrics = [
+        Metric("spec_decode_num_speculative_tokens", "gauge",
+               f"draft tokens per round at most (gamma; method {spec.method}"
+               f"{', adaptive' if spec.adaptive else ''})", spec.gamma),
+        Metric("spec_decode_draft_tokens_total", "counter", "draft tokens proposed and verified",
+               spec.proposed),
+        Metric("spec_decode_accepted_tokens_total", "counter",
+               "draft tokens the target accepted", spec.accepted),
+        Metric("spec_decode_rounds_total", "counter",
+               "sequence-rounds: one sequence verified in one target forward", spec.rounds),
+        Metric("spec_decode_target_forwards_total", "counter",
+               "engine steps (batched target forwards) that verified drafts",
+               spec.target_forwards),
+        Metric("spec_decode_emitted_tokens_total", "counter",
+               "tokens the rounds produced (accepted drafts + 1 each)", spec.tokens_emitted),
+        Metric("spec_decode_acceptance_rate", "gauge", "accepted / proposed draft tokens",
+               spec.acceptance_rate),
+        Metric("spec_decode_alpha", "gauge",
+               "accepted / examined draft tokens (per-token acceptance probability)", spec.alpha),
+        Metric("spec_decode_tokens_per_round", "gauge",
+               "tokens per sequence-round (1 = no gain)", spec.tokens_per_target_forward),
+    ]  # fmt: skip
+    for i, (proposed, accepted) in enumerate(
+        zip(spec.per_position_proposed, spec.per_position_accepted, strict=True), start=1
+    ):
+        metrics += [
+            Metric(f"spec_decode_position_{i}_draft_tokens_total", "counter",
+                   f"draft tokens verified at draft position {i}", proposed),
+            Metric(f"spec_decode_position_{i}_accepted_tokens_total", "counter",
+                   f"draft tokens accepted at draft position {i}", accepted),
+        ]  # fmt: skip
+    return metrics
 
 
 def server_metrics(in_flight: int, accepted: int, rejected: int, disconnects: int,
