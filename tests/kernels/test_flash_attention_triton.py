@@ -132,6 +132,9 @@ def test_any_leading_dims(kernel, shape_q, shape_k):
 
 
 def test_unsupported_inputs_raise_one_clear_error(kernel):
+    q, k, v = random_qkv((1, 4, 8, 16), (1, 3, 8, 16), dtype=torch.float32, device=DEVICE)
+    with pytest.raises(LLMInternalsError, match=r"q heads \(4\) must be a multiple of k/v heads"):
+        kernel.triton_flash_attention(q, k, v)  # checked before any kernel reads memory
     q, k, v = random_qkv((1, 2, 8, 16), (1, 2, 8, 16), device=DEVICE)  # float64
     with pytest.raises(LLMInternalsError, match="cannot run this input: dtype torch.float64"):
         kernel.triton_flash_attention(q, k, v)

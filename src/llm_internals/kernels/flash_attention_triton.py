@@ -18,6 +18,7 @@ imports triton; nothing in the base package does so on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from llm_internals.kernels.flash_attention_triton_kernels import (
     forward_kernel,
     triton,
 )
+from llm_internals.layers.flash_attention import check_inputs
 
 LOG2E = 1.4426950408889634
 
@@ -83,6 +85,7 @@ class Problem:
 
 
 def _problem(q, k, v, causal: bool, scale: float | None) -> Problem:
+    check_inputs(q, k, v, None, 1, 1, "fa2")  # shapes, heads, dtypes, devices: the same errors
     reason = unsupported_reason(q, k, v)
     if reason is not None:
         raise LLMInternalsError(
@@ -104,27 +107,37 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1]).contiguous()
 
 
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 and so on)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _forward(p: Problem, q, k, v, blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
-    forward_kernel[p.grid(p.n_q, blocks.m, p.heads)](
-        q, k, v, out, lse, p.scale * LOG2E, **p.common(), BLOCK_M=blocks.m, BLOCK_N=blocks.n,
-        num_warps=blocks.warps, num_stages=blocks.stages,
-    )  # fmt: skip
+    with _on(q.device):
+        forward_kernel[p.grid(p.n_q, blocks.m, p.heads)](
+            q, k, v, out, lse, p.scale * LOG2E, **p.common(), BLOCK_M=blocks.m,
+            BLOCK_N=blocks.n, num_warps=blocks.warps, num_stages=blocks.stages,
+        )  # fmt: skip
     return out, lse
 
 
 def _backward(p: Problem, q, k, v, out, lse, dout, blocks: Blocks):
     delta = torch.empty_like(lse)
-    common = p.common()
-    delta_kernel[p.grid(p.n_q, blocks.m, p.heads)](
-        out, dout, delta, p.n_q, HEAD_DIM=p.head_dim, BLOCK_D=common["BLOCK_D"], BLOCK_M=blocks.m
-    )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = p.common()
     launch = dict(scale=p.scale, qk_scale=p.scale * LOG2E, **common, BLOCK_M=blocks.m,
                   BLOCK_N=blocks.n, num_warps=blocks.warps, num_stages=blocks.stages)  # fmt: skip
-    dkdv_kernel[p.grid(p.n_k, blocks.n, p.kv_heads)](q, k, v, dout, lse, delta, dk, dv, **launch)
-    dq_kernel[p.grid(p.n_q, blocks.m, p.heads)](q, k, v, dout, lse, delta, dq, **launch)
+    with _on(q.device):
+        delta_kernel[p.grid(p.n_q, blocks.m, p.heads)](
+            out, dout, delta, p.n_q, HEAD_DIM=p.head_dim, BLOCK_D=common["BLOCK_D"],
+            BLOCK_M=blocks.m,
+        )  # fmt: skip
+        dkdv_kernel[p.grid(p.n_k, blocks.n, p.kv_heads)](
+            q, k, v, dout, lse, delta, dk, dv, **launch
+        )
+        dq_kernel[p.grid(p.n_q, blocks.m, p.heads)](q, k, v, dout, lse, delta, dq, **launch)
     return dq, dk, dv
 
 
