@@ -231,6 +231,8 @@ def main() -> None:
                         help="timed rounds per case (default: 3, --quick 1)")  # fmt: skip
     parser.add_argument("--only", choices=("memory", "time", "blocks"), default=None,
                         help="run one part only (default: all three)")  # fmt: skip
+    parser.add_argument("--max-n", type=int, default=None,
+                        help="leave out sequence lengths above this (default: none)")  # fmt: skip
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -239,7 +241,11 @@ def main() -> None:
                                       args.block)))  # fmt: skip
         return
     torch.set_num_threads(1)
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.max_n:
+        for part in ("memory", "time"):
+            sizes[part] = tuple(n for n in sizes[part] if n <= args.max_n)
+        sizes["block_n"] = min(sizes["block_n"], args.max_n)
     rounds = args.rounds or sizes["rounds"]
     console = Console(width=140)
     console.print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: "
