@@ -17,5 +17,6 @@ LESSON_MODULES: tuple[str, ...] = (
     "muon",
     "sampling",
     "kv_cache",
+    "speculative_decoding",
     "paged_attention",
 )
