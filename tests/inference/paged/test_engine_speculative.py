@@ -6,6 +6,8 @@ drains; bad drafts and n > 1 are refused before anything is allocated."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -147,3 +149,50 @@ def test_drafts_respect_the_context_window(tiny_model, greedy_reference):
     assert out.finish_reason == "context"
     assert out.token_ids == greedy_reference(tiny_model, prompt, 10)[: len(out.token_ids)]
     assert torch.is_tensor(llm.cache.keys[0])
+
+
+def layer0_keys(model, token_ids: list[int]) -> torch.Tensor:
+    """Layer 0's keys (n_kv, tokens, head_dim) of a plain forward over token_ids."""
+    from llm_internals.layers.rope import apply_rope
+
+    attn = model.blocks[0].attn
+    ids = torch.tensor(token_ids)[None]
+    with torch.no_grad():
+        x = model.blocks[0].norm1(model.tok_emb(ids))
+        k = attn.k_proj(x).view(1, -1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+        cos, sin = model.rope(torch.arange(ids.shape[1])[None], dtype=x.dtype)
+        k = apply_rope(attn.k_norm(k) if attn.k_norm else k, cos, sin, attn.rope_layout)
+    return k[0]
+
+
+def stored_keys(cache, block_table: list[int], count: int) -> torch.Tensor:
+    positions = torch.arange(count)
+    blocks = torch.tensor(block_table)[positions // cache.block_size]
+    return cache.keys[0][:, blocks, positions % cache.block_size]
+
+
+def test_both_caches_equal_a_plain_run_after_rejections(tiny_model):
+    """Mid-generation, after many rejected drafts, the K/V in the target's pool and in the
+    draft's pool equal a plain forward over the kept tokens (the rollback left nothing stale)."""
+    draft_model = copy.deepcopy(tiny_model)  # the target with noise: accepts some, rejects some
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in draft_model.parameters():
+            weight.add_(torch.randn_like(weight) * 1e-3)
+    llm = LLM(tiny_model, block_size=4, num_blocks=40, speculative_model=draft_model,
+              num_speculative_tokens=3)  # fmt: skip
+    llm.add_request("a", [5, 9, 2, 7], SamplingParams(temperature=0.0, max_tokens=30))
+    for _ in range(8):
+        llm.step()
+    seq = llm.requests["a"][0]
+    state = llm.speculation.draft.states[seq.seq_id]
+    assert 0 < llm.stats().speculative.accepted < llm.stats().speculative.proposed
+    assert seq.num_computed_tokens == seq.num_tokens - 1 > 10
+    assert len(seq.block_table) == -(-seq.num_computed_tokens // 4)
+    for model, cache, table, count in (
+        (tiny_model, llm.cache, seq.block_table, seq.num_computed_tokens),
+        (draft_model, llm.speculation.draft.cache, state.block_table, state.num_computed_tokens),
+    ):
+        assert count >= seq.num_tokens - 2
+        expected = layer0_keys(model, seq.token_ids[:count])
+        torch.testing.assert_close(stored_keys(cache, table, count), expected, rtol=0, atol=1e-12)
