@@ -21,6 +21,7 @@ from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler
 from llm_internals.inference.speculative.stats import SpeculativeStats
 from llm_internals.models import DecoderLM, ModelConfig
+from llm_internals.tokenizer import train_bpe
 
 from .test_sampling_draws import chi2_critical_value, chi2_statistic
 
@@ -100,15 +101,18 @@ def test_eos_inside_an_accepted_run_ends_there(models):
     assert chunks[-1].finish_reason == "eos"
 
 
-def test_stop_string_and_max_tokens_inside_a_run(write_tiny_checkpoint, load_float64, tmp_path):
+def test_stop_string_and_max_tokens_inside_a_run():
     text = "the cat sat on the mat. the dog sat on the log. " * 20
-    model, tokenizer = load_float64(write_tiny_checkpoint(tmp_path, text, seed=3, max_seq_len=96))
+    tokenizer = train_bpe(text, 300)
+    model = tiny(3, vocab=tokenizer.vocab_size, max_seq_len=96)
     prompt = "the cat sat on"
     free = generate(model, tokenizer, prompt, max_new_tokens=30, eos_token_id=None)
     stop = free.text[5:9]
     for kwargs in (dict(stop=[stop]), dict(stop_token_ids=[free.token_ids[7]]), {}):
         params = SamplingParams(temperature=0.0, **kwargs)
         plain = generate(model, tokenizer, prompt, max_new_tokens=13, params=params)
+        assert plain.finish_reason == ("stop" if kwargs else "length")
+        assert len(plain.token_ids) >= 2  # the stop falls inside a round, not at its start
         for spec in (dict(draft_model=model), dict(ngram=True)):
             result = generate(model, tokenizer, prompt, max_new_tokens=13, params=params, **spec)
             assert (result.token_ids, result.text, result.finish_reason) == (
