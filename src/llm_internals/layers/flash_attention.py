@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.kernels import unsupported_reason
@@ -186,6 +187,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward loops are not themselves differentiable
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         tiles = make_tiles(q, k, v, ctx.mask, ctx.causal, *ctx.blocks)
