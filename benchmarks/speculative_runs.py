@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from rich.table import Table
 
 from llm_internals.console import console
@@ -255,14 +256,14 @@ def engine_rows(target_files: Any, draft_files: Any, prompts: Prompts, batches: 
         n_tokens = batch * prompts.new_tokens
         base = statistics.median(samples["engine target alone"])
         for name, engine in engines.items():
-            stats = engine.stats()
+            spec = engine.stats().speculative  # cumulative over the runs: ratios stay right
             method, _, gamma = name.removeprefix("engine ").partition(" g=")
             rows.append({
                 "batch": batch, "method": method, "gamma": int(gamma or 0),
-                "acceptance_rate": stats.spec_acceptance_rate
-                if stats.spec_proposed_tokens else None,
-                "tokens_per_forward": stats.spec_emitted_tokens / stats.spec_verify_steps
-                if stats.spec_verify_steps else None,
+                "acceptance_rate": spec.acceptance_rate if spec and spec.proposed else None,
+                "alpha": spec.alpha if spec and spec.examined else None,
+                "tokens_per_forward": spec.tokens_per_target_forward if spec and spec.rounds
+                else None,
                 "tokens_per_s": n_tokens / statistics.median(samples[name]),
                 "speedup": base / statistics.median(samples[name]),
                 "same_tokens": tokens[name] == tokens["engine target alone"],
@@ -282,6 +283,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def print_tables(results: dict[str, Any]) -> None:
+    out = console if console.is_terminal else Console(width=150)  # a log file: no wrapping
     load = " / ".join(f"{x:.2f}" for x in results["load_average_before"])
     c = results["batch1"][0]["c"]
     table = Table(title=f"batch 1, greedy, {results['prompts']} prompts x {results['new_tokens']} "
@@ -298,7 +300,7 @@ def print_tables(results: dict[str, Any]) -> None:
                       _fmt(row.get("tokens_per_forward")), _fmt(row["tokens_per_s"], 1),
                       f"{row['speedup']:.2f}x", _fmt(row.get("predicted_speedup")),
                       _fmt(row.get("same_tokens")))  # fmt: skip
-    console.print(table)
+    out.print(table)
     if results["hf"]:
         hf = Table(title="HF transformers reference, same weights (speedup over HF plain greedy)",
                    title_justify="left")  # fmt: skip
@@ -307,7 +309,7 @@ def print_tables(results: dict[str, Any]) -> None:
         for row in results["hf"]:
             hf.add_row(row["method"], _fmt(row["tokens_per_s"], 1), f"{row['speedup']:.2f}x",
                        _fmt(row["same_tokens"]))  # fmt: skip
-        console.print(hf)
+        out.print(hf)
     if results["engine"]:
         engine = Table(title="paged engine, greedy (speedup over the engine without speculation)",
                        title_justify="left")  # fmt: skip
@@ -319,7 +321,7 @@ def print_tables(results: dict[str, Any]) -> None:
                            _fmt(row["acceptance_rate"], 3), _fmt(row["tokens_per_forward"]),
                            _fmt(row["tokens_per_s"], 1), f"{row['speedup']:.2f}x",
                            _fmt(row["same_tokens"]))  # fmt: skip
-        console.print(engine)
+        out.print(engine)
     after = " / ".join(f"{x:.2f}" for x in results["load_average_after"])
     console.print(f"load average (1/5/15 min) before {load}, after {after}")
 
