@@ -145,10 +145,13 @@ def _section_why_slow() -> Section:
         [
             Step(
                 f"For N = {n}, d = {d} (fp32, one head, one thread, best of {TIMED_REPEATS}): "
-                "the two matmuls do d/2 or more FLOPs per byte they move; the softmax does about "
-                "one FLOP per byte (5 operations per score, 8 bytes moved per score), so its "
-                "speed is set by memory, not arithmetic. Measured on this machine just now: the "
-                "softmax runs at a small fraction of the matmuls' FLOP rate.",
+                f"each matmul does {rows[0][3]} FLOPs per byte it moves (2 N^2 d FLOPs for "
+                "N^2 + 2 N d elements); the softmax less than one (5 operations per score, 8 "
+                "bytes moved per score: read S, write P), so its speed is set by memory, not "
+                "arithmetic. Measured on this machine just now: the softmax runs at "
+                f"{rows[1][5]} GFLOP/s, the matmuls at {rows[0][5]} and {rows[2][5]}. (Our "
+                "written-out softmax, layers/softmax.py, even moves more than the ideal 8 bytes "
+                "per score: row max, subtract, exp, row sum and divide are 5 passes over S.)",
                 formula="arithmetic intensity = FLOPs / bytes moved;  softmax: 5 N^2 / 8 N^2",
                 values={
                     "steps": Table(
