@@ -531,7 +531,8 @@ def _section_summary(r: Round, measured: dict[str, Any], source: str) -> Section
                 f"(checked above to {error:.1e}).\n"
                 f"- Greedy: accept while the draft equals the target's argmax; the output equals "
                 f"the target's own greedy output.\n"
-                f"- Measured ({source}): best batch-1 speedup {best['speedup']:.2f}x "
+                f"- Measured ({source.split(' (')[0]}): best batch-1 speedup "
+                f"{best['speedup']:.2f}x "
                 f"({best['method']}, gamma {best['gamma']}).",
             )
         ],
