@@ -181,7 +181,8 @@ def _section_gpu_memory() -> Section:
                 "faster (19 TB/s against 1.5-2 TB/s on A100, the FlashAttention paper's "
                 "estimate) but thousands of times smaller in total. Published figures (sources in "
                 "`layers/flash_io.py`). The last column is how many FLOPs a kernel must do per "
-                "byte it reads from HBM to keep the tensor cores busy; the softmax does about 1.",
+                "byte it reads from HBM to keep the tensor cores busy; the softmax does less "
+                "than 1.",
                 formula="ridge point = peak FLOP/s / HBM bytes/s",
                 values={
                     "published figures": Table(
@@ -461,12 +462,13 @@ def _section_impact() -> Section:
         "Advantages and impact",
         [
             Step(
-                "Memory grows linearly in N instead of quadratically, which is what made 32k- "
-                "and 128k-token contexts trainable; and fewer bytes moved makes attention "
-                "faster on GPUs although it does more FLOPs. Measured on the real passes: bytes "
-                f"kept for the backward pass, d = {SMALL['d']}, {SMALL['heads']} heads, fp32 "
-                "(x per doubling: 4 is quadratic, 2 linear). `benchmarks/flash_attention.py` "
-                "measures peak memory up to N = 16k against torch SDPA.",
+                "Memory grows linearly in N instead of quadratically, one of the things that made "
+                "training on 32k- and 128k-token contexts practical; and fewer bytes moved makes "
+                "attention faster on GPUs although it does more FLOPs. Measured on the real "
+                f"passes: bytes kept for the backward pass, d = {SMALL['d']}, {SMALL['heads']} "
+                "heads, fp32 (x per doubling: 4 is quadratic, 2 linear). "
+                "`benchmarks/flash_attention.py` measures peak memory up to N = 16k against torch "
+                "SDPA.",
                 values={
                     "bytes kept for backward": Table(
                         ["N", "materialised", "tiled", "materialised x", "tiled x"], rows
