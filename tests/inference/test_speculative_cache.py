@@ -115,3 +115,38 @@ def test_common_prefix():
     assert common_prefix([1, 2], [1, 2, 3]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([1, 2, 3], [1, 2]) == 2
+
+
+def test_generate_rolls_both_caches_back_to_the_accepted_tokens(model, monkeypatch):
+    """End to end: at every round's start, the target's cache holds each row's text but its last
+    token (accepted drafts kept, rejected ones gone), the draft's that or one token less (a last
+    draft accepted was never fed to it), and both equal plain runs over those tokens."""
+    from llm_internals.inference.generate import generate
+    from llm_internals.inference.speculative import loop, proposers
+
+    checked = {"target": 0, "draft": 0}
+
+    class CheckedRowCache(RowCache):
+        def prepare(self, histories):
+            unseen = super().prepare(histories)
+            role = "target" if self.model is model else "draft"
+            for held, history in zip(self.tokens, histories, strict=True):
+                assert held == history[: len(held)]
+                if held and role == "target":
+                    assert len(held) == len(history) - 1
+                elif held:
+                    assert len(history) - 2 <= len(held) <= len(history) - 1
+            assert_rows_match_plain_runs(self.model, self)
+            checked[role] += 1
+            return unseen
+
+    monkeypatch.setattr(loop, "RowCache", CheckedRowCache)
+    monkeypatch.setattr(proposers, "RowCache", CheckedRowCache)
+    torch.manual_seed(1)
+    draft = DecoderLM(model.config).double().eval()
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
+    stats = loop.SpeculativeStats()
+    generate(model, None, prompts, max_new_tokens=16, eos_token_id=None, draft_model=draft,
+             temperature=0.05, seed=3, speculative_stats=stats)  # fmt: skip
+    assert checked["target"] >= 3 and checked["draft"] >= 3
+    assert 0 < stats.accepted < stats.proposed  # both branches: acceptances and rejections
