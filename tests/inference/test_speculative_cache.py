@@ -123,6 +123,7 @@ def test_generate_rolls_both_caches_back_to_the_accepted_tokens(model, monkeypat
     draft accepted was never fed to it), and both equal plain runs over those tokens."""
     from llm_internals.inference.generate import generate
     from llm_internals.inference.speculative import loop, proposers
+    from llm_internals.inference.speculative.stats import SpeculativeStats
 
     checked = {"target": 0, "draft": 0}
 
@@ -145,7 +146,7 @@ def test_generate_rolls_both_caches_back_to_the_accepted_tokens(model, monkeypat
     torch.manual_seed(1)
     draft = DecoderLM(model.config).double().eval()
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
-    stats = loop.SpeculativeStats()
+    stats = SpeculativeStats()
     generate(model, None, prompts, max_new_tokens=16, eos_token_id=None, draft_model=draft,
              temperature=0.05, seed=3, speculative_stats=stats)  # fmt: skip
     assert checked["target"] >= 3 and checked["draft"] >= 3

@@ -17,7 +17,7 @@ from llm_internals.inference.decode_layout import use_decode_layout
 from llm_internals.inference.generate import Timing, stream
 from llm_internals.inference.generation_request import is_seq2seq
 from llm_internals.inference.params import SamplingParams
-from llm_internals.inference.speculative.loop import DEFAULT_NGRAM, check_same_tokenizer
+from llm_internals.inference.speculative.config import DEFAULT_NGRAM, check_same_tokenizer
 from llm_internals.inference.speculative.stats import SpeculativeStats
 from llm_internals.models.loading import load_model_and_tokenizer
 

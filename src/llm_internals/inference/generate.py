@@ -35,11 +35,8 @@ from llm_internals.inference.generation_types import (
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.seq2seq_generate import seq2seq_loop
 from llm_internals.inference.sequence_state import SequenceState
-from llm_internals.inference.speculative.loop import (
-    SpeculativeConfig,
-    speculative_config,
-    speculative_loop,
-)
+from llm_internals.inference.speculative.config import SpeculativeConfig, speculative_config
+from llm_internals.inference.speculative.loop import speculative_loop
 from llm_internals.inference.speculative.stats import SpeculativeStats
 
 __all__ = [

@@ -13,6 +13,7 @@ output has exactly the target's distribution (Leviathan et al. 2023; Chen et al.
     stats.py       SpeculativeStats: proposed, accepted, per-position acceptance, tokens per
                    target forward, and (1 - alpha^(gamma+1)) / (1 - alpha) beside it
     row_cache.py   a contiguous KV cache whose rows advance by different amounts (masked holes)
+    config.py      SpeculativeConfig and its checks (one draft source, gamma, the draft fits)
     loop.py        the rounds behind generate(..., draft_model=... | ngram=...)
 
 The proposer protocol (used by loop.py; the paged engine can reuse the proposers):
