@@ -114,13 +114,21 @@ def child_memory(impl: str, n: int, heads: int, dim: int, causal: bool, block: i
 
 
 def measure_memory(impl: str, n: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", impl, str(n), "--heads", str(args.heads),
-               "--dim", str(args.dim), "--block", str(args.block)]  # fmt: skip
+    """One case in a fresh process (see the module docstring)."""
+    return measure_in_one_process((impl,), n, args)[0]
+
+
+def measure_in_one_process(impls: tuple[str, ...], n: int, args: argparse.Namespace) -> list:
+    """Several cases one after another in one fresh process, the peak reset before each (the
+    tests use this to pay for one torch import instead of several)."""
+    command = [sys.executable, __file__, "--child", ",".join(impls), str(n), "--heads",
+               str(args.heads), "--dim", str(args.dim), "--block", str(args.block)]  # fmt: skip
     command += ["--causal"] if args.causal else []
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        return [{"error": error} for _ in impls]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -233,12 +241,12 @@ def main() -> None:
                         help="run one part only (default: all three)")  # fmt: skip
     parser.add_argument("--max-n", type=int, default=None,
                         help="leave out sequence lengths above this (default: none)")  # fmt: skip
-    parser.add_argument("--child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("IMPLS", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        impl, n = args.child
-        print(json.dumps(child_memory(impl, int(n), args.heads, args.dim, args.causal,
-                                      args.block)))  # fmt: skip
+        impls, n = args.child
+        print(json.dumps([child_memory(impl, int(n), args.heads, args.dim, args.causal,
+                                       args.block) for impl in impls.split(",")]))  # fmt: skip
         return
     torch.set_num_threads(1)
     sizes = dict(QUICK if args.quick else FULL)
