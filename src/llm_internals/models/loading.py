@@ -126,6 +126,10 @@ def load_model_and_tokenizer(
     has none and `require_tokenizer` is False.
     """
     from llm_internals.models.hf import load_pretrained
+    from llm_internals.models.quantized_checkpoint import (
+        is_quantized_checkpoint,
+        load_quantized_checkpoint,
+    )
 
     directory = resolve_model_directory(model_path)
     if tokenizer_path is not None:
@@ -139,7 +143,13 @@ def load_model_and_tokenizer(
             f"no tokenizer: {directory / TOKENIZER_FILE} does not exist",
             hint="pass --tokenizer FILE (our JSON, an HF tokenizer.json or a tiktoken file)",
         )
-    model = load_pretrained(directory, attn_impl="sdpa", fused_ops=True)
+    if is_quantized_checkpoint(directory):  # written by `llm-internals quantize`
+        model = load_quantized_checkpoint(directory, device, dtype)
+        model.set_attn_impl("sdpa")
+        model.set_fused_ops(True)
+        device = dtype = None  # done: a later .to(dtype) would cast the float8 codes too
+    else:
+        model = load_pretrained(directory, attn_impl="sdpa", fused_ops=True)
     is_decoder = hasattr(model, "hidden_states")
     if not is_decoder and not (
         allow_seq2seq and hasattr(model, "encode") and hasattr(model, "decode")

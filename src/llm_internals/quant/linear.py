@@ -15,6 +15,8 @@ Fast paths, where torch has a CPU kernel that reads the compact weight directly:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -115,17 +117,28 @@ def buffer_name(part: str) -> str:
     return "weight" if part == "qdata" else f"weight_{part}"
 
 
-def quantize_model(model: nn.Module, scheme: str, skip: tuple[str, ...] = ()) -> list[str]:
+def quantize_model(
+    model: nn.Module,
+    scheme: str,
+    skip: tuple[str, ...] = (),
+    on_layer: Callable[[str], None] | None = None,
+) -> list[str]:
     """Replace every nn.Linear of `model` (except names in `skip`) by a QuantizedLinear; returns
     the replaced module names. All layers are quantised before any is replaced, so a layer the
-    scheme cannot take (its error names the tensor) leaves the model unchanged."""
+    scheme cannot take (its error names the tensor) leaves the model unchanged. `on_layer(name)`
+    is called after each layer (a progress bar)."""
     get_scheme(scheme)
-    replacements = {
-        name: QuantizedLinear.from_linear(module, scheme, f"{name}.weight")
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name not in skip
-    }
+    replacements = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name not in skip:
+            replacements[name] = QuantizedLinear.from_linear(module, scheme, f"{name}.weight")
+            if on_layer is not None:
+                on_layer(name)
     for name, layer in replacements.items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, layer)
     return list(replacements)
+
+
+def count_linear_layers(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Linear) for m in model.modules())
