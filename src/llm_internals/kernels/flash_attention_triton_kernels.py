@@ -41,12 +41,15 @@ def _visible(rows, cols, n_q, n_k, offset, CAUSAL: tl.constexpr):
 @triton.jit
 def _load_rows(base, rows, n_rows, dims, HEAD_DIM: tl.constexpr, TRANSPOSED: tl.constexpr):
     """A [rows, BLOCK_D] tile of a (n_rows, HEAD_DIM) matrix (or [BLOCK_D, rows] when
-    TRANSPOSED); rows past n_rows and dims past HEAD_DIM read 0."""
+    TRANSPOSED); rows past n_rows and dims past HEAD_DIM read 0. One return statement: the
+    compiler checks every return of a jit function, even one after a constexpr branch's."""
     if TRANSPOSED:
+        offsets = rows[None, :] * HEAD_DIM + dims[:, None]
         mask = (rows[None, :] < n_rows) & (dims[:, None] < HEAD_DIM)
-        return tl.load(base + rows[None, :] * HEAD_DIM + dims[:, None], mask=mask, other=0.0)
-    mask = (rows[:, None] < n_rows) & (dims[None, :] < HEAD_DIM)
-    return tl.load(base + rows[:, None] * HEAD_DIM + dims[None, :], mask=mask, other=0.0)
+    else:
+        offsets = rows[:, None] * HEAD_DIM + dims[None, :]
+        mask = (rows[:, None] < n_rows) & (dims[None, :] < HEAD_DIM)
+    return tl.load(base + offsets, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -66,9 +69,10 @@ def _kv_head(bh, heads, kv_heads):
 def _key_end(start_m, n_k, offset, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
     """One past the last key any row of the query block starting at start_m may see: in causal
     mode the key blocks past it are fully masked and skipped, never loaded."""
+    end = n_k
     if CAUSAL:
-        return tl.minimum(n_k, start_m + BLOCK_M + offset)
-    return n_k
+        end = tl.minimum(n_k, start_m + BLOCK_M + offset)
+    return end
 
 
 @triton.jit
