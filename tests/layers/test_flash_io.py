@@ -1,8 +1,9 @@
-"""The IO model (layers/flash_io.py) against what the code actually touches: standard attention's
-bytes counted op by op under a TorchDispatchMode while our real `scaled_dot_product_attention`
-runs, the causal block skipping against `causal_mask`, the tiled counts against the FlashCounters
-of the real tiled function for both loop orders, the paper's block sizes and Theta(N^2 d^2 / M)
-by arithmetic, and the CPU cache reader against a fake sysfs tree and `getconf`."""
+"""The IO model (layers/flash_io.py) against what the code actually touches: standard
+attention's bytes counted function by function under a TorchFunctionMode while our real
+`scaled_dot_product_attention` runs, the causal block skipping against `causal_mask`, the tiled
+counts against the FlashCounters of the real tiled function for both loop orders, the paper's
+block sizes and Theta(N^2 d^2 / M) by arithmetic, and the CPU cache reader against a fake sysfs
+tree and `getconf`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from llm_internals.errors import LLMInternalsError
@@ -32,22 +33,27 @@ from llm_internals.layers.flash_io import (
 from llm_internals.layers.masks import causal_mask
 
 
-class ByteLog(TorchDispatchMode):
-    """Bytes of every tensor each aten op reads (its tensor inputs) and writes (its outputs),
-    grouped by the tensor's number of elements; views move nothing and are left out."""
+class ByteLog(TorchFunctionMode):
+    """Bytes of every tensor each torch function reads (its tensor inputs) and writes (its
+    outputs), grouped by the tensor's number of elements. Attribute reads (no tensor out) and
+    views (an output sharing an input's storage, except in-place functions, whose names end in
+    "_") move nothing and are left out."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: dict[int, int] = {}
         self.writes: dict[int, int] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            for table, tensors in ((self.reads, (args, kwargs)), (self.writes, out)):
-                for t in tree_leaves(tensors):
-                    if isinstance(t, torch.Tensor):
-                        table[t.numel()] = table.get(t.numel(), 0) + t.numel() * t.element_size()
+        ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        storages = {t.untyped_storage().data_ptr() for t in ins}
+        view = any(t.untyped_storage().data_ptr() in storages for t in outs)
+        if outs and (not view or getattr(func, "__name__", "").endswith("_")):
+            for table, tensors in ((self.reads, ins), (self.writes, outs)):
+                for t in tensors:
+                    table[t.numel()] = table.get(t.numel(), 0) + t.numel() * t.element_size()
         return out
 
 
