@@ -148,7 +148,24 @@ def test_targets_that_match_nothing_name_the_target_and_the_layers():
     assert "--targets" in err.value.hint
     with pytest.raises(LLMInternalsError, match="unknown LoRA target 'lm_head'"):
         inject_lora(DecoderLM(gpt_style), LoraSettings(), "q,lm_head")
-    model = DecoderLM(gpt_style)
-    inject_lora(model, LoraSettings(), "all-linear")  # all-linear takes what the model has
-    with pytest.raises(LLMInternalsError, match="GPT-2"):
-        save_adapter(model, "unused")
+
+
+def test_gpt2_shaped_adapter_uses_our_names_and_round_trips_here(llama_dir, tmp_path):
+    gpt_style = ModelConfig(vocab_size=96, d_model=32, n_layers=1, n_heads=2, ffn="mlp",
+                            activation="gelu", norm="layernorm", position="learned")  # fmt: skip
+    torch.manual_seed(0)
+    model = DecoderLM(gpt_style).eval()
+    inject_lora(model, LoraSettings(r=2), "all-linear")  # all-linear takes what the model has
+    randomize_adapters(model)
+    save_adapter(model, tmp_path)
+    assert "base_model.model.blocks.0.ffn.up_proj.lora_A.weight" in load_file(
+        tmp_path / "adapter_model.safetensors"
+    )
+    torch.manual_seed(0)
+    fresh = DecoderLM(gpt_style).eval()
+    load_adapter(fresh, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(IDS), model(IDS), rtol=0, atol=0)
+    with pytest.raises(LLMInternalsError, match="GPT-2-shaped") as err:
+        load_adapter(load_ours(llama_dir), tmp_path)
+    assert "--model" in err.value.hint

@@ -1,7 +1,7 @@
 """Bytes a training setup holds: weights, gradients and Adam's two moments.
 
-    weights    = every parameter and buffer (frozen or not, in its own dtype; NF4 codes and
-                 scales for a QLoRA base)
+    weights    = every parameter and saved buffer (frozen or not, in its own dtype; NF4 codes
+                 and scales for a QLoRA base; not recomputable caches such as RoPE's)
     gradients  = one tensor per trainable parameter, in its dtype
     adam       = two fp32 moments (m and v) per trainable parameter element
 
@@ -34,7 +34,7 @@ def training_bytes(model: nn.Module) -> TrainingBytes:
     """What `model` holds for training with Adam(W), counting each storage once (tied weights)."""
     seen: set[int] = set()
     weights = gradients = adam = trainable = total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
+    for tensor in model.state_dict(keep_vars=True).values():
         if tensor.data_ptr() in seen and tensor.numel():
             continue
         seen.add(tensor.data_ptr())

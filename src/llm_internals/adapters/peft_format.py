@@ -8,8 +8,11 @@ Tensor names are PEFT's for a causal LM, built on the HF export of our model:
 (`PeftModel.save_pretrained` drops the adapter name from the keys.) Our module paths map to HF's
 through the same tensor maps that `models.save_pretrained` uses, including the row permutation
 of W_q / W_k for a model in Meta's interleaved RoPE layout: it applies to B's rows (B A has B's
-row order) and not to A. GPT-2's fused c_attn (Conv1D) has no one-to-one LoRA equivalent, so only
-the Llama family (llama, mistral, qwen2, qwen3) is written and read.
+row order) and not to A.
+
+GPT-2's fused c_attn (Conv1D) has no one-to-one LoRA equivalent, so an adapter of a GPT-2-shaped
+model (the tour's) is written with our module names (`base_model.model.blocks.0.attn.q_proj...`)
+and `"llm_internals_module_names": true` in its config: the same two files, loadable here only.
 """
 
 from __future__ import annotations
@@ -31,19 +34,30 @@ from llm_internals.models.hf_decoder_tensors import TensorMap, tensor_maps
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 PREFIX = "base_model.model."
+OWN_NAMES = "llm_internals_module_names"  # adapter_config.json field: keys use our module paths
 
 
-def _module_maps(model: torch.nn.Module, source: str) -> dict[str, tuple[str, TensorMap]]:
-    """{our module path: (HF module path, its weight's TensorMap)} for every linear weight."""
+def uses_own_names(model: torch.nn.Module) -> bool:
+    """True for a GPT-2-shaped model (or one with no HF export), whose adapters cannot carry
+    HF/PEFT names."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "hidden_states"):
-        raise LLMInternalsError(f"{source}: LoRA files are for decoder language models")
-    if export_family(config) == "gpt2":
-        raise LLMInternalsError(
-            f"{source}: PEFT adapter files are written for Llama-family models; this model "
-            "exports as GPT-2, whose fused c_attn has no per-projection LoRA",
-            hint="fine-tune a llama/mistral/qwen model, or keep the adapter in this run folder",
-        )
+        raise LLMInternalsError(f"LoRA adapters are for decoder language models, not {config!r}")
+    try:
+        return export_family(config) == "gpt2"
+    except LLMInternalsError:  # no HF equivalent at all: our names are the only ones there are
+        return True
+
+
+def _module_maps(model: torch.nn.Module) -> dict[str, tuple[str, TensorMap]]:
+    """{our module path: (file module path, its weight's TensorMap)} for every linear weight."""
+    config = model.config
+    if uses_own_names(model):
+        return {
+            path: (path, TensorMap(f"{path}.weight", (f"{path}.weight",)))
+            for path, module in model.named_modules()
+            if path.startswith("blocks.") and hasattr(module, "in_features")
+        }
     maps = {}
     for m in tensor_maps(config):
         if len(m.ours) == 1 and m.ours[0].endswith(".weight") and m.hf_name.endswith(".weight"):
@@ -64,7 +78,7 @@ def adapter_settings(model: torch.nn.Module, name: str) -> LoraSettings:
 
 def adapter_tensors(model: torch.nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """PEFT-named A and B tensors (fp32, CPU) of adapter `name`."""
-    maps = _module_maps(model, "adapter")
+    maps = _module_maps(model)
     tensors = {}
     for path, layer in lora_layers(model).items():
         if name not in layer.settings:
@@ -90,7 +104,10 @@ def save_adapter(
     leaves = sorted({key.split(".")[-3] for key in tensors})
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / ADAPTER_FILE, save(tensors, {"format": "pt"}))
-    write_json(directory / CONFIG_FILE, peft_config(settings, leaves, base_model_name_or_path))
+    config = peft_config(settings, leaves, base_model_name_or_path)
+    if uses_own_names(model):
+        config[OWN_NAMES] = True
+    write_json(directory / CONFIG_FILE, config)
     return directory
 
 
@@ -118,12 +135,18 @@ def peft_config(
     }
 
 
-def read_settings(directory: Path) -> LoraSettings:
-    """LoraSettings from adapter_config.json; what we cannot run is an error naming the field."""
+def read_adapter_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     config = read_json(path, "adapter config file")
     if not isinstance(config, dict):
         raise LLMInternalsError(f"{path}: not a JSON object")
+    return config
+
+
+def read_settings(directory: Path) -> LoraSettings:
+    """LoraSettings from adapter_config.json; what we cannot run is an error naming the field."""
+    path = directory / CONFIG_FILE
+    config = read_adapter_config(directory)
     unsupported = {"peft_type": "LORA", "bias": "none", "fan_in_fan_out": False,
                    "use_dora": False, "modules_to_save": None}  # fmt: skip
     for field, wanted in unsupported.items():
@@ -167,7 +190,15 @@ def load_adapter(model: torch.nn.Module, directory: str | Path, name: str = "def
     except SafetensorError as err:
         message = f"{weights_path}: not a readable safetensors file ({err})"
         raise LLMInternalsError(message) from None
-    to_ours = {hf: (ours, m) for ours, (hf, m) in _module_maps(model, str(weights_path)).items()}
+    own_names = bool(read_adapter_config(directory).get(OWN_NAMES, False))
+    if own_names != uses_own_names(model):
+        kinds = ("a GPT-2-shaped model (our module names)", "a Llama-family model (PEFT names)")
+        raise LLMInternalsError(
+            f"{weights_path}: the adapter is for {kinds[not own_names]}, the model is "
+            f"{kinds[own_names]}",
+            hint="the adapter was trained for another base model; pass that one to --model",
+        )
+    to_ours = {hf: (ours, m) for ours, (hf, m) in _module_maps(model).items()}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         hf, dot, kind = key.removeprefix(PREFIX).rpartition(".lora_")
