@@ -199,7 +199,8 @@ def test_rows_without_a_visible_key_give_zero_output_and_gradient():
 
 @pytest.mark.cuda
 def test_runs_on_cuda_like_on_cpu():
-    case = dict(causal=True, block_q=16, block_k=32)
+    """The PyTorch loops (not the Triton kernel, which CUDA tensors get by default) on a GPU."""
+    case = dict(causal=True, block_q=16, block_k=32, use_triton=False)
     q, k, v = random_qkv((2, 8, 100, 32), (2, 2, 130, 32), dtype=torch.float32, device="cuda")
     out = flash_attention(q, k, v, **case)
     out.sum().backward()
