@@ -66,7 +66,7 @@ def add_parser(subparsers) -> None:
     spec.add_argument("--num-speculative-tokens", type=int, metavar="N",
                       help="draft tokens per step, at least 1 (default: 4 with a "
                       "draft)")  # fmt: skip
-    spec.add_argument("--speculative-adaptive", action="store_true",
+    spec.add_argument("--adaptive-gamma", action="store_true",
                       help="adapt each sequence's draft length to its acceptance rate, up to "
                       "--num-speculative-tokens")  # fmt: skip
     limits = p.add_argument_group("limits (beyond them: 429 for concurrency, 400 otherwise)")
@@ -123,11 +123,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.speculative_model is not None and args.speculative_ngram:
         raise LLMInternalsError("--speculative-model and --speculative-ngram exclude each other",
                                 hint="give one draft source")  # fmt: skip
-    if (args.num_speculative_tokens is not None or args.speculative_adaptive) and (
+    if (args.num_speculative_tokens is not None or args.adaptive_gamma) and (
         args.speculative_model is None and not args.speculative_ngram
     ):
         raise LLMInternalsError(
-            "--num-speculative-tokens and --speculative-adaptive need a draft",
+            "--num-speculative-tokens and --adaptive-gamma need a draft",
             hint="add --speculative-model PATH or --speculative-ngram",
         )
     if args.chat_template is not None and not args.chat_template.is_file():
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
                    eos_token_id=eos, speculative_model=draft,
                    speculative_ngram=args.speculative_ngram,
                    num_speculative_tokens=args.num_speculative_tokens,
-                   speculative_adaptive=args.speculative_adaptive)  # fmt: skip
+                   adaptive_gamma=args.adaptive_gamma)  # fmt: skip
 
     engine = new_engine()
     limits = ServerLimits(max_concurrent_requests=args.max_concurrent,

@@ -57,7 +57,7 @@ class LLM:
     eos_token_id: "auto" (the checkpoint's or the tokenizer's end-of-text id), None, an id or ids.
     Speculative decoding (paged/speculation.py): speculative_model (a folder or a built model
     sharing the vocabulary) or speculative_ngram=True, num_speculative_tokens draft tokens per
-    step (default 4), speculative_adaptive: per-sequence gamma from its acceptance rate.
+    step (default 4), adaptive_gamma: per-sequence gamma from its acceptance rate.
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class LLM:
         speculative_model: Any | None = None,
         speculative_ngram: bool = False,
         num_speculative_tokens: int | None = None,
-        speculative_adaptive: bool = False,
+        adaptive_gamma: bool = False,
     ) -> None:
         config_eos: Any = "auto"
         if isinstance(model, (str, Path)):
@@ -120,7 +120,7 @@ class LLM:
         self.speculation = build_speculation(
             model, tokenizer, speculative_model=speculative_model,
             speculative_ngram=speculative_ngram, num_speculative_tokens=num_speculative_tokens,
-            speculative_adaptive=speculative_adaptive,
+            adaptive_gamma=adaptive_gamma,
             block_size=block_size, num_blocks=self.cache.num_blocks, max_num_seqs=max_num_seqs,
         )  # fmt: skip
         self.eos_ids = eos_ids(config_eos if eos_token_id == "auto" else eos_token_id,

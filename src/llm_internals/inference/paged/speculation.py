@@ -201,7 +201,7 @@ def build_speculation(
     speculative_model: Any | None,
     speculative_ngram: bool,
     num_speculative_tokens: int | None,
-    speculative_adaptive: bool = False,
+    adaptive_gamma: bool = False,
     block_size: int,
     num_blocks: int,
     max_num_seqs: int,
@@ -228,11 +228,11 @@ def build_speculation(
         )
     max_seq_len = target.config.max_seq_len
     if speculative_ngram:
-        return Speculation(gamma, max_seq_len, ngram=NgramProposer(), adaptive=speculative_adaptive)
+        return Speculation(gamma, max_seq_len, ngram=NgramProposer(), adaptive=adaptive_gamma)
     draft_model = load_draft(speculative_model, target, tokenizer)
     per_seq = -(-(gamma + 1) // block_size) + 1
     draft = PagedDraftModel(draft_model, block_size, num_blocks + max_num_seqs * per_seq)
-    return Speculation(gamma, max_seq_len, draft=draft, adaptive=speculative_adaptive)
+    return Speculation(gamma, max_seq_len, draft=draft, adaptive=adaptive_gamma)
 
 
 DEFAULT_GAMMA = 4
