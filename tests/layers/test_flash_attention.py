@@ -197,6 +197,17 @@ def test_rows_without_a_visible_key_give_zero_output_and_gradient():
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
+@pytest.mark.parametrize("n_q, n_k, batch", [(0, 5, 2), (5, 0, 2), (3, 4, 0)])
+def test_empty_sizes(n_q, n_k, batch):
+    """No queries, no keys (every row sees nothing: O = 0, L = -inf) or an empty batch."""
+    q, k, v = random_qkv((batch, 2, n_q, 4), (batch, 1, n_k, 4))
+    out, lse = flash_attention_forward(q, k, v, causal=True)
+    ref, ref_lse = materialised(q, k, v, causal=True)
+    assert out.shape == ref.shape and torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    flash_attention(q, k, v, causal=True).sum().backward()
+    assert all(x.grad.shape == x.shape and not x.grad.any() for x in (q, k, v))
+
+
 @pytest.mark.cuda
 def test_runs_on_cuda_like_on_cpu():
     """The PyTorch loops (not the Triton kernel, which CUDA tensors get by default) on a GPU."""

@@ -102,7 +102,8 @@ class Tiles:
             if self.group > 1:  # every row of the (B_r, G) block gets its own mask row
                 part = part.expand(*part.shape[:-3], self.group, i1 - i0, part.shape[-1])
             # (*pre, H_kv, G, B_r, B_c) -> (*pre, H_kv, B_r, G, B_c) -> (Z, B_r * G, B_c)
-            part = part.transpose(-3, -2).reshape(-1, part.shape[-2] * self.group, part.shape[-1])
+            z, rows = part.shape[:-3].numel(), part.shape[-2] * self.group
+            part = part.transpose(-3, -2).reshape(z, rows, part.shape[-1])
             out = part if out is None else out | part
         return out
 
@@ -129,7 +130,7 @@ class Tiles:
         n, trail = x.shape[n_lead], x.shape[n_lead + 1 :]
         if self.group > 1:  # (*pre, H, n, *t) -> (*pre, H_kv, G, n, *t) -> (*pre, H_kv, n, G, *t)
             x = x.unflatten(n_lead - 1, (-1, self.group)).transpose(n_lead, n_lead + 1)
-        return x.reshape(-1, n * self.group, *trail)
+        return x.reshape(self.k.shape[0], n * self.group, *trail)
 
     def from_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of to_rows: (Z, n * G, *trail) -> (*q_lead, n, *trail)."""
@@ -162,8 +163,8 @@ def make_tiles(
     hidden = None if mask is None else _mask_view(~mask, q.shape, group)
     tiles = Tiles(
         q=q,
-        k=k.to(dtype).reshape(-1, *k.shape[-2:]),
-        v=v.to(dtype).reshape(-1, *v.shape[-2:]),
+        k=k.to(dtype).reshape(k.shape[:-2].numel(), *k.shape[-2:]),
+        v=v.to(dtype).reshape(v.shape[:-2].numel(), *v.shape[-2:]),
         q_shape=q.shape,
         group=group,
         block_q=block_q,
@@ -171,7 +172,7 @@ def make_tiles(
         causal=causal,
         hidden=hidden,
         io_itemsize=q.element_size(),
-        stat_itemsize=torch.empty(0, dtype=dtype).element_size(),
+        stat_itemsize=torch.finfo(dtype).bits // 8,
     )
     tiles.q = tiles.to_rows(q.to(dtype))
     if causal:  # query position p sees keys j <= p + N_k - N_q
