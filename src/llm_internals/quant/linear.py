@@ -59,7 +59,7 @@ class QuantizedLinear(nn.Module):
         name = self.scheme.name
         if self.scheme.activation_int8:
             return self._w8a8(x)
-        if name == "bf16":
+        if self.use_kernel and name == "bf16":
             bias = None if self.bias is None else self.bias.to(torch.bfloat16)
             return F.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), bias).to(x.dtype)
         if self.use_kernel and name == "int8" and x.dtype in (torch.float32, torch.bfloat16):
