@@ -11,6 +11,11 @@ so bf16, the default GPU tiles and long sequences are `cuda` tests (scripts/gpu_
 from __future__ import annotations
 
 import builtins
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +230,20 @@ def test_matches_torch_sdpa_on_cuda_and_is_the_default_there(kernel, monkeypatch
     out = flash_attention(q, k, v, causal=True)  # auto: CUDA and supported, so the kernel
     assert calls == [1]
     assert (out - F.scaled_dot_product_attention(q, k, v, is_causal=True)).abs().max() < 1e-2
+
+
+def test_the_kernels_compile_for_a_gpu(tmp_path):
+    """The whole compiler pipeline, no GPU needed (compile_for_gpu.py, in a fresh process with
+    its own cache): a jit helper with a return after a constexpr branch ran in the interpreter
+    but failed here. bf16 (which the interpreter cannot run), causal, head dim 24 in 32 lanes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("compile_for_gpu.py")), "--dtype", "bf16",
+         "--head-dim", "24", "--block-m", "16", "--block-n", "16", "--causal"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = json.loads(done.stdout)
+    assert set(shared) == {"forward_kernel", "delta_kernel", "dkdv_kernel", "dq_kernel"}
+    assert all(0 < size < 227 * 1024 for size in shared.values()), shared

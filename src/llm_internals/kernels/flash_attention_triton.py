@@ -48,9 +48,16 @@ class Blocks:
     stages: int = 2
 
 
-def default_blocks(head_dim: int) -> tuple[Blocks, Blocks]:
-    """(forward, backward) tiles for a GPU, after the Triton tutorial's configurations; smaller
-    for wide heads so the fp32 accumulators (dK and dV: 2 x n x d) fit in registers."""
+def default_blocks(head_dim: int, dtype: torch.dtype) -> tuple[Blocks, Blocks]:
+    """(forward, backward) tiles for a GPU, after the Triton tutorial's configurations, smaller
+    for wide heads (the fp32 accumulators dK, dV are 2 x n x d) and for fp32 (IEEE products run
+    on FMA units and stage more in shared memory). Shared memory per program, from
+    triton.compile for sm_90 (forward / dK,dV): fp16/bf16 d 64: 24 / 33 KiB, d 128: 48 / 65 KiB,
+    d 256: 48 / 72 KiB; fp32 d 128: 72 / 68 KiB, d 256: 100 / 65 KiB (an A100 has 163 KiB)."""
+    if dtype == torch.float32:
+        if head_dim <= 128:
+            return Blocks(64, 32, warps=4, stages=2), Blocks(32, 32, warps=4, stages=2)
+        return Blocks(32, 32, warps=4, stages=2), Blocks(16, 16, warps=4, stages=1)
     if head_dim <= 64:
         return Blocks(128, 64, warps=4, stages=3), Blocks(64, 64, warps=4, stages=2)
     if head_dim <= 128:
@@ -141,9 +148,11 @@ def _backward(p: Problem, q, k, v, out, lse, dout, blocks: Blocks):
     return dq, dk, dv
 
 
-def _blocks(head_dim: int, block_m: int | None, block_n: int | None) -> tuple[Blocks, Blocks]:
+def _blocks(
+    head_dim: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
+) -> tuple[Blocks, Blocks]:
     """Default GPU tiles, or the caller's (tests use 16 x 16 so small inputs span several)."""
-    forward, backward = default_blocks(head_dim)
+    forward, backward = default_blocks(head_dim, dtype)
     if block_m is None and block_n is None:
         return forward, backward
     for name, size in (("block_m", block_m), ("block_n", block_n)):
@@ -166,7 +175,7 @@ def triton_flash_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype and shape, L in fp32 of shape q.shape[:-1]); no autograd graph."""
     p = _problem(q, k, v, causal, scale)
-    blocks = _blocks(p.head_dim, block_m, block_n)[0]
+    blocks = _blocks(p.head_dim, q.dtype, block_m, block_n)[0]
     out, lse = _forward(p, _flat(q.detach()), _flat(k.detach()), _flat(v.detach()), blocks)
     return out.reshape(q.shape), lse.reshape(q.shape[:-1])
 
@@ -177,7 +186,7 @@ class TritonFlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, block_m, block_n):
         p = _problem(q, k, v, causal, scale)
-        forward_blocks, ctx.blocks = _blocks(p.head_dim, block_m, block_n)
+        forward_blocks, ctx.blocks = _blocks(p.head_dim, q.dtype, block_m, block_n)
         flat = _flat(q), _flat(k), _flat(v)
         out, lse = _forward(p, *flat, forward_blocks)
         ctx.save_for_backward(*flat, out, lse)
