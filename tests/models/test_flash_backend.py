@@ -72,6 +72,25 @@ def test_logits_and_gradients_match_sdpa(small_tiles, dtype, tol, padded):
         assert (flash_grads[name] - grad).abs().max() <= tol * grad.abs().max().clamp_min(1), name
 
 
+def test_bf16_autocast_trains_like_sdpa(small_tiles):
+    """Under CPU bf16 autocast (the trainer's dtype = "bfloat16") RoPE hands over fp32 q, k and a
+    bf16 v; flash takes them in the autocast dtype like SDPA. Logits and gradients agree with
+    SDPA's within what the two existing paths (scratch vs SDPA) differ by, times 2."""
+    ids = torch.randint(0, 48, (2, 30), generator=torch.Generator().manual_seed(6))
+    results = {}
+    for impl in ("flash", "sdpa", "scratch"):
+        model = tiny(impl, torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids)
+        assert logits.dtype == torch.bfloat16
+        logits.float().square().sum().backward()
+        results[impl] = logits.float(), model.blocks[0].attn.q_proj.weight.grad
+    for part in (0, 1):
+        sdpa = results["sdpa"][part]
+        spread = (results["scratch"][part] - sdpa).abs().max()
+        assert (results["flash"][part] - sdpa).abs().max() <= 2 * spread
+
+
 def _train(impl: str, steps: int) -> list[float]:
     """AdamW on a repeating token pattern (learnable), batch 4 x 24 tokens, fp32."""
     model = tiny(impl, torch.float32, seed=3, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1)

@@ -16,7 +16,8 @@ prefill): `causal` lets query i see key j <= i + N_k - N_q, as layers/masks.py c
 `mask` (bool, True = attend) broadcasts to (..., N_q, N_k) and is combined with `causal`.
 A query that sees no key gets output 0 and L = -inf (its gradients are 0).
 Dtypes: fp32 and fp64 compute in their own precision; bf16/fp16 compute in fp32 and return O in
-the input dtype, L in fp32.
+the input dtype, L in fp32. Under torch.autocast, q, k, v are first cast to the autocast dtype
+(as torch's attention kernels are); the loops themselves run with autocast off.
 
 `loop_order` "fa2" (query blocks outside, the default) or "fa1" (key blocks outside, O and the
 statistics updated in slow memory); the backward pass always runs key blocks outside.
@@ -122,6 +123,18 @@ def check_inputs(
             _fail(f"mask is on {mask.device}, q on {q.device}")
 
 
+def _autocast_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inside torch.autocast, q, k, v in the autocast dtype, as torch's own attention takes them
+    (a bf16-autocast model hands over bf16 v but fp32 q, k from RoPE's fp32 tables)."""
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def _use_triton(q, k, v, mask, loop_order, counters, use_triton: bool | None) -> bool:
     """Whether the Triton kernel computes this call (see use_triton in the module doc)."""
     if use_triton is False:
@@ -139,7 +152,8 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     recording = is_recording()
     tiles.counts = counters.forward if counters is not None else None
-    out, lse = LOOP_ORDERS[loop_order](tiles, tiles.q * scale, recording)
+    with torch.autocast(tiles.q.device.type, enabled=False):  # the loops choose their dtypes
+        out, lse = LOOP_ORDERS[loop_order](tiles, tiles.q * scale, recording)
     out, lse = tiles.from_rows(out), tiles.from_rows(lse)
     if recording:
         record("flash.output", out, note="O = A / l per row")
@@ -162,6 +176,7 @@ def flash_attention_forward(
     use_triton: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O in q's dtype, L in fp32 or fp64), forward only, no autograd graph through the loops."""
+    q, k, v = _autocast_inputs(q, k, v)
     check_inputs(q, k, v, mask, block_q, block_k, loop_order)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if _use_triton(q, k, v, mask, loop_order, counters, use_triton):
@@ -193,15 +208,16 @@ class FlashAttentionFunction(torch.autograd.Function):
         tiles = make_tiles(q, k, v, ctx.mask, ctx.causal, *ctx.blocks)
         tiles.counts = ctx.counters.backward if ctx.counters is not None else None
         dtype = tiles.q.dtype
-        dq, dk, dv = backward_kv_outer(
-            tiles,
-            tiles.q * ctx.scale,
-            ctx.scale,
-            tiles.to_rows(out.to(dtype)),
-            tiles.to_rows(lse),
-            tiles.to_rows(dout.to(dtype)),
-            is_recording(),
-        )
+        with torch.autocast(q.device.type, enabled=False):
+            dq, dk, dv = backward_kv_outer(
+                tiles,
+                tiles.q * ctx.scale,
+                ctx.scale,
+                tiles.to_rows(out.to(dtype)),
+                tiles.to_rows(lse),
+                tiles.to_rows(dout.to(dtype)),
+                is_recording(),
+            )
         dq = tiles.from_rows(dq).to(q.dtype)
         dk = dk.reshape(k.shape).to(k.dtype)
         dv = dv.reshape(v.shape).to(v.dtype)
@@ -223,6 +239,7 @@ def flash_attention(
     use_triton: bool | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v by tiles; differentiable in q, k and v (see module doc)."""
+    q, k, v = _autocast_inputs(q, k, v)
     check_inputs(q, k, v, mask, block_q, block_k, loop_order)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if _use_triton(q, k, v, mask, loop_order, counters, use_triton):
