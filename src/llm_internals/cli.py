@@ -26,9 +26,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokenize",
     "kv_memory",
     "train",
+    "finetune",
     "generate",
     "serve",
     "quantize",
+    "export_gguf",
 )
 
 

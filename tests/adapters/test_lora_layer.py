@@ -76,6 +76,16 @@ def test_dropout_applies_to_the_adapter_input_only_as_in_peft():
     assert not torch.allclose(got, ours.base(x) + ours.delta_weight("default").matmul(x.T).T)
 
 
+def test_adapters_follow_the_mode_of_the_layer_they_wrap():
+    base = _base().eval()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", LoraSettings(r=4, alpha=8, dropout=0.5))
+    nn.init.normal_(layer.lora_B["default"].weight)
+    x = torch.randn(4, IN)
+    assert not layer.training
+    torch.testing.assert_close(layer(x), layer(x), rtol=0, atol=0)  # no dropout in eval mode
+
+
 def test_merged_forward_equals_adapter_forward_and_unmerge_restores_the_weight():
     ours, ref = _pair(LoraSettings(r=4, alpha=16))
     x = torch.randn(6, IN)

@@ -64,6 +64,7 @@ class LoraLinear(nn.Module):
         self.merged: str | None = None  # the adapter folded into base.weight, if any
         for param in base.parameters():
             param.requires_grad_(False)
+        self.train(base.training)  # wrapping a model in eval mode keeps it there
 
     def add_adapter(self, name: str, settings: LoraSettings) -> None:
         """A new adapter `name`: A Kaiming-uniform (a = sqrt 5), B = 0; it becomes active."""
@@ -76,7 +77,7 @@ class LoraLinear(nn.Module):
         nn.init.zeros_(b.weight)
         self.lora_A[name], self.lora_B[name] = a, b
         dropout = nn.Dropout(settings.dropout) if settings.dropout else nn.Identity()
-        self.lora_dropout[name] = dropout
+        self.lora_dropout[name] = dropout.train(self.training)
         self.settings[name] = settings
         self.set_adapter(name)
 

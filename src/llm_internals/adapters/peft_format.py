@@ -176,6 +176,8 @@ def load_adapter(model: torch.nn.Module, directory: str | Path, name: str = "def
     adapted module paths. Every tensor is checked before the model is touched: a tensor whose
     module the model lacks, or whose shape does not fit, is one error naming both."""
     directory = Path(directory)
+    if (directory / "adapter" / CONFIG_FILE).is_file():  # a `finetune --out` run folder
+        directory = directory / "adapter"
     if not (directory / CONFIG_FILE).is_file():
         raise LLMInternalsError(
             f"{directory} has no {CONFIG_FILE}",

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from llm_internals.adapters import load_adapter, merge_and_unload
 from llm_internals.console import console
 from llm_internals.devices import add_device_arguments, describe_device, device_and_dtype
 from llm_internals.errors import LLMInternalsError
@@ -43,6 +44,11 @@ def add_parser(subparsers) -> None:
         help="the prompt as token ids, e.g. '12,7,99' (no tokenizer needed; output as ids)",
     )
     p.add_argument("--tokenizer", type=Path, help="tokenizer file (default: MODEL/tokenizer.json)")
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="a LoRA adapter folder (from `finetune --out DIR`, or PEFT's) merged into --model",
+    )
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = off)")
@@ -134,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.tokenizer, allow_seq2seq=True, require_tokenizer=prompt_ids is None,
         device=device, dtype=dtype,
     )  # fmt: skip
+    if args.adapter is not None:
+        load_adapter(model, args.adapter)
+        model = merge_and_unload(model)
     if device.type == "cpu":  # a CPU BLAS layout choice (see decode_layout.py)
         model = use_decode_layout(model)
     if prompt_ids is not None:
