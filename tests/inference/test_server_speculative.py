@@ -103,9 +103,9 @@ def test_speculative_flags_serve_the_target_distribution(folders, monkeypatch, d
 @pytest.mark.parametrize(
     "draft, options, message",
     [
-        ("other_vocab", [], "--speculative-model has a vocabulary of 3 tokens, the target "
-                            "(--model) 29"),
-        ("other_tokenizer", [], "--speculative-model's tokenizer differs"),
+        ("other_vocab", [], "vocabulary (3 tokens) differs from the target's (29)"),
+        ("other_tokenizer", [], "tokenizer differs from the target's: token id 3 is 'A' for the "
+                                "draft, 'a' for the target"),
         ("draft", ["--num-speculative-tokens", "0"], "--num-speculative-tokens must be at "
                                                      "least 1, got 0"),
         (None, ["--num-speculative-tokens", "2"], "need a draft"),
@@ -116,5 +116,7 @@ def test_bad_draft_options_are_one_line_startup_errors(folders, capsys, draft, o
                                                        message):  # fmt: skip
     source = [] if draft is None else ["--speculative-model", str(folders[draft])]
     assert main(["serve", "--model", str(folders["target"]), *source, *options]) == 2
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "error:" in out and message in out and "Traceback" not in out
+    if draft in ("other_vocab", "other_tokenizer"):
+        assert f"--speculative-model {folders[draft]}" in out

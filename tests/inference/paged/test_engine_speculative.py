@@ -120,7 +120,7 @@ def test_stop_strings_ending_mid_draft():
 
 
 def test_bad_drafts_and_settings_are_clear_errors(tiny_model):
-    with pytest.raises(LLMInternalsError, match=r"--speculative-model.* 40 tokens.*--model\) 48"):
+    with pytest.raises(LLMInternalsError, match=r"--speculative-model.*\(40 tokens\).*\(48\)"):
         LLM(tiny_model, num_blocks=8, speculative_model=make_tiny_model(vocab_size=40))
     for gamma in (0, -2):
         with pytest.raises(LLMInternalsError, match=rf"--num-speculative-tokens.*got {gamma}"):

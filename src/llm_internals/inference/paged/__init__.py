@@ -3,7 +3,8 @@
 Read in this order: sequence.py (a request's state), block_manager.py (blocks, sharing, prefix
 cache), paged_cache.py (the physical pool), paged_attention.py (attention through block tables),
 scheduler.py (who runs each step), model_runner.py (the packed forward), engine.py (the API),
-snapshot.py (a frozen, public view of the pool).
+snapshot.py (a frozen, public view of the pool); speculation.py and draft_model.py (speculative
+decoding inside the step).
 """
 
 from llm_internals.inference.paged.block_manager import Block, BlockManager, block_hash

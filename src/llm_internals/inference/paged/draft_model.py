@@ -21,15 +21,23 @@ not speculate that step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.paged.block_manager import BlockManager
 from llm_internals.inference.paged.model_runner import ModelRunner
 from llm_internals.inference.paged.paged_cache import PagedKVCache
 from llm_internals.inference.paged.scheduler import ScheduledBatch
 from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.sampling import Sampler, invalid_rows, inverse_cdf_sample
+from llm_internals.inference.speculative.config import (
+    SpeculativeConfig,
+    check_same_tokenizer,
+    check_speculative,
+)
 
 
 @dataclass
@@ -162,3 +170,34 @@ class PagedDraftModel:
                            for row in sampled])  # fmt: skip
             drawn[sampled] = inverse_cdf_sample(q[sampled], u)
         return [None if r in bad else t for r, t in enumerate(drawn.tolist())], q
+
+
+def load_draft(speculative_model: Any, target: torch.nn.Module, tokenizer: Any | None) -> Any:
+    """The draft model (a folder is loaded where the target's weights are, in their dtype),
+    checked as `generate` checks its draft (inference/speculative/config.py: a decoder with the
+    target's vocabulary, context and tokenizer); errors name --speculative-model."""
+    draft_tokenizer = None
+    weight = next(target.parameters())
+    try:
+        if isinstance(speculative_model, (str, Path)):
+            from llm_internals.inference.decode_layout import use_decode_layout
+            from llm_internals.models.loading import load_model_and_tokenizer
+
+            model, draft_tokenizer, _ = load_model_and_tokenizer(
+                Path(speculative_model), None, device=weight.device, dtype=weight.dtype,
+                require_tokenizer=False,
+            )  # fmt: skip
+            if weight.device.type == "cpu":
+                model = use_decode_layout(model)
+        else:
+            model = speculative_model
+        check_speculative(target, SpeculativeConfig(draft_model=model))
+        if tokenizer is not None and draft_tokenizer is not None:
+            check_same_tokenizer(tokenizer, draft_tokenizer, model.config.vocab_size)
+    except LLMInternalsError as err:
+        name = f" {speculative_model}" if isinstance(speculative_model, (str, Path)) else ""
+        raise LLMInternalsError(
+            f"--speculative-model{name}: {err.message} (the target is --model)",
+            hint="give a draft trained with --model's tokenizer, or --speculative-ngram",
+        ) from None
+    return model.eval()

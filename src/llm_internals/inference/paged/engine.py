@@ -12,6 +12,10 @@ Parallel sampling (n > 1): the prompt is prefilled once; when its first token is
 sequence forks into n samples sharing its blocks (the shared last block is copied on write).
 A request is finished when all its samples are.
 
+Speculative decoding (speculative_model= or speculative_ngram=; paged/speculation.py): a
+decoding sequence also feeds up to gamma draft tokens, the same forward scores them, and the
+verification keeps a prefix plus one token; rejected slots are freed before anything is cached.
+
 No request stops the engine: a sample whose logits cannot be sampled (NaN or infinite values,
 SamplingRowError) finishes with reason "error" (RequestOutput.error says why) and its blocks are
 freed; the other samples of the step take their tokens and go on.
@@ -258,14 +262,8 @@ class LLM:
             for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
                 failure = f"logits {failed[row]}: nothing to sample" if row in failed else None
                 results.append((seq, failure or [token]))
-        speculating: dict[Sequence, list[int]] = {}
-        for row, seq in enumerate(row_seqs):
-            if seq.draft_token_ids:
-                speculating.setdefault(seq, []).append(row)
-        if speculating:
-            spec_seqs = list(speculating)
-            verified = self.speculation.verify(spec_seqs, [logits[r] for r in speculating.values()])
-            results += zip(spec_seqs, verified, strict=True)
+        if len(plain) < len(row_seqs):
+            results += self.speculation.verify(row_seqs, logits)
         return results
 
     def _finish(self, seq: Sequence) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.paged.block_manager import BlockManager
-from llm_internals.inference.paged.draft_model import PagedDraftModel
+from llm_internals.inference.paged.draft_model import PagedDraftModel, load_draft
 from llm_internals.inference.paged.scheduler import ScheduledBatch
 from llm_internals.inference.paged.sequence import Sequence
 from llm_internals.inference.sampling import Sampler, invalid_rows
@@ -36,6 +36,8 @@ from llm_internals.inference.speculative.adaptive import GammaSchedule
 from llm_internals.inference.speculative.proposers import DraftRow, NgramProposer
 from llm_internals.inference.speculative.rejection import verify
 from llm_internals.inference.speculative.stats import SpeculativeStats
+
+DEFAULT_GAMMA = 4
 
 
 class Speculation:
@@ -105,10 +107,18 @@ class Speculation:
             seq.draft_token_ids = seq.draft_token_ids[:k]
             batch.num_new_tokens[i] = 1 + len(seq.draft_token_ids)
 
-    def verify(self, seqs: list[Sequence], logits: list[torch.Tensor]) -> list[list[int] | str]:
-        """The tokens each speculating sequence keeps from its k + 1 target logits rows (the
-        accepted drafts, then the residual or bonus token), or why its logits cannot be
-        sampled. One batched verification for the greedy rows and one for the sampled ones."""
+    def verify(
+        self, row_seqs: list[Sequence], row_logits: torch.Tensor
+    ) -> list[tuple[Sequence, list[int] | str]]:
+        """(sequence, the tokens it keeps) for each speculating sequence among the rows (its
+        k + 1 consecutive target logits rows give the accepted drafts, then the residual or
+        bonus token), or why its logits cannot be sampled. One batched verification for the
+        greedy rows and one for the sampled ones."""
+        rows_of: dict[Sequence, list[int]] = {}
+        for row, seq in enumerate(row_seqs):
+            if seq.draft_token_ids:
+                rows_of.setdefault(seq, []).append(row)
+        seqs, logits = list(rows_of), [row_logits[rows] for rows in rows_of.values()]
         results: list[list[int] | str] = [[] for _ in seqs]
         self.stats.target_forwards += 1
         valid = []
@@ -144,7 +154,7 @@ class Speculation:
                 if members:
                     self._verify_group([group[j] for j in members], [source[j] for j in members],
                                        results, [filtered[j] for j in members], greedy)  # fmt: skip
-        return results
+        return list(zip(seqs, results, strict=True))
 
     def _verify_group(self, seqs: list[Sequence], p: list[torch.Tensor], results: list,
                       slots: list[int], greedy: bool) -> None:  # fmt: skip
@@ -233,58 +243,3 @@ def build_speculation(
     per_seq = -(-(gamma + 1) // block_size) + 1
     draft = PagedDraftModel(draft_model, block_size, num_blocks + max_num_seqs * per_seq)
     return Speculation(gamma, max_seq_len, draft=draft, adaptive=adaptive_gamma)
-
-
-DEFAULT_GAMMA = 4
-
-
-def load_draft(speculative_model: Any, target: torch.nn.Module, tokenizer: Any | None) -> Any:
-    """The draft model (a folder is loaded where the target's weights are, in their dtype),
-    checked to share the target's vocabulary and, when both have one, its tokenizer."""
-    from pathlib import Path
-
-    draft_tokenizer = None
-    weight = next(target.parameters())
-    if isinstance(speculative_model, (str, Path)):
-        from llm_internals.inference.decode_layout import use_decode_layout
-        from llm_internals.models.loading import load_model_and_tokenizer
-
-        model, draft_tokenizer, _ = load_model_and_tokenizer(
-            Path(speculative_model), None, device=weight.device, dtype=weight.dtype,
-            require_tokenizer=False,
-        )  # fmt: skip
-        if weight.device.type == "cpu":
-            model = use_decode_layout(model)
-    else:
-        model = speculative_model
-    if not hasattr(model, "hidden_states") or not hasattr(model, "config"):
-        raise LLMInternalsError(
-            f"--speculative-model must be a decoder language model, got {type(model).__name__}"
-        )
-    draft_vocab, target_vocab = model.config.vocab_size, target.config.vocab_size
-    if draft_vocab != target_vocab:
-        raise LLMInternalsError(
-            f"--speculative-model has a vocabulary of {draft_vocab} tokens, the target "
-            f"(--model) {target_vocab}: drafts must be token ids of the target's vocabulary",
-            hint="give a draft trained with the target's tokenizer",
-        )
-    if tokenizer is not None and draft_tokenizer is not None:
-        differing = _first_different_token(tokenizer, draft_tokenizer, target_vocab)
-        if differing is not None:
-            token, ours, theirs = differing
-            raise LLMInternalsError(
-                f"--speculative-model's tokenizer differs from the target's (--model): token "
-                f"{token} is {theirs!r} in the draft's and {ours!r} in the target's",
-                hint="give a draft trained with the target's tokenizer",
-            )
-    return model.eval()
-
-
-def _first_different_token(target_tokenizer: Any, draft_tokenizer: Any, vocab_size: int):
-    """(token id, target's text, draft's text) of the first id the two decode differently."""
-    size = min(vocab_size, getattr(target_tokenizer, "vocab_size", vocab_size))
-    for token in range(size):
-        ours, theirs = target_tokenizer.decode([token]), draft_tokenizer.decode([token])
-        if ours != theirs:
-            return token, ours, theirs
-    return None
