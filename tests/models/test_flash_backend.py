@@ -14,6 +14,9 @@ from llm_internals.inference.params import SamplingParams
 from llm_internals.layers import multihead
 from llm_internals.models import DecoderLM, ModelConfig
 from llm_internals.trace import recording
+from llm_internals.training.config import TrainConfig
+from llm_internals.training.run import prepare_data
+from llm_internals.training.trainer import Trainer, build_model
 
 
 def tiny(impl: str, dtype=torch.float64, seed=0, **overrides) -> DecoderLM:
@@ -120,6 +123,28 @@ def test_training_200_steps_matches_sdpa(small_tiles):
     flash, sdpa = _train("flash", 200), _train("sdpa", 200)
     assert flash[0] - flash[-1] > 3.0
     assert max(abs(a - b) for a, b in zip(flash, sdpa, strict=True)) < 1e-5
+
+
+def test_the_project_trainer_keeps_flash_and_matches_sdpa(tmp_path):
+    """Trainer + build_model with a model table asking for flash (fast = true, the default,
+    used to force SDPA): the model runs flash, and 6 steps give SDPA's losses to 1e-5, fp32."""
+    words = [chr(97 + i) * (1 + i % 3) for i in range(14)]  # "a", "bb", "ccc", "d", ...
+    g = torch.Generator().manual_seed(0)
+    lines = [
+        " ".join(words[i] for i in torch.randint(0, 14, (10,), generator=g)) for _ in range(300)
+    ]
+    losses = {}
+    for impl in ("flash", "sdpa"):
+        model_table = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, attn_impl=impl)
+        config = TrainConfig(model=model_table, out_dir=str(tmp_path / impl), batch_size=4,
+                             block_size=16, max_steps=6, warmup_steps=2, eval_interval=0,
+                             eval_iters=1, log_interval=0, seed=5)  # fmt: skip
+        tokenizer, splits = prepare_data(config, text="\n".join(lines))
+        model = build_model(config, tokenizer.vocab_size)
+        assert model.blocks[0].attn.use_flash == (impl == "flash")
+        trainer = Trainer(config, model, tokenizer, splits, show_progress=False)
+        losses[impl] = trainer.train().step_losses
+    assert losses["flash"] == pytest.approx(losses["sdpa"], rel=1e-5, abs=1e-5)
 
 
 def test_greedy_generation_with_the_kv_cache_is_token_identical(small_tiles):

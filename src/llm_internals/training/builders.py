@@ -22,8 +22,10 @@ from llm_internals.training.muon_adamw import MuonWithAdamW
 def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     """The ModelConfig of config.model (context defaults to block_size; fast: fused kernels)."""
     fields = {"max_seq_len": config.block_size, **config.model, "vocab_size": vocab_size}
-    if config.fast:
-        fields.update(attn_impl="sdpa", fused_ops=True)
+    if config.fast:  # fused kernels; a model table asking for flash attention keeps it
+        fields.update(fused_ops=True)
+        if fields.get("attn_impl") != "flash":
+            fields["attn_impl"] = "sdpa"
     return ModelConfig.from_dict(fields, source="train config, model table")
 
 

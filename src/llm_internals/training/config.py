@@ -45,7 +45,8 @@ class TrainConfig:
     tokenizer: "char" (train a CharTokenizer), "bpe" (train byte-level BPE with
     bpe_vocab_size) or a path to a saved tokenizer. dtype "bfloat16" runs forward and loss
     under CPU autocast (weights and optimizer state stay float32). fast: use torch's fused
-    attention (SDPA), norms and activations instead of the written-out ones (same math).
+    attention (SDPA), norms and activations instead of the written-out ones (same math); a
+    model table with attn_impl = "flash" keeps the tiled flash attention.
     Intervals of 0 turn the periodic action off (checkpoints are still written at the end).
     max_minutes > 0 stops the run on the clock (evaluating and saving at that step) even before
     max_steps, which still sets the length of the cosine schedule. threads > 0 sets torch's

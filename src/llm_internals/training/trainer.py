@@ -159,7 +159,8 @@ class Trainer:
         tokenizer = load_tokenizer(ckpt.directory / "tokenizer.json")
         model = ckpt.model
         if config.fast:
-            model.set_attn_impl("sdpa")
+            if model.config.attn_impl != "flash":  # flash was asked for: keep it
+                model.set_attn_impl("sdpa")
             model.set_fused_ops(True)
         trainer = cls(config, model, tokenizer, splits, **kwargs)
         load_optimizer_state(trainer.optimizer, ckpt.optimizer_state, str(ckpt.directory))
