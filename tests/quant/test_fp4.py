@@ -112,3 +112,16 @@ def test_round_trip_error_bound(quantize, dequantize, block):
     err = (w - deq).abs().reshape(8, -1, block)
     amax = w.abs().reshape(8, -1, block).amax(-1, keepdim=True)
     assert (err <= amax / 4 + 1e-7).all()
+
+
+def test_mxfp4_equals_ggml_reference():
+    """gguf.quants' MXFP4 (the Python port of ggml's) picks the same scales and codes."""
+    import gguf.quants as gguf_quants
+    from gguf import GGMLQuantizationType
+
+    w = _weight()
+    reference = gguf_quants.dequantize(
+        gguf_quants.quantize(w.numpy(), GGMLQuantizationType.MXFP4), GGMLQuantizationType.MXFP4
+    )
+    ours = dequantize_mxfp4(quantize_mxfp4(w), w.shape)
+    assert torch.equal(ours, torch.from_numpy(reference.copy()))
