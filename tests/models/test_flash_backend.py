@@ -54,9 +54,17 @@ def test_flash_path_really_runs():
     assert "flash.lse" in rec.names() and "weights" not in rec.names()
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("padded", [False, True])
-def test_logits_and_gradients_match_sdpa(small_tiles, dtype, tol, padded):
+@pytest.mark.parametrize(
+    "dtype, tol, padded, window",
+    [
+        (torch.float64, 1e-10, False, None),
+        (torch.float64, 1e-10, True, None),
+        (torch.float64, 1e-10, False, 8),  # Mistral-style sliding window: a (T, T) band mask
+        (torch.float32, 1e-5, False, None),
+        (torch.float32, 1e-5, True, None),
+    ],
+)
+def test_logits_and_gradients_match_sdpa(small_tiles, dtype, tol, padded, window):
     ids = torch.randint(0, 48, (2, 37), generator=torch.Generator().manual_seed(1))
     attention_mask = None
     if padded:  # left padding in row 0: a (batch, 1, T, T) mask, with fully masked pad queries
@@ -64,7 +72,7 @@ def test_logits_and_gradients_match_sdpa(small_tiles, dtype, tol, padded):
         attention_mask[0, :5] = 0
     results = {}
     for impl in ("flash", "sdpa"):
-        model = tiny(impl, dtype)
+        model = tiny(impl, dtype, sliding_window=window)
         logits = model(ids, attention_mask=attention_mask)
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
         (logits * weights).sum().backward()
