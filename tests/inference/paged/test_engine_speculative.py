@@ -196,3 +196,20 @@ def test_both_caches_equal_a_plain_run_after_rejections(tiny_model):
         assert count >= seq.num_tokens - 2
         expected = layer0_keys(model, seq.token_ids[:count])
         torch.testing.assert_close(stored_keys(cache, table, count), expected, rtol=0, atol=1e-12)
+
+
+def test_adaptive_gamma_drafts_less_when_drafts_fail(tiny_model, greedy_reference):
+    """With an unrelated draft nothing is accepted: adaptive gamma falls to 1 draft per round
+    (fixed gamma keeps drafting 4), and the output is still the target's."""
+    prompt = [5, 9, 2, 7]
+    rounds = {}
+    for adaptive in (False, True):
+        llm = LLM(tiny_model, block_size=4, num_blocks=40, speculative_model=make_tiny_model(7),
+                  num_speculative_tokens=4, adaptive_gamma=adaptive)  # fmt: skip
+        out = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=24))[0]
+        assert out.token_ids == greedy_reference(tiny_model, prompt, 24)
+        spec = llm.stats().speculative
+        assert spec.adaptive == adaptive and spec.accepted == 0
+        rounds[adaptive] = spec.per_position_proposed
+    assert rounds[False][3] >= rounds[False][0] - 3 > 10  # 4 drafts a round (fewer at the end)
+    assert rounds[True][3] <= 2 and rounds[True][0] > 10  # gamma dropped to 1 after a few

@@ -78,7 +78,6 @@ class PagedDraftModel:
         self.runner = ModelRunner(model, self.cache)
         self.sampler = Sampler()
         self.states: dict[int, DraftState] = {}
-        self.max_seq_len = model.config.max_seq_len
 
     def propose(self, seqs: list[Sequence], lengths: list[int]) -> Drafts:
         """Up to lengths[i] draft tokens for seqs[i], drawn with its SamplingParams and its

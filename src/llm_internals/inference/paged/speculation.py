@@ -74,8 +74,6 @@ class Speculation:
                 schedule = self._schedules[seq.seq_id] = GammaSchedule(self.gamma, self.adaptive)
             k = min(schedule.gamma, seq.max_tokens - seq.sampled - 1,
                     self.max_seq_len - seq.num_tokens)  # fmt: skip
-            if self.draft is not None:  # the draft feeds positions up to num_tokens + k - 2
-                k = min(k, self.draft.max_seq_len - seq.num_tokens + 1)
             seq.num_lookahead = max(k, 0)
             if self.ngram is not None and k > 0:
                 lookups.append(seq)
