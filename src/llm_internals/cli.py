@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve",
     "quantize",
     "export_gguf",
+    "perplexity",
 )
 
 
