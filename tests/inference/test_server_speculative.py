@@ -6,6 +6,7 @@ naming the flag and the values."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,13 @@ def test_speculative_flags_serve_the_target_distribution(folders, monkeypatch, d
         reply = httpx.post(url + "/v1/completions", json=body, timeout=30)
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["text"] == expected
+        with httpx.stream(
+            "POST", url + "/v1/completions", json=body | {"stream": True}, timeout=30
+        ) as streamed:  # several tokens per step, streamed
+            events = [line.removeprefix("data: ") for line in streamed.iter_lines()
+                      if line.startswith("data: ")]  # fmt: skip
+        assert events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == expected
         refused = httpx.post(url + "/v1/completions", json=body | {"n": 2}, timeout=30)
         assert refused.status_code == 400
         error = refused.json()["error"]
