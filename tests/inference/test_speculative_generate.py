@@ -85,6 +85,17 @@ def test_greedy_equals_target_alone(models, name, kwargs):
         assert stats.tokens_per_target_forward > 4
 
 
+def test_greedy_with_penalties_equals_target_alone(models):
+    """Greedy rows with penalties take the argmax of the penalized logits, the drafts' included."""
+    target = tiny(0, vocab=6, d_model=16)  # a small vocabulary: the penalties decide often
+    prompts = [[1, 2, 3], [4, 5], [0, 1, 2, 3, 4]]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.6, frequency_penalty=0.4)
+    plain = generate(target, None, prompts, max_new_tokens=20, params=params)
+    for spec in (dict(draft_model=target), dict(ngram=(1, 2))):
+        result = generate(target, None, prompts, max_new_tokens=20, params=params, **spec)
+        assert [r.token_ids for r in result] == [r.token_ids for r in plain], spec
+
+
 def test_eos_inside_an_accepted_run_ends_there(models):
     target = models["target"]
     free = generate(target, None, PROMPTS, max_new_tokens=20, eos_token_id=None)

@@ -39,6 +39,7 @@ from llm_internals.inference.speculative.proposers import (
     DraftRow,
     NgramProposer,
     Proposal,
+    argmax_only,
     row_uniforms,
 )
 from llm_internals.inference.speculative.rejection import verify
@@ -149,10 +150,14 @@ def verify_rows(
             "in --dtype float16)",
         )
     drafts = proposal.tokens.tolist()
-    filtered, probs = sampler.distribution(
-        flat, [rows[r].params for r, _ in flat_rows], [rows[r].prompt_ids for r, _ in flat_rows],
-        [rows[r].output_ids + drafts[r][:i] for r, i in flat_rows],
-    )  # fmt: skip
+    if argmax_only([r.params for r in rows]):
+        filtered = probs = flat  # greedy rows read only the argmax of the raw logits
+    else:
+        filtered, probs = sampler.distribution(
+            flat, [rows[r].params for r, _ in flat_rows],
+            [rows[r].prompt_ids for r, _ in flat_rows],
+            [rows[r].output_ids + drafts[r][:i] for r, i in flat_rows],
+        )  # fmt: skip
     index = torch.tensor([r * width + i for r, i in flat_rows])
     p = torch.zeros(batch * width, vocab, dtype=probs.dtype, device=probs.device)
     p_greedy = torch.zeros_like(p)

@@ -14,6 +14,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler, inverse_cdf_sample
 from llm_internals.inference.speculative.row_cache import RowCache
+from llm_internals.trace import is_recording
 
 
 @dataclass
@@ -46,6 +47,12 @@ class Proposal:
         """Each row's drafts as a list."""
         return [t[:n] for t, n in zip(self.tokens.tolist(), self.num_drafts.tolist(),
                                       strict=True)]  # fmt: skip
+
+
+def argmax_only(params: Sequence[SamplingParams]) -> bool:
+    """Every row greedy without penalties (and no recording to show the steps): the argmax of
+    the raw logits is the token, as in the Sampler's shortcut, and no softmax is needed."""
+    return all(p.greedy and not p.uses_penalties for p in params) and not is_recording()
 
 
 def row_uniforms(
@@ -100,14 +107,18 @@ class DraftModelProposer:
             hidden = self.rows.forward(chunks)[:, -1]
             self.forwards += 1
             logits = self.model.lm_head(hidden).float()
-            drafted = tokens[:, :i].tolist()
-            filtered, probs = self.sampler.distribution(
-                logits, params, [r.prompt_ids for r in rows],
-                [r.output_ids + d for r, d in zip(rows, drafted, strict=True)],
-            )  # fmt: skip
-            drawn = inverse_cdf_sample(probs, uniforms[:, i])
-            x = torch.where(greedy.to(logits.device), filtered.argmax(dim=-1), drawn).cpu()
-            tokens[:, i], q[:, i] = x, probs.cpu()
+            if argmax_only(params):  # q is not needed: greedy verification reads only p
+                x = logits.argmax(dim=-1).cpu()
+            else:
+                drafted = tokens[:, :i].tolist()
+                filtered, probs = self.sampler.distribution(
+                    logits, params, [r.prompt_ids for r in rows],
+                    [r.output_ids + d for r, d in zip(rows, drafted, strict=True)],
+                )  # fmt: skip
+                drawn = inverse_cdf_sample(probs, uniforms[:, i])
+                x = torch.where(greedy.to(logits.device), filtered.argmax(dim=-1), drawn).cpu()
+                q[:, i] = probs.cpu()
+            tokens[:, i] = x
             # Feed x_i only to rows that draft past it (a row's last draft is never fed: only
             # the target scores it; feeding it could also pass the context).
             chunks = [[t] if i + 1 < r.gamma else [] for t, r in zip(x.tolist(), rows,
