@@ -19,4 +19,5 @@ LESSON_MODULES: tuple[str, ...] = (
     "kv_cache",
     "speculative_decoding",
     "paged_attention",
+    "lora",
 )
