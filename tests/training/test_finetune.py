@@ -54,7 +54,9 @@ def test_finetuning_lowers_the_validation_loss(base_dir, tmp_path, method):
     spec = FinetuneSpec(method=method, lora=LoraSettings(r=4, alpha=8), targets="all-linear")
     result = _run(base_dir, tmp_path, spec)
     vals = [r["val_loss"] for r in result.history if "val_loss" in r]
-    assert len(vals) == 3 and vals[0] > vals[1] > vals[2] and vals[2] < vals[0] - 0.1, vals
+    assert [r["step"] for r in result.history if "val_loss" in r] == [0, 4, 8, 12]
+    base_val = vals[0]  # evaluated before the first step
+    assert vals[1] > vals[2] > vals[3] and vals[3] < base_val - 0.1, vals
 
 
 def test_resume_continues_identically(base_dir, tmp_path):

@@ -78,6 +78,10 @@ def run_finetune(
     if step_dir is not None:
         trainer.restore(step_dir)
         console.print(f"Resuming {step_dir} at step {trainer.step}.")
+    else:  # the base's own losses: what fine-tuning starts from (history's step-0 record)
+        record = trainer.evaluate()
+        console.print(f"base model: train loss {record['train_loss']:.4f}, "
+                      f"val loss {record['val_loss']:.4f}")  # fmt: skip
     counted = training_bytes(model)
     console.print(
         f"{spec.method}: {counted.trainable_params:,} of {counted.total_params:,} parameters "
