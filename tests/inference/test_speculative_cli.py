@@ -29,7 +29,7 @@ def output(capsys) -> tuple[str, str]:
 def test_greedy_text_matches_the_target_alone_and_stats_are_printed(folders, capsys):
     target, draft, _ = folders
     base = ["generate", "--model", str(target), "--prompt", "the cat", "--temperature", "0",
-            "--max-new-tokens", "12", "--threads", "1"]  # fmt: skip
+            "--max-new-tokens", "12"]  # fmt: skip
     assert main(base) == 0
     plain, _ = output(capsys)
     for extra in (["--draft-model", str(draft)], ["--ngram", "--ngram-max", "2"],

@@ -28,14 +28,6 @@ from .test_sampling_draws import chi2_critical_value, chi2_statistic
 PROMPTS = [[5, 17, 9, 42, 8, 7, 61, 5, 17], [12, 4], [10, 33, 2, 9, 10, 33]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int, layers: int = 2, vocab: int = 64, max_seq_len: int = 64, d_model: int = 32,
          **kw) -> DecoderLM:  # fmt: skip
     torch.manual_seed(seed)
