@@ -38,6 +38,7 @@ def test_greedy_text_matches_the_target_alone_and_stats_are_printed(folders, cap
         text, tail = output(capsys)
         assert text == plain, extra
         assert "acceptance rate" in tail and "tokens per target forward" in tail, tail
+        assert "target forwards/s" in tail  # a decode step is a round, not a token
 
 
 @pytest.mark.parametrize(

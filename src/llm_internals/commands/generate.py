@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     decode_rate = timing.decode_steps / timing.decode_s if timing.decode_s > 0 else 0.0
     console.print(
         f"[dim]{timing.tokens} tokens in {wall:.2f} s: {timing.tokens / wall:.1f} tokens/s "
-        f"(prefill {timing.prefill_s * 1e3:.0f} ms, decode {decode_rate:.1f} tokens/s, "
+        f"(prefill {timing.prefill_s * 1e3:.0f} ms, decode {decode_rate:.1f} "
+        f"{'target forwards' if stats.rounds else 'tokens'}/s, "
         f"{'no cache' if args.no_cache else 'KV cache'}, {describe_device(device)}, "
         f"{str(dtype).removeprefix('torch.')}); finished: {reason}[/dim]",
         soft_wrap=True,
