@@ -1,14 +1,17 @@
-"""SpeculativeStats and the gamma schedule: counts, the two acceptance figures, the expected
-tokens per target forward (checked against verify itself and the spec's table), and the
-adaptive rule's values."""
+"""SpeculativeStats, the gamma schedule and the n-gram lookup: counts, the two acceptance
+figures, the expected tokens per target forward (checked against verify itself and the spec's
+table), the adaptive rule's values, and prompt lookup against vLLM's rule written plainly."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.speculative.adaptive import GammaSchedule
+from llm_internals.inference.speculative.proposers import ngram_lookup
 from llm_internals.inference.speculative.rejection import verify
 from llm_internals.inference.speculative.stats import (
     SpeculativeStats,
@@ -70,3 +73,34 @@ def test_adaptive_gamma_rule():
     with pytest.raises(LLMInternalsError, match="speculative tokens must be") as err:
         GammaSchedule(0)
     assert "--num-speculative-tokens" in err.value.hint
+
+
+def reference_ngram_lookup(tokens, min_n, max_n, k):
+    """vLLM's rule transcribed plainly: the longest n in [min_n, max_n] such that the last n
+    tokens occur earlier (ending before the last token); the earliest such occurrence; the up to
+    k tokens after it."""
+    for n in range(max_n, min_n - 1, -1):
+        if n >= len(tokens):
+            continue
+        suffix = tokens[-n:]
+        for start in range(len(tokens) - n):
+            if tokens[start : start + n] == suffix:
+                return tokens[start + n : start + n + k]
+    return []
+
+
+def test_ngram_lookup_matches_the_plain_rule():
+    rng = random.Random(0)
+    for _ in range(400):
+        # A small alphabet gives many matches; ids past 2^8, 2^16 and 2^32 check that a byte
+        # match inside a token (not at a token boundary) is never taken.
+        alphabet = [rng.choice([1, 2, 256, 257, 65536, 2**33 + 1]) for _ in range(3)]
+        tokens = [rng.choice(alphabet) for _ in range(rng.randrange(0, 30))]
+        min_n = rng.randrange(1, 4)
+        max_n = min_n + rng.randrange(0, 3)
+        k = rng.randrange(0, 6)
+        assert ngram_lookup(tokens, min_n, max_n, k) == reference_ngram_lookup(
+            tokens, min_n, max_n, k
+        ), (tokens, min_n, max_n, k)
+    assert ngram_lookup([1, 2, 3, 4, 2, 3], 2, 3, 4) == [4, 2, 3]  # vLLM's docstring example
+    assert ngram_lookup([0, 1, 0, 0, 1, 0], 1, 1, 2) == [1, 0]  # not the byte 0 inside 256

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -132,15 +133,22 @@ class DraftModelProposer:
 def ngram_lookup(tokens: list[int], min_n: int, max_n: int, k: int) -> list[int]:
     """Prompt lookup, as vLLM's "ngram" method (vllm/v1/spec_decode/ngram_proposer.py): find
     the longest n in [min_n, max_n] whose last-n-token suffix also occurs earlier in `tokens`;
-    at its earliest occurrence, propose the (up to) k tokens that followed it. [] if none."""
+    at its earliest occurrence, propose the (up to) k tokens that followed it. [] if none.
+
+    The search runs in C: the ids as int64 bytes, `bytes.find` for the suffix, and a hit counts
+    only at a multiple of 8 bytes (a token boundary)."""
     length = len(tokens)
-    if k <= 0:
+    if k <= 0 or length < 2:
         return []
+    data = array("q", tokens).tobytes()
     for n in range(min(max_n, length - 1), min_n - 1, -1):
-        suffix = tokens[length - n :]
-        for start in range(length - n):  # occurrences that end before the last token
-            if tokens[start : start + n] == suffix:
-                return tokens[start + n : start + n + k]
+        suffix = data[(length - n) * 8 :]
+        at = data.find(suffix, 0, (length - 1) * 8)  # occurrences that end before the last token
+        while at >= 0 and at % 8:
+            at = data.find(suffix, at + 1, (length - 1) * 8)
+        if at >= 0:
+            start = at // 8 + n
+            return tokens[start : start + k]
     return []
 
 
