@@ -72,6 +72,7 @@ def test_greedy_equals_target_alone(models, name, kwargs):
         alone = generate(target, None, prompt, max_new_tokens=24, eos_token_id=None, **spec)
         assert alone.token_ids == expected.token_ids
     assert stats.tokens_emitted >= 3 * 24 and stats.rounds >= stats.target_forwards
+    assert (stats.draft_forwards > 0) == ("draft_model" in kwargs)
     if name == "self":  # the draft is the target: every draft is accepted
         assert stats.accepted == stats.proposed > 0
         assert stats.tokens_per_target_forward > 4

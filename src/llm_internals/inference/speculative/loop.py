@@ -85,10 +85,12 @@ def _rounds(
             for s in active
         ]  # fmt: skip
         with torch.inference_mode():
+            drafted_before = proposer.forwards
             proposal = proposer.propose(rows)
             p_logits = score(target, rows, proposal)
             emitted = verify_rows(sampler, p_logits, rows, proposal)
         stats.target_forwards += 1
+        stats.draft_forwards += proposer.forwards - drafted_before
         chunks: list[StreamChunk] = []
         for r, (s, tokens) in enumerate(zip(active, emitted, strict=True)):
             proposed = int(proposal.num_drafts[r])

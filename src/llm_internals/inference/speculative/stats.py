@@ -47,6 +47,7 @@ class SpeculativeStats:
     examined: int = 0
     rounds: int = 0  # sequence-rounds: one per sequence per target forward
     target_forwards: int = 0  # batched target forwards
+    draft_forwards: int = 0  # batched draft-model forwards (0 for n-gram lookup)
     tokens_emitted: int = 0  # tokens the rounds produced (before a stop cut them short)
     per_position_proposed: list[int] = field(default_factory=list)
     per_position_accepted: list[int] = field(default_factory=list)
