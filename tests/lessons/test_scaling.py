@@ -61,3 +61,17 @@ def test_example_rows_match_reference(steps):
     _, sc, sc_weights, _ = _reference(d, 1 / math.sqrt(d))
     assert torch.allclose(scaled.values["scores / sqrt(d_k)"], sc[0], atol=1e-5)
     assert torch.allclose(scaled.values["weights (scaled)"], sc_weights[0], atol=1e-6)
+
+
+def test_putting_it_together_follows_the_formula(steps):
+    d = lesson_module.HEAD_SIZES[1]
+    (step,) = steps["Putting it all together"]
+    q, k, v = lesson_module.samples(d)
+    scores, scaled, weights, _ = _reference(d, 1 / math.sqrt(d))
+    values = step.values
+    assert torch.allclose(values["1. scores = q . k"], scores[0], atol=1e-4)
+    assert torch.allclose(values["2. scaled = scores / sqrt(d_k)"], scaled[0], atol=1e-5)
+    assert torch.allclose(values["3. weights = softmax(scaled)"], weights[0], atol=1e-6)
+    assert torch.allclose(values["4. output = weights V"], weights[0] @ v[0, 0], atol=1e-5)
+    assert math.isclose(values["std of all scaled scores"], float(scaled.std()), rel_tol=1e-4)
+    assert abs(values["std of all scaled scores"] - 1) < 0.1

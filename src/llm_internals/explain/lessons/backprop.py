@@ -12,6 +12,7 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.source import code_block
 from llm_internals.explain.tiny_models import GPT2_STYLE, tiny_decoder
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.trace import Recording, recording
@@ -186,6 +187,24 @@ def _section_backward() -> Section:
     )
 
 
+def _section_backprop_in_python(run: NetworkRun) -> Section:
+    return Section(
+        "Backprop in Python",
+        [
+            Step(
+                "The backward pass this lesson runs, as written in the library: no autograd, "
+                "one line per chain-rule factor, walking from the loss back to W1. Each "
+                "`linear_backward` returns the gradient for the layer's input, weight and "
+                "bias; each `sigmoid_backward` multiplies by p (1 - p).\n\n"
+                + code_block(two_layer_backward),
+                values={
+                    f"dL/d{name}": run.rec.get(f"dL_d{name}") for name in ("W1", "b1", "W2", "b2")
+                },
+            )
+        ],
+    )
+
+
 def _section_update(run: NetworkRun) -> Section:
     fwd, new_params, new_loss = run.fwd, run.new_params, run.new_loss
     return Section(
@@ -321,6 +340,7 @@ def build() -> Lesson:
             _section_forward(run),
             _section_loss(run),
             _section_backward(),
+            _section_backprop_in_python(run),
             _section_numeric(run.rec),
             _section_update(run),
             _section_transformer(),

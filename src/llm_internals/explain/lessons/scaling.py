@@ -48,6 +48,7 @@ def attend(d_k: int, scale: float) -> dict[str, torch.Tensor]:
         "scores": rec.get("scores").flatten(0, 2),  # (ROWS, KEYS)
         "scaled": rec.get("scaled_scores").flatten(0, 2),
         "weights": rec.get("weights").flatten(0, 2),
+        "output": rec.get("output").flatten(0, 2),  # (ROWS, d_k)
     }
 
 
@@ -208,6 +209,33 @@ def _section_sqrt_d_k(columns, stats) -> Section:
     )
 
 
+def _section_putting_it_together(stats) -> Section:
+    d = HEAD_SIZES[1]
+    run = stats[d]["sqrt"]
+    return Section(
+        "Putting it all together",
+        [
+            Step(
+                f"One query through the whole of scaled dot-product attention with d_k = {d} "
+                f"(a typical head size), as the library's function recorded it: {KEYS} raw "
+                f"scores with spread about sqrt({d}) = {math.sqrt(d):.0f}, divided by "
+                f"sqrt(d_k) to unit spread, a softmax that keeps several keys in play, and the "
+                "output: the weighted average of the value vectors.",
+                formula="scores = q K^T;  scaled = scores / sqrt(d_k);  "
+                "weights = softmax(scaled);  output = weights V",
+                values={
+                    "1. scores = q . k": run["scores"][0],
+                    "2. scaled = scores / sqrt(d_k)": run["scaled"][0],
+                    "3. weights = softmax(scaled)": run["weights"][0],
+                    "4. output = weights V": run["output"][0],
+                    "std of all scaled scores": float(run["scaled"].std()),
+                },
+                decimals=3,
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     stats = statistics()
     columns = ["d_k", "var(score)", "mean max weight", "mean entropy (bits)"]
@@ -218,5 +246,6 @@ def build() -> Lesson:
         _section_checking_var_q(stats),
         _section_large_scores_softmax(columns, stats),
         _section_sqrt_d_k(columns, stats),
+        _section_putting_it_together(stats),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
