@@ -19,5 +19,6 @@ LESSON_MODULES: tuple[str, ...] = (
     "kv_cache",
     "speculative_decoding",
     "paged_attention",
+    "quantization",
     "lora",
 )
