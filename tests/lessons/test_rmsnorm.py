@@ -91,3 +91,33 @@ def test_pre_norm_flow(steps):
     for label, name, value in rows:
         if name == "norm_output":
             assert 0.9 < value < 1.01, label
+
+
+def test_code_section_shows_the_current_rmsnorm_source(steps):
+    import inspect
+
+    from llm_internals.layers.norm import RMSNorm
+
+    (step,) = steps["RMSNorm in code"]
+    assert f"```python\n{inspect.getsource(RMSNorm).rstrip()}\n```" in step.text
+    shown = step.values["RMSNorm(x) for the example"]
+    expected = F.rms_norm(X, (4,), weight=torch.tensor(G), eps=lesson_module.EPS)[0]
+    assert torch.allclose(shown, expected, atol=1e-6)
+
+
+def test_summary_counts_match_torch_and_hf_llama(steps):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_internals.models.published import hf_config
+
+    rows = steps["Summary"][0].values["LayerNorm vs RMSNorm"].rows
+    fields = hf_config(lesson_module.SUMMARY_MODEL)
+    d = fields["hidden_size"]
+    assert rows[2][1:] == [
+        sum(p.numel() for p in torch.nn.LayerNorm(d).parameters()),
+        sum(p.numel() for p in LlamaRMSNorm(d).parameters()),
+    ]
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(LlamaConfig(**fields))
+    hf_norms = sum(p.numel() for n, p in hf.named_parameters() if "norm" in n)
+    assert rows[3][1:] == [2 * hf_norms, hf_norms]

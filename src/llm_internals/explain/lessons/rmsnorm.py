@@ -13,8 +13,10 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.source import code_block
 from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.norm import LayerNorm, RMSNorm
+from llm_internals.models.published import model_config, parameter_counts
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -29,6 +31,7 @@ GAIN = [1.0, 0.5, 2.0, 1.0]
 EPS = 1e-6
 TIMING_SHAPE = (1024, 1024)  # e.g. 2 sequences x 512 tokens, d_model 1024
 TIMING_REPEATS = 20
+SUMMARY_MODEL = "llama-3-8b"
 
 
 def _run(norm: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -190,6 +193,62 @@ def _section_numeric_example(rms) -> Section:
     )
 
 
+def _section_code(rms) -> Section:
+    return Section(
+        "RMSNorm in code",
+        [
+            Step(
+                "The library's RMSNorm, which produced every number above: the mean square "
+                "over the last dimension, a reciprocal square root, the learned gain. "
+                "Half-precision inputs are normalized in float32 and cast back; `fused` "
+                "switches to torch's single-kernel F.rms_norm.\n\n" + code_block(RMSNorm),
+                values={"RMSNorm(x) for the example": rms["norm_output"][0]},
+            )
+        ],
+    )
+
+
+def summary_rows() -> list[list]:
+    """LayerNorm vs RMSNorm at a published model's width, parameters counted on the modules."""
+    config = model_config(SUMMARY_MODEL)
+    d = config.d_model
+
+    def count(norm: torch.nn.Module) -> int:
+        return sum(p.numel() for p in norm.parameters())
+
+    norms_in_model = parameter_counts(SUMMARY_MODEL)["norms"]
+    return [
+        ["statistics per vector", "mean and variance", "mean square"],
+        ["learned vectors", "gain and bias", "gain"],
+        [f"parameters per norm at d_model {d:,}", count(LayerNorm(d)), count(RMSNorm(d))],
+        [
+            f"norm parameters in {SUMMARY_MODEL} ({config.n_layers} layers)",
+            norms_in_model * count(LayerNorm(d)) // count(RMSNorm(d)),
+            norms_in_model,
+        ],
+    ]
+
+
+def _section_summary() -> Section:
+    return Section(
+        "Summary",
+        [
+            Step(
+                "RMSNorm is LayerNorm without the mean: it rescales each vector to unit root "
+                "mean square, with a learned gain and no bias. It keeps what matters for "
+                "training stability (a fixed scale at every layer's input), computes one "
+                "statistic instead of two, and is what Llama, Mistral, Qwen and Gemma use, "
+                "before each sublayer (pre-norm) and once before the output head.",
+                formula="LayerNorm(x) = g * (x - mean) / sqrt(var + eps) + b;   "
+                "RMSNorm(x) = g * x / sqrt(mean(x^2) + eps)",
+                values={
+                    "LayerNorm vs RMSNorm": Table(["", "LayerNorm", "RMSNorm"], summary_rows())
+                },
+            )
+        ],
+    )
+
+
 def _section_differences(x, ln, rms) -> Section:
     centered = x - x.mean()
     ln_c, rms_c = _run(layer_norm(4), centered), _run(rms_norm(4), centered)
@@ -265,8 +324,10 @@ def build() -> Lesson:
         _section_layernorm_recap(x, ln),
         _section_rmsnorm(),
         _section_numeric_example(rms),
+        _section_code(rms),
         _section_differences(x, ln, rms),
         _section_modern_llms_prefer(),
         _section_pre_norm(),
+        _section_summary(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
