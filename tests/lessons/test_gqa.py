@@ -109,3 +109,29 @@ def test_uptraining_logit_change_matches_hf(steps):
         agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100
         assert math.isclose(top1, float(agree), abs_tol=1e-6)
     assert rows[0][1] < 1e-4 and rows[-1][1] > rows[0][1]  # 8 of 8 heads: nothing changes
+
+
+def _kv_bytes(fields, kv_heads, tokens):
+    """K and V, every layer, bf16, written from the HF config's fields."""
+    head_dim = fields.get("head_dim") or fields["hidden_size"] // fields["num_attention_heads"]
+    return 2 * fields["num_hidden_layers"] * kv_heads * head_dim * 2 * tokens
+
+
+def test_big_picture_terminology_and_summary_match_the_hf_config(steps):
+    from llm_internals.models.published import hf_config
+
+    fields = hf_config(lesson_module.PICTURE_MODEL)
+    heads, kv = fields["num_attention_heads"], fields["num_key_value_heads"]
+    context = lesson_module.CONTEXT
+    rows = steps["Summary"][0].values["KV cache by variant"].rows
+    expected = [(name, g) for name, g in (("MHA", heads), ("GQA", kv), ("MQA", 1))]
+    for row, (name, g) in zip(rows, expected, strict=True):
+        assert row == [name, g, heads // g, _kv_bytes(fields, g, 1), _kv_bytes(fields, g, context)]
+    picture = steps["The big picture"][0].values
+    assert picture["MHA cache bytes"] == _kv_bytes(fields, heads, context)
+    assert picture["GQA cache bytes"] == _kv_bytes(fields, kv, context)
+    assert picture["MQA cache bytes"] == _kv_bytes(fields, 1, context)
+    terms = {r[0]: r[2] for r in steps["Terminology"][0].values["terms"].rows}
+    assert terms["H (n_heads)"] == heads and terms["G (n_kv_heads)"] == kv
+    assert terms["H / G (n_rep)"] == heads // kv
+    assert terms["KV cache"] == _kv_bytes(fields, kv, 1)

@@ -8,6 +8,7 @@ mean-pools its K/V heads with `models.gqa_uptrain.uptrain_init` and measures the
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ TINY_LLAMA = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hid
                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64,
                   tie_word_embeddings=False)  # fmt: skip
 UPTRAIN_GROUPS = (8, 4, 2, 1)
+PICTURE_MODEL = "llama-3-8b"  # the published model of the big picture, terminology and summary
 SEED = 0
 
 
@@ -132,6 +134,95 @@ def _uptrain_rows() -> tuple[float, list[list]]:
             rows.append([groups, float((logits - reference).abs().max()),
                          float((logits - reference).abs().mean()), kl, 100 * top1])  # fmt: skip
     return parity, rows
+
+
+def variant_rows(model: str = PICTURE_MODEL) -> list[list]:
+    """The model's KV cache (bf16, one CONTEXT-token sequence) with one K/V head per query head
+    (MHA), its published K/V heads (GQA) and a single K/V head (MQA)."""
+    shape = load_shape(model, dtype="bfloat16")
+    rows = []
+    for kind, kv_heads in (("MHA", shape.heads), ("GQA", shape.kv_heads), ("MQA", 1)):
+        variant = dataclasses.replace(shape, kv_heads=kv_heads)
+        rows.append([kind, kv_heads, shape.heads // kv_heads, variant.bytes_per_token,
+                     variant.cache_bytes(CONTEXT)])  # fmt: skip
+    return rows
+
+
+def _section_big_picture() -> Section:
+    mha, gqa, mqa = variant_rows()
+    return Section(
+        "The big picture",
+        [
+            Step(
+                "Generating text is mostly reading the KV cache: every new token attends to "
+                "the keys and values of all the tokens before it, so the cache grows with the "
+                f"context and is read in full at every step. For {PICTURE_MODEL} at "
+                f"{CONTEXT:,} tokens in bf16, one K/V head per query head would need "
+                f"{mha[4] / 2**30:.0f} GiB per sequence; sharing each K/V head among "
+                f"{gqa[2]} query heads, as the model does, needs {gqa[4] / 2**30:.0f} GiB. "
+                "Grouped-query attention is that sharing: fewer keys and values, the same "
+                "number of queries, almost the same quality.",
+                values={
+                    "MHA cache bytes": mha[4],
+                    "GQA cache bytes": gqa[4],
+                    "MQA cache bytes": mqa[4],
+                },
+            )
+        ],
+    )
+
+
+def _section_terminology() -> Section:
+    shape = load_shape(PICTURE_MODEL, dtype="bfloat16")
+    terms = [
+        ["H (n_heads)", "query heads per layer", shape.heads],
+        ["G (n_kv_heads)", "key/value heads per layer", shape.kv_heads],
+        ["H / G (n_rep)", "query heads sharing one K/V head", shape.heads // shape.kv_heads],
+        ["head_dim", "size of one head's q, k and v", shape.head_dim],
+        ["KV cache", "K and V of past tokens, kept for decoding (bytes/token)",
+         shape.bytes_per_token],
+        ["MHA", "multi-head attention: G = H", shape.heads],
+        ["MQA", "multi-query attention: G = 1", 1],
+        ["GQA", "grouped-query attention: 1 < G < H", shape.kv_heads],
+    ]  # fmt: skip
+    return Section(
+        "Terminology",
+        [
+            Step(
+                f"The names this lesson uses, with {PICTURE_MODEL}'s values from its "
+                "published config.",
+                values={"terms": Table(["term", "meaning", PICTURE_MODEL], terms)},
+            )
+        ],
+    )
+
+
+def _section_summary() -> Section:
+    return Section(
+        "Summary",
+        [
+            Step(
+                "MHA, GQA and MQA differ only in how many K/V heads the H query heads share. "
+                "The cache, and the bandwidth decoding spends reading it, scales with G; the "
+                "query side and the attention arithmetic stay the same. GQA with G = 8 keeps "
+                "MHA's quality closely while cutting the cache H/G-fold, and an MHA checkpoint "
+                f"can be converted by mean-pooling its K/V heads and briefly uptraining. "
+                f"{PICTURE_MODEL}, bf16, one {CONTEXT:,}-token sequence:",
+                values={
+                    "KV cache by variant": Table(
+                        [
+                            "variant",
+                            "kv heads",
+                            "query heads per kv head",
+                            "bytes per token",
+                            f"bytes at {CONTEXT:,} tokens",
+                        ],
+                        variant_rows(),
+                    )  # fmt: skip
+                },
+            )
+        ],
+    )
 
 
 def _section_mha_recap() -> Section:
@@ -319,6 +410,8 @@ def _section_uptraining_mha_gqa() -> Section:
 def build() -> Lesson:
     attention, x, rec = grouped_attention()
     sections = [
+        _section_big_picture(),
+        _section_terminology(),
         _section_mha_recap(),
         _section_kv_cache_problem(),
         _section_mqa(),
@@ -327,5 +420,6 @@ def build() -> Lesson:
         _section_gqa_generalizes_mha(attention, x),
         _section_kv_cache_bytes(),
         _section_uptraining_mha_gqa(),
+        _section_summary(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
