@@ -103,3 +103,50 @@ def test_moe_rows():
     assert total == dense_total + 7 * dense_ffn
     assert active == dense_total + dense_ffn
     assert 46.6e9 < total < 46.8e9 and 12.8e9 < active < 13.0e9  # Mixtral's published 46.7B/12.9B
+
+
+def _plain_reference():
+    mlp, _ = lesson_module.make_layers()
+    x = lesson_module.token()
+    with torch.no_grad():
+        up = F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)[0]
+        act = F.gelu(up)
+    return mlp, up, act
+
+
+def test_analogy_and_what_it_learns_match_functional(steps):
+    mlp, up, act = _plain_reference()
+    analogy = steps["An analogy"][0].values
+    assert analogy["pattern detectors (d_ff hidden units)"] == up.numel()
+    assert analogy["firing (GELU output > 0) for the example token"] == int((act > 0).sum())
+    learns = steps["What it learns"][0].values
+    rows = learns["strongest units"].rows
+    expected_units = sorted(range(up.numel()), key=lambda i: -abs(float(act[i])))
+    assert [r[0] for r in rows] == expected_units[: lesson_module.TOP_UNITS]
+    w_down = mlp.down_proj.weight.detach()
+    for unit, pre, activation, norm in rows:
+        assert math.isclose(pre, float(up[unit]), abs_tol=1e-6)
+        assert math.isclose(activation, float(act[unit]), abs_tol=1e-6)
+        assert math.isclose(norm, float((act[unit] * w_down[:, unit]).norm()), rel_tol=1e-5)
+    with torch.no_grad():
+        output = F.linear(act, w_down, mlp.down_proj.bias)
+    assert torch.allclose(learns["sum_i act_i v_i + b_down"], output, atol=1e-6)
+    assert torch.allclose(learns["FFN output (recorded)"], output, atol=1e-6)
+
+
+def test_why_important_counts_match_named_parameters_and_hf(steps):
+    from llm_internals.explain.tiny_models import tiny_decoder
+
+    rows = steps["Why it is important"][0].values["FFN vs attention"].rows
+    tiny = dict(tiny_decoder().named_parameters())
+    ffn = sum(p.numel() for n, p in tiny.items() if ".ffn." in n)
+    attention = sum(p.numel() for n, p in tiny.items() if ".attn." in n)
+    assert rows[0][1:4] == [ffn, attention, ffn / attention]
+    llama = transformers.LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                     num_hidden_layers=32, num_attention_heads=32,
+                                     num_key_value_heads=8)  # fmt: skip
+    hf_ffn, hf_total = _hf_ffn_and_total(transformers.LlamaForCausalLM, llama, (".mlp.",))
+    hf_attention, _ = _hf_ffn_and_total(transformers.LlamaForCausalLM, llama, (".self_attn.",))
+    assert rows[1][1:3] == [hf_ffn, hf_attention]
+    assert math.isclose(rows[1][4], 100 * hf_ffn / hf_total)
+    assert all(row[3] > 1 for row in rows)

@@ -11,8 +11,10 @@ import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
+from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
 from llm_internals.layers.ffn import MLP, GatedMLP
+from llm_internals.models.params import count_model_parameters
 from llm_internals.models.published import model_config, parameter_counts
 from llm_internals.trace import recording
 
@@ -27,6 +29,8 @@ D_MODEL = 4
 D_FF = 16
 SEED = 0
 ACTIVATION_INPUTS = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]
+TOP_UNITS = 4  # hidden units shown in "what it learns"
+IMPORTANCE_MODEL = "llama-3-8b"
 MOE_EXPERTS, MOE_ACTIVE = 8, 2  # Mixtral-8x7B: Mistral-7B's shape with 8 experts, top-2 routing
 
 
@@ -90,6 +94,110 @@ def _section_what_it_is() -> Section:
                 "moves information between positions; the FFN transforms it within each "
                 "position, and is where much of a model's stored knowledge lives.",
                 formula="FFN(x) = W_down act(W_up x + b_up) + b_down",
+            )
+        ],
+    )
+
+
+def _section_analogy(plain) -> Section:
+    firing = int((plain["ffn_activated"] > 0).sum())
+    return Section(
+        "An analogy",
+        [
+            Step(
+                "Think of the FFN as a large set of pattern detectors, each with a note "
+                "attached. Every hidden unit compares the token vector with its pattern (a row "
+                "of W_up); the activation lets through only the units whose pattern matches "
+                "well; each unit that fires adds its note (a column of W_down) to the token, "
+                "in proportion to how strongly it fired. Attention is the meeting where tokens "
+                "exchange information; the FFN is each token thinking it over on its own.",
+                values={
+                    "pattern detectors (d_ff hidden units)": D_FF,
+                    "firing (GELU output > 0) for the example token": firing,
+                },
+            )
+        ],
+    )
+
+
+def unit_contributions(mlp: MLP, plain: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Column i of W_down times unit i's activation: (D_FF, D_MODEL); their sum plus b_down is
+    the FFN's output."""
+    return plain["ffn_activated"][:, None] * mlp.down_proj.weight.detach().T
+
+
+def top_unit_rows(mlp: MLP, plain: dict[str, torch.Tensor]) -> list[list]:
+    contributions = unit_contributions(mlp, plain)
+    order = plain["ffn_activated"].abs().argsort(descending=True)[:TOP_UNITS]
+    return [[int(i), float(plain["ffn_up"][i]), float(plain["ffn_activated"][i]),
+             float(contributions[i].norm())] for i in order]  # fmt: skip
+
+
+def _section_what_it_learns(mlp, plain) -> Section:
+    contributions = unit_contributions(mlp, plain)
+    return Section(
+        "What it learns",
+        [
+            Step(
+                "Read W_up's rows as keys and W_down's columns as values: the FFN is a "
+                "key-value memory (Geva et al., 2021). Training shapes the keys into "
+                "detectors of input patterns (in trained models, e.g. 'a year in the 1900s' "
+                "or 'the word after \"New\"') and the values into what should be added to "
+                "the residual stream when the pattern is present, often a push towards the "
+                "likely next tokens. The output is exactly the sum of the values weighted by "
+                "the activations; here the units of the example token that fire most "
+                "(random weights, so the patterns mean nothing yet):",
+                formula="FFN(x) = sum_i act(k_i . x + b_i) v_i + b_down",
+                values={
+                    "strongest units": Table(
+                        ["unit i", "k_i . x + b_i", "activation", "|activation v_i|"],
+                        top_unit_rows(mlp, plain),
+                    ),
+                    "sum_i act_i v_i + b_down": contributions.sum(0) + mlp.down_proj.bias.detach(),
+                    "FFN output (recorded)": plain["ffn_output"],
+                },
+            )
+        ],
+    )
+
+
+def importance_rows() -> list[list]:
+    """FFN vs attention parameters in the lesson's tiny decoder and a published model."""
+    rows = []
+    for name, counts in (
+        ("tiny decoder (this course)", count_model_parameters(tiny_decoder())),
+        (IMPORTANCE_MODEL, parameter_counts(IMPORTANCE_MODEL)),
+    ):
+        rows.append([name, counts["ffn"], counts["attention"], counts["ffn"] / counts["attention"],
+                     100 * counts["ffn"] / counts["total"]])  # fmt: skip
+    return rows
+
+
+def _section_why_important() -> Section:
+    return Section(
+        "Why it is important",
+        [
+            Step(
+                "Attention decides which tokens to read from; the FFN does most of the "
+                "computing on what was read, and holds most of the weights: in every block "
+                "the FFN has more parameters than attention (with GQA's shared K/V heads, "
+                "over four times more in Llama 3), so it also takes most of the "
+                "multiply-adds per token and most of what a model memorizes. Removing or "
+                "editing single FFN units changes specific facts a model recalls, which is "
+                "why model-editing methods (ROME, MEMIT) target the FFN.",
+                values={
+                    "FFN vs attention": Table(
+                        [
+                            "model",
+                            "ffn params",
+                            "attention params",
+                            "ffn / attention",
+                            "ffn % of total",
+                        ],
+                        importance_rows(),
+                    )  # fmt: skip
+                },
+                decimals=2,
             )
         ],
     )
@@ -245,11 +353,14 @@ def build() -> Lesson:
     mlp, gated, plain, swiglu = run_layers()
     sections = [
         _section_what_it_is(),
+        _section_analogy(plain),
         _section_where_sits(),
         _section_step_by_step(plain, swiglu),
         _section_expand_then_contract(plain),
+        _section_what_it_learns(mlp, plain),
         _section_activations(),
         _section_share_parameters(),
+        _section_why_important(),
         _section_ffns_mixture_experts(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
