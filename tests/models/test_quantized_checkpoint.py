@@ -132,3 +132,22 @@ def test_unknown_scheme_in_config_lists_the_known_ones(tmp_path, model):
     with pytest.raises(LLMInternalsError, match="int3") as err:
         load_quantized_checkpoint(out)
     assert "nvfp4" in err.value.hint
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g32"])
+def test_bfloat16_load_runs_the_kernels_and_keeps_the_parts(tmp_path, model, tokenizer, scheme):
+    quantized = copy.deepcopy(model)
+    save_quantized_checkpoint(quantized, scheme, quantize_model(quantized, scheme), tmp_path / "q")
+    loaded = load_quantized_checkpoint(tmp_path / "q", dtype=torch.bfloat16).eval()
+    layer = loaded.blocks[0].attn.q_proj
+    assert (
+        layer.weight_scale.dtype == torch.float32 and loaded.tok_emb.weight.dtype == torch.bfloat16
+    )
+    ids = torch.tensor([tokenizer.encode("whether 'tis nobler")])
+    with torch.no_grad():
+        fast = loaded(ids).float()
+        for module in loaded.modules():
+            if isinstance(module, QuantizedLinear):
+                module.use_kernel = False
+        general = loaded(ids).float()
+    torch.testing.assert_close(fast, general, atol=0.05, rtol=0.05)

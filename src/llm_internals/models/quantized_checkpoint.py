@@ -35,7 +35,7 @@ from llm_internals.models.checkpoint import (
     verify_checksums,
 )
 from llm_internals.models.config import ModelConfig
-from llm_internals.quant.linear import QuantizedLinear, buffer_name
+from llm_internals.quant.linear import QuantizedLinear, buffer_name, cast_unquantized
 from llm_internals.quant.schemes import get_scheme
 
 QUANTIZATION_KEY = "quantization"
@@ -117,13 +117,8 @@ def load_quantized_checkpoint(
         module_name, _, attr = alias.rpartition(".")
         setattr(model.get_submodule(module_name), attr, model.get_parameter(target))
     materialize_buffers(model, config)
-    if dtype is not None:  # before moving, so the parts' own dtypes survive (see QuantizedLinear)
-        for module in model.modules():
-            if not isinstance(module, QuantizedLinear):
-                for param in module.parameters(recurse=False):
-                    param.data = param.data.to(dtype)
-            elif module.bias is not None:
-                module.bias = module.bias.to(dtype)
+    if dtype is not None:
+        cast_unquantized(model, dtype)
     return model.to(device) if device is not None else model
 
 
