@@ -106,3 +106,21 @@ def test_theta_table(steps):
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     shown = rows["Llama-3.1-8B (llama3 scaling x8)"][3]
     assert math.isclose(shown, 2 * math.pi / float(inv_freq.min()), rel_tol=1e-5)
+
+
+def test_summary_checks_match_complex_rotations(steps):
+    rows = {r[0]: r[1] for r in steps["Summary"][0].values["checks"].rows}
+    q, k = lesson_module.QUERY, lesson_module.KEY
+    far = lesson_module.FAR_POSITION
+    length = math.sqrt(sum(v * v for v in q))
+    assert math.isclose(rows["|q| at position 0"], length, rel_tol=1e-6)
+    assert math.isclose(rows[f"|q| at position {far:,}"], math.hypot(*_rotate_complex(q, far)),
+                        rel_tol=1e-6)  # fmt: skip
+    offset = lesson_module.SUMMARY_OFFSET
+    pairs = [(m, n) for m, n in lesson_module.PAIRS if m - n == offset]
+    dots = [sum(a * b for a, b in zip(_rotate_complex(q, m), _rotate_complex(k, n), strict=True))
+            for m, n in pairs]  # fmt: skip
+    assert rows[f"pairs with offset {offset}"] == len(pairs) >= 3
+    assert abs(rows["spread of their q . k (max - min)"]) < 1e-4
+    assert max(dots) - min(dots) < 1e-9
+    assert rows["learned parameters in RotaryEmbedding"] == 0

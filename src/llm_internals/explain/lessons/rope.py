@@ -222,6 +222,46 @@ def _section_real_models_theta() -> Section:
     )
 
 
+FAR_POSITION = 1000
+SUMMARY_OFFSET = 3  # the pairs of PAIRS with this offset show one dot product
+
+
+def summary_rows() -> list[list]:
+    """Each claim of the summary, measured on what the library's RoPE returned."""
+    near, far = rotate(QUERY, [0, FAR_POSITION]).norm(dim=-1).tolist()
+    same_offset = [row[3] for row in relative_rows() if row[2] == SUMMARY_OFFSET]
+    parameters = sum(p.numel() for p in RotaryEmbedding(len(QUERY), THETA).parameters())
+    return [
+        ["|q| at position 0", near],
+        [f"|q| at position {FAR_POSITION:,}", far],
+        [f"pairs with offset {SUMMARY_OFFSET}", len(same_offset)],
+        ["spread of their q . k (max - min)", max(same_offset) - min(same_offset)],
+        ["learned parameters in RotaryEmbedding", parameters],
+    ]
+
+
+def _section_summary() -> Section:
+    return Section(
+        "Summary",
+        [
+            Step(
+                "RoPE rotates each pair of a query's and a key's features by an angle "
+                "proportional to the token's position, at frequencies from 1 down to 1/theta. "
+                "Rotations keep lengths, so the content of q and k is untouched; the dot "
+                "product of a rotated query and key depends only on their offset, so "
+                "attention sees relative positions; nothing is learned and nothing is added "
+                "to the residual stream; only q and k are rotated, never v. A larger theta "
+                "slows the slowest rotation for longer contexts. Measured on this lesson's "
+                "query and key:",
+                formula="q_m . k_n = Re[ sum_i q_i conj(k_i) e^{j (m - n) w_i} ],  "
+                "w_i = theta^(-2i/d)",
+                values={"checks": Table(["claim", "measured"], summary_rows())},
+                decimals=6,
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     sections = [
         _section_positions(),
@@ -231,5 +271,6 @@ def build() -> Lesson:
         _section_relative_position(),
         _section_small_numeric_example(),
         _section_real_models_theta(),
+        _section_summary(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
