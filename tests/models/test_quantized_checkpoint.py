@@ -39,8 +39,8 @@ def tokenizer():
 def model(tokenizer):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4,
-                         n_kv_heads=2, d_ff=128, max_seq_len=64, norm="rmsnorm", ffn="gated", activation="silu",
-                         position="rope", tie_embeddings=True)  # fmt: skip
+                         n_kv_heads=2, d_ff=128, max_seq_len=64, norm="rmsnorm", ffn="gated",
+                         activation="silu", position="rope", tie_embeddings=True)  # fmt: skip
     return DecoderLM(config).eval()
 
 
