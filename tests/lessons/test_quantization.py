@@ -244,7 +244,10 @@ def test_speed_table_bytes(lesson):
     table = rows(lesson["Speed from fewer bytes"][1].values["one matmul"])
     expected = {"fp32": 4 * n * n, "bf16": 2 * n * n, "int8": n * n + 4 * n,
                 "int4-g128": n * n // 2 + (n * n // 128) * (4 + 1)}  # fmt: skip
-    assert [row[0] for row in table] == list(expected)
+    assert [(row[0], row[1]) for row in table] == [
+        ("fp32", "float32"), ("bf16", "bfloat16"), ("int8", "bfloat16"),
+        ("int4-g128", "bfloat16"), ("int8", "float32"), ("int4-g128", "float32"),
+    ]  # fmt: skip
     for name, _, nbytes, ms, speedup, error in table:
         assert nbytes == expected[name] and ms > 0
         assert speedup == round(table[0][3] / ms, 2)

@@ -40,6 +40,7 @@ OUTLIER_GRANULARITIES = (("int8", 8, "tensor"), ("int8", 8, "channel"), ("int4",
                          ("int4", 4, "channel"), ("int4", 4, 32))  # fmt: skip
 TOKENS, ACT_OUTLIER_CHANNEL, ACT_OUTLIER = 8, 5, 30.0
 SPEED_N, SPEED_REPEATS = 2048, 20
+SPEED_SCHEMES = ("bf16", "int8", "int4-g128")
 QAT_SCHEME, QAT_STEPS, QAT_LR, QAT_EVERY = "mxfp4", 50, 3e-5, 10
 QAT_IN, QAT_OUT, QAT_SAMPLES = 128, 64, 512
 
@@ -342,10 +343,13 @@ def speed_rows() -> list[list]:
     linear = nn.Linear(SPEED_N, SPEED_N, bias=False)
     x = torch.randn(1, SPEED_N, generator=torch.Generator().manual_seed(4))
     runs = [("fp32", linear, torch.float32, linear.weight.numel() * 4)]
-    for name in ("bf16", "int8", "int4-g128"):
-        layer = QuantizedLinear.from_linear(linear, name)
+    layers = {name: QuantizedLinear.from_linear(linear, name) for name in SPEED_SCHEMES}
+    for name, dtype in [(n, torch.bfloat16) for n in SPEED_SCHEMES] + [
+        (n, torch.float32) for n in SPEED_SCHEMES[1:]
+    ]:
+        layer = layers[name]
         nbytes = sum(p.numel() * p.element_size() for p in layer.parts().values())
-        runs.append((name, layer, torch.bfloat16, nbytes))
+        runs.append((name, layer, dtype, nbytes))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
@@ -381,8 +385,8 @@ def _section_speed() -> Section:
                 f"Measured just now on this CPU, one thread, batch 1, a {SPEED_N} x {SPEED_N} "
                 "layer: fp32 `nn.Linear`, and the real `QuantizedLinear` with bf16, int8 "
                 "(torch._weight_int8pack_mm) and int4-g128 (torch._weight_int4pack_mm_for_cpu), "
-                "which take bf16 activations (with fp32 ones torch's int kernels are slower "
-                "here). Best of "
+                "first with bf16 activations, then the int kernels with fp32 ones (slower: the "
+                "last two rows). Best of "
                 f"{SPEED_REPEATS}; your machine and its load change the numbers.",
                 values={
                     "one matmul": Table(
