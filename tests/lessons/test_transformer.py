@@ -129,3 +129,28 @@ def test_parameter_counts_match_hf_models(steps):
     t5 = transformers.T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12,
                                num_heads=12, feed_forward_proj="relu")  # fmt: skip
     assert totals["T5-base"] == _hf_count(transformers.T5ForConditionalGeneration, t5)
+
+
+def test_why_powerful_weights_match_plain_torch(steps):
+    ids = _ids()
+    model, _ = lesson_module.run_decoder(ids)
+    p = dict(model.named_parameters())
+    d, heads = model.config.d_model, model.config.n_heads
+    with torch.no_grad():
+        x = p["tok_emb.weight"][ids] + p["pos_emb.weight"][: len(ids)]
+        x = F.layer_norm(x, (d,), p["blocks.0.norm1.weight"], p["blocks.0.norm1.bias"], 1e-5)
+        q = F.linear(x, p["blocks.0.attn.q_proj.weight"], p["blocks.0.attn.q_proj.bias"])
+        k = F.linear(x, p["blocks.0.attn.k_proj.weight"], p["blocks.0.attn.k_proj.bias"])
+        head = d // heads
+        scores = q[-1, :head] @ k[:, :head].T / math.sqrt(head)  # last token, head 1
+        expected = torch.softmax(scores, dim=-1)
+    values = steps["Why it is so powerful"][0].values
+    assert torch.allclose(values["layer 1, head 1: last token's attention weights"], expected,
+                          atol=1e-6)  # fmt: skip
+    rows = values["RNN vs attention"].rows
+    n = len(ids)
+    assert rows == [
+        ["steps from the first token to the last", n - 1, 1],
+        ["positions one layer lets the last token read", 1, n],
+        ["steps per layer that must run one after another", n, 1],
+    ]

@@ -297,6 +297,40 @@ def _section_three_variants() -> Section:
     )
 
 
+def _section_why_powerful(ids, tok, rec) -> Section:
+    weights = next(r.value for r in rec.records if r.name == "weights")  # layer 1
+    last_row = weights[0, 0, -1]
+    tokens = len(ids)
+    reached = int((last_row > 0).sum())
+    comparison = [
+        ["steps from the first token to the last", tokens - 1, 1],
+        ["positions one layer lets the last token read", 1, reached],
+        ["steps per layer that must run one after another", tokens, 1],
+    ]
+    return Section(
+        "Why it is so powerful",
+        [
+            Step(
+                "Three properties together. Every token reads every earlier token directly, "
+                "in one step, with weights computed from the content (a recurrent network "
+                "passes information along one position at a time and forgets on the way). "
+                "All positions are processed at once as matrix products, which GPUs run "
+                "fast, so training scales to trillions of tokens. And the same block, "
+                "stacked and widened, keeps improving with more parameters, data and compute "
+                "(the scaling laws). Below, the last token of the prompt "
+                f"({tok.decode(ids[-1:])!r}) in layer 1, head 1 of the tiny decoder "
+                f"(random weights): it puts weight on all {tokens} positions at once.",
+                values={
+                    "layer 1, head 1: last token's attention weights": last_row,
+                    "RNN vs attention": Table(
+                        ["for this prompt", "RNN", "self-attention"], comparison
+                    ),
+                },
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     tok = tokenizer()
     ids = tok.encode(PROMPT)
@@ -311,5 +345,6 @@ def build() -> Lesson:
         _section_encoder_decoder(ids, tok),
         _section_data_flow_shape(ids, rec, config),
         _section_three_variants(),
+        _section_why_powerful(ids, tok, rec),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)
