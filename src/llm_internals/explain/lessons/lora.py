@@ -176,9 +176,11 @@ def _section_full_cost() -> Section:
                 decimals=1,
             ),
             Step(
-                "An 80 GiB GPU cannot hold even the bf16 case, so full fine-tuning of a 7B model "
-                "needs several GPUs with the states sharded between them, while inference in "
-                "bf16 needs only the weights column.",
+                f"Even the bf16 case is {rows[1][5]} GiB before a single activation, most of an "
+                "80 GiB GPU, and mixed-precision training usually keeps an fp32 master copy of "
+                "the weights as well (4 more bytes per parameter). So full fine-tuning of a 7B "
+                "model is spread over several GPUs, while bf16 inference needs only the weights "
+                "column.",
             ),
         ],
     )

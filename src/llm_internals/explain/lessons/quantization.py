@@ -104,7 +104,8 @@ def _section_formats(weight: torch.Tensor) -> Section:
                 "A quantised weight is a small code plus a scale shared by many weights: w ~ "
                 "code x scale. Integer codes are evenly spaced (int8: -127..127, int4: -7..7). "
                 "Float codes have a sign, an exponent and a mantissa, so their steps grow with "
-                "the magnitude: relative precision is the same for small and large weights.",
+                "the magnitude: relative precision is the same for small and large weights "
+                "(down to the subnormals).",
                 formula="E4M3: (-1)^s 2^(e-7) (1 + m/8)   E5M2: (-1)^s 2^(e-15) (1 + m/4)   "
                 "E2M1: (-1)^s 2^(e-1) (1 + m/2);  e = 0: subnormal, 2^(1-bias) m / 2^M",
             ),
