@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_internals.console import console  # noqa: E402
 from speculative_models import (  # noqa: E402
     default_cache_dir,
+    distill_plan,
     ensure_model,
     full_plans,
     quick_plans,
@@ -138,6 +139,9 @@ def main() -> int:
         default="2,4,8",
         help="draft lengths for the engine rows (default: %(default)s)",
     )
+    parser.add_argument("--plain-draft", action="store_true",
+                        help="use the draft trained on the corpus alone, not the one distilled "
+                        "from the target")  # fmt: skip
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF reference rows")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
@@ -156,6 +160,9 @@ def main() -> int:
     target_plan, draft_plan = quick_plans() if args.quick else full_plans()
     target_files = ensure_model(target_plan, cache_dir)
     draft_files = ensure_model(draft_plan, cache_dir)
+    if not args.plain_draft:
+        plan = distill_plan(target_files, draft_files, quick=args.quick)
+        draft_files = ensure_model(plan, cache_dir, teacher=target_files, student=draft_files)
     started = time.perf_counter()
     load_before = os.getloadavg()
     prompts = Prompts.from_validation(target_files, args.prompts, args.prompt_tokens,

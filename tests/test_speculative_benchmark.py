@@ -1,7 +1,8 @@
 """benchmarks/speculative.py --quick runs end to end on tiny models it trains itself: every
 speculative run (draft model and n-gram, generate and the paged engine) reproduces the target's
-greedy tokens, the counters are consistent with the formula the table prints, and the HF export
-it makes loads. The speed figures are not checked here (they are not tests)."""
+greedy tokens, the counters are consistent with the formula the table prints, the HF exports
+exist, and distilling the draft brought it closer to the target. The speed figures are not
+checked here (they are not tests)."""
 
 from __future__ import annotations
 
@@ -39,5 +40,8 @@ def test_quick_run(tmp_path):
         (4, "n-gram"),
     }
     assert all(r["same_tokens"] for r in engine)
-    (hf_target,) = tmp_path.glob("target-*-hf")
-    assert (hf_target / "config.json").exists() and (hf_target / "model.safetensors").exists()
+    for role in ("target", "draft-distilled"):  # the draft it used: distilled from the target
+        (hf_folder,) = tmp_path.glob(f"{role}-*-hf")
+        assert (hf_folder / "config.json").exists() and (hf_folder / "model.safetensors").exists()
+    distilled = results["models"]["draft"]["distillation"]
+    assert distilled["steps"] == 10 and distilled["after"]["val_kl"] < distilled["before"]["val_kl"]
