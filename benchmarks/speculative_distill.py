@@ -86,7 +86,8 @@ def distill(
             clip_grad_norm(student.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
-            bar.update(task, completed=step, description=f"distilling: KL {float(loss):.3f}")
+            kl = float(loss.detach())
+            bar.update(task, completed=step, description=f"distilling: KL {kl:.3f}")
             if config.max_minutes and time.perf_counter() - started > 60 * config.max_minutes:
                 break
     student.eval()
