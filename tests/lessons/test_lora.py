@@ -195,3 +195,25 @@ def test_qlora_bytes_from_shapes(lesson):
     q_weights = 4 * (total - sum(linear)) + sum(nf4_bytes(n) for n in linear) + 4 * adapters
     assert qlora == [adapters, q_weights, 4 * adapters, 8 * adapters, q_weights + 12 * adapters]
     assert values["full / QLoRA"] == round(full[-1] / qlora[-1], 2)
+
+
+def test_qlora_bytes_of_the_7b(lesson):
+    table = rows(lesson["Real-world use: QLoRA"][2].values["training memory"])
+    total = llama2_params()
+    matrices = [D * D] * 4 + [D * FF] * 3  # q, k, v, o (32 KV heads); gate, up, down
+    linear = LAYERS * sum(matrices)
+    adapters = LAYERS * 64 * sum(SUMS.values())
+
+    def nf4(n: int) -> int:
+        return n // 2 + n // 64 + 4 * math.ceil(n / 64 / 256) + 4
+
+    base = LAYERS * sum(nf4(n) for n in matrices) + 2 * (total - linear)
+    expected = [
+        [total, 2 * total, 2 * total, 8 * total],
+        [adapters, 2 * total + 4 * adapters, 4 * adapters, 8 * adapters],
+        [adapters, base + 4 * adapters, 4 * adapters, 8 * adapters],
+    ]
+    for row, (trainable, *parts) in zip(table, expected, strict=True):
+        assert row[1] == trainable
+        assert row[2:] == [round(b / GIB, 2) for b in (*parts, sum(parts))]
+    assert table[2][-1] < 8 < table[1][-1] < 24 < table[0][-1]

@@ -11,6 +11,8 @@ model; `merge_adapter` / `unmerge_adapter` on a tiny decoder after a few trainin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,6 +32,7 @@ from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import tiny_decoder, tiny_tokenizer
 from llm_internals.models import DecoderLM, published
+from llm_internals.quant import nf4
 
 INFO = LessonInfo(
     name="lora",
@@ -44,6 +47,7 @@ GIB = 2**30
 RANKS = (1, 4, 8, 16, 64)
 TARGET_SETS = ("q,v", "q,k,v,o", "all-linear")
 TARGET_R, TARGET_ALPHA = 8, 16.0
+QLORA_R = 64  # the QLoRA paper's rank
 # (label, bytes per weight, bytes per gradient): Adam's m and v are fp32 (8 bytes) in both
 PRECISIONS = (("fp32 weights and gradients", 4, 4), ("bf16 weights and gradients", 2, 2))
 ADAM_BYTES = 8
@@ -92,11 +96,11 @@ def adapter_params_of_shape(out_features: int, in_features: int, r: int) -> int:
     return sum(p.numel() for p in layer.parameters() if p.requires_grad)
 
 
-def big_adapter_params(targets: str) -> int:
-    """Trainable LoRA parameters at rank TARGET_R on `targets` of the whole published BIG."""
+def big_adapter_params(targets: str, r: int = TARGET_R) -> int:
+    """Trainable LoRA parameters at rank r on `targets` of the whole published BIG."""
     leaves, _ = resolve_targets(targets)
     shapes = linear_shapes(BIG)
-    per_layer = sum(adapter_params_of_shape(*shapes[leaf], TARGET_R) for leaf in leaves)
+    per_layer = sum(adapter_params_of_shape(*shapes[leaf], r) for leaf in leaves)
     return per_layer * published.model_config(BIG).n_layers
 
 
@@ -474,12 +478,53 @@ def _section_real_world() -> Section:
                 },
                 decimals=2,
             ),
+            Step(
+                f"The same accounting for {published.resolve(BIG)}, computed from its shapes "
+                "(not measured): NF4 bytes as `quant.nf4` stores them, embeddings, norms and "
+                "head in bf16, adapters at the paper's r = 64 on all linear layers. QLoRA's "
+                "total fits a single 24 GiB GPU with room for activations. GiB:",
+                values={
+                    "training memory": Table(
+                        ["setup", "trainable", "weights", "gradients", "Adam m+v", "total"],
+                        big_rows(),
+                    )
+                },
+                decimals=2,
+            ),
         ],
     )
 
 
+def nf4_bytes(numel: int) -> int:
+    """Bytes of one matrix in quant.nf4 with double quantisation: packed codes (half a byte
+    each), an int8 absmax per block, an fp32 scale per SCALE_BLOCK absmaxes, one fp32 mean."""
+    blocks = numel // nf4.NF4_BLOCK
+    return numel // 2 + blocks + 4 * math.ceil(blocks / nf4.SCALE_BLOCK) + 4
+
+
+def big_rows() -> list[list]:
+    """GiB for BIG: full fine-tuning in bf16, LoRA on a bf16 base and QLoRA, adapters at the
+    paper's r = 64 on all linear layers in fp32 (4 + 4 + 8 bytes per adapter parameter)."""
+    config = published.model_config(BIG)
+    total = published.parameter_counts(BIG)["total"]
+    matrices = [out * inp for out, inp in linear_shapes(BIG).values()]
+    linear = sum(matrices) * config.n_layers
+    adapters = big_adapter_params("all-linear", QLORA_R)
+    nf4_base = sum(nf4_bytes(n) for n in matrices) * config.n_layers + 2 * (total - linear)
+    setups = [
+        ("full fine-tuning (bf16, fp32 Adam)", total, 2 * total, 2 * total, 8 * total),
+        ("LoRA r = 64 (bf16 base)", adapters, 2 * total + 4 * adapters, 4 * adapters,
+         8 * adapters),
+        ("QLoRA r = 64 (NF4 base)", adapters, nf4_base + 4 * adapters, 4 * adapters,
+         8 * adapters),
+    ]  # fmt: skip
+    return [[label, trainable, *(round(b / GIB, 2) for b in (w, g, a, w + g + a))]
+            for label, trainable, w, g, a in setups]  # fmt: skip
+
+
 def _section_summary() -> Section:
     total = published.parameter_counts(BIG)["total"]
+    big = big_rows()
     return Section(
         "Quick summary",
         [
@@ -496,7 +541,9 @@ def _section_summary() -> Section:
                 "- Merging adds s B A into W: same outputs, no inference cost; unmerging "
                 "restores W.\n"
                 "- QLoRA keeps the frozen base in NF4 (about 4.1 bits a weight with double "
-                "quantisation) and trains fp32 adapters on top.",
+                f"quantisation) and trains fp32 adapters on top: {big[2][-1]} GiB of training "
+                f"state for the 7B model at r = {QLORA_R} against {big[0][-1]} GiB for full "
+                "fine-tuning in bf16.",
             )
         ],
     )
