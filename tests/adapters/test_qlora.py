@@ -76,6 +76,7 @@ def test_training_bytes_full_lora_and_qlora():
     nf4 = training_bytes(qlora)
     # each block weight: half a byte per value plus an fp32 absmax per 64 values
     assert nf4.weights == 4 * (n - block_linear) + block_linear // 2 + 4 * block_linear // 64
+    assert (nf4.total_params, nf4.trainable_params) == (n, 0)
 
 
 def test_nf4_block_that_does_not_fit_names_the_layer():

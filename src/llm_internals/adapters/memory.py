@@ -45,4 +45,7 @@ def training_bytes(model: nn.Module) -> TrainingBytes:
                 trainable += tensor.numel()
                 gradients += tensor.numel() * tensor.element_size()
                 adam += 2 * 4 * tensor.numel()
+    for module in model.modules():  # a quantised weight is buffers, but still parameters
+        if hasattr(module, "dequantized_weight"):
+            total += module.in_features * module.out_features
     return TrainingBytes(weights, gradients, adam, trainable, total)
