@@ -10,6 +10,7 @@ from llm_internals.layers.masks import (
     padding_mask,
     positions_from_attention_mask,
 )
+from llm_internals.layers.moe import MoEConfig, MoELayer
 from llm_internals.layers.multihead import AttentionCache, MultiHeadAttention
 from llm_internals.layers.norm import LayerNorm, RMSNorm
 from llm_internals.layers.positional import (
@@ -26,6 +27,8 @@ from llm_internals.layers.rope import (
 
 __all__ = [
     "MLP",
+    "MoEConfig",
+    "MoELayer",
     "AttentionCache",
     "GatedMLP",
     "LayerNorm",
