@@ -16,8 +16,9 @@ Method
 - Decode tokens/s: our `generate` (greedy, KV cache), (time for N new tokens - time for 1) /
   (N - 1), batch 1 and 16, 16-token random prompts; variants interleaved per repetition, median
   reported. fp32 uses the decode layout (column-major weights, our fastest fp32); bf16, int8 and
-  int4 run with bfloat16 activations (torch's int8/int4 CPU kernels need them), embeddings,
-  norms and the output head in bf16; torchao = torchao's Int8WeightOnlyConfig on the bf16 model.
+  int4 run with bfloat16 activations (torch's int8/int4 CPU kernels need them), embeddings and
+  norms in bf16, the output head in int8 (quantize_output_head); torchao = torchao's
+  Int8WeightOnlyConfig on the bf16 model (its head stays bf16: OutputHead is not an nn.Linear).
 - One torch thread by default (the machine is shared; see benchmarks/decode.py).
 
     .venv/bin/python benchmarks/quantization.py [--quick] [--tour-model out/tour/model]
@@ -47,7 +48,7 @@ from llm_internals.models.checkpoint import own_state_dict
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.loading import load_model_and_tokenizer
 from llm_internals.models.published import model_config
-from llm_internals.quant.linear import cast_unquantized, quantize_model
+from llm_internals.quant.linear import cast_unquantized, quantize_model, quantize_output_head
 from llm_internals.quant.schemes import SCHEMES
 
 console = Console(highlight=False, width=160)
@@ -111,8 +112,9 @@ def speed_variants(model: DecoderLM, names: list[str]) -> dict[str, torch.nn.Mod
             variant = variant.to(torch.bfloat16)
             quantize_(variant, Int8WeightOnlyConfig())
             variants[name] = variant
-        else:
+        else:  # the head in int8 (the int4 kernel needs N % 16 == 0; GPT-2's vocab is 50257)
             quantize_model(variant, name)
+            quantize_output_head(variant, "int8")
             variants[name] = cast_unquantized(variant, torch.bfloat16)
     return variants
 

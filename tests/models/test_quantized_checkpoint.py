@@ -151,3 +151,20 @@ def test_bfloat16_load_runs_the_kernels_and_keeps_the_parts(tmp_path, model, tok
                 module.use_kernel = False
         general = loaded(ids).float()
     torch.testing.assert_close(fast, general, atol=0.05, rtol=0.05)
+
+
+def test_paged_engine_serves_a_quantised_folder(tmp_path, model, tokenizer):
+    """What `serve --model OUT` runs: the engine loads the folder and decodes like generate."""
+    from llm_internals.inference.generate import generate
+    from llm_internals.inference.paged import LLM
+    from llm_internals.inference.params import SamplingParams
+
+    out = _quantized_folder(tmp_path, model, "int4-g32")
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer.to_hf()))
+    llm = LLM(str(out), block_size=4, num_blocks=64)
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    engine_ids = llm.generate([[5, 6, 7]], params)[0].token_ids
+    loaded, _, _ = load_model_and_tokenizer(out, require_tokenizer=False)
+    expected = generate(loaded, None, [5, 6, 7], max_new_tokens=6, eos_token_id=None).token_ids
+    assert isinstance(llm.model.blocks[0].attn.q_proj, QuantizedLinear)
+    assert list(engine_ids) == list(expected)

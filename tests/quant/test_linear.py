@@ -106,3 +106,17 @@ def test_quantize_model_swaps_linears_and_fails_without_changing_the_model():
     with pytest.raises(LLMInternalsError, match=r"'1.weight' of shape \(16, 32\).*group size 128"):
         quantize_model(bad, "int4-g128")
     assert all(isinstance(m, nn.Linear) for m in bad)  # nothing replaced
+
+
+def test_quantize_output_head_computes_the_quantised_logits():
+    from llm_internals.models.config import ModelConfig
+    from llm_internals.models.decoder import DecoderLM
+    from llm_internals.quant.linear import quantize_output_head
+
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=96, d_model=32, n_layers=1, n_heads=2)).eval()
+    hidden = model.hidden_states(torch.tensor([[1, 2, 3]]))
+    expected = F.linear(hidden, fake_quantize(model.lm_head.weight, SCHEMES["int8"]))
+    quantize_output_head(model, "int8")
+    assert isinstance(model.lm_head, QuantizedLinear)
+    torch.testing.assert_close(model(torch.tensor([[1, 2, 3]])), expected, atol=1e-6, rtol=1e-6)

@@ -160,3 +160,13 @@ def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         for param in module.parameters(recurse=False):
             param.data = param.data.to(dtype)
     return model
+
+
+def quantize_output_head(model: nn.Module, scheme: str) -> None:
+    """Replace `model.lm_head` (logits = h W^T, tied or not) by a QuantizedLinear of its weight;
+    the input embedding keeps its own full-precision table for lookups. Used by the decode
+    benchmark: at GPT-2 size the head is a third of the bytes a decode step reads. (Quantised
+    checkpoints keep the head in full precision.)"""
+    head = model.lm_head
+    parts = get_scheme(scheme).quantize(head.weight, "lm_head.weight")
+    model.lm_head = QuantizedLinear(scheme, parts, tuple(head.weight.shape), None)
