@@ -1,6 +1,7 @@
 """`llm-internals explain LESSON --format F` for every registered lesson and every format: the
 command exits 0 and shows that lesson (its title and every section title; the JSON parses, has
-the schema id and the sections in order). Each lesson is built once and rendered three times.
+the schema id and the sections in order; the terminal text fits 80 columns, no cell cut).
+Each lesson is built once and rendered three times.
 Lessons that read the real corpus are marked `network` (pip obtains it on first use); bpe, which
 trains on all of it, also `slow`."""
 
@@ -39,7 +40,9 @@ def _words(text: str) -> str:
 
 
 @pytest.mark.parametrize(("name", "fmt"), list(_params()))
-def test_explain_every_lesson_in_every_format(name, fmt, built, monkeypatch, capsys):
+def test_explain_every_lesson_in_every_format(
+    name, fmt, built, monkeypatch, capsys, assert_fits_without_cuts
+):
     def cached(lesson_name: str):
         if lesson_name not in built:
             built[lesson_name] = get_lesson(lesson_name)
@@ -66,3 +69,4 @@ def test_explain_every_lesson_in_every_format(name, fmt, built, monkeypatch, cap
         assert _words(lesson.title) in shown
         for section in lesson.sections:
             assert _words(section.title) in shown, section.title
+        assert_fits_without_cuts(lesson, width=80)

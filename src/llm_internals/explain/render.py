@@ -10,9 +10,11 @@ import json
 import math
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table as RichTable
 
@@ -23,8 +25,45 @@ JSON_SCHEMA = "llm-internals.lesson/1"
 JSON_MAX_ELEMENTS = 4096
 
 
+def transposed(grid: Grid) -> Grid:
+    """Rows become columns: the first column's cells become the header, the header the first
+    column. A wide table of few rows (nine parameter counts of four models) then fits."""
+    header = [grid.header[0], *(row[0] for row in grid.rows)]
+    rows = [[column, *(row[j] for row in grid.rows)] for j, column in enumerate(grid.header)][1:]
+    return Grid(grid.caption, header, rows)
+
+
+def _rich_table(title: str, grid: Grid, compact: bool = False) -> RichTable:
+    """Cells wrap, and break inside a word only if a word alone is wider than its column
+    ("fold"), so nothing is ever cut off with an ellipsis. Compact tables drop the outer edge
+    and the vertical rules (a column then costs one space instead of three)."""
+    style = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False} if compact else {}
+    table = RichTable(title=title, title_justify="left", show_lines=False, **style)
+    for column in grid.header:
+        table.add_column(escape(column), justify="right", overflow="fold")
+    for row in grid.rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def fitting_table(title: str, grid: Grid, console: Console) -> RichTable:
+    """The grid as a rich table at most the console's width: as it is if it fits, else
+    transposed, else compact, else compact and transposed; if none fits, the narrowest of them,
+    with cells wrapped rather than cut."""
+
+    def natural(t: RichTable) -> int:  # its width with no wrapping at all
+        return Measurement.get(console, console.options.update_width(10**6), t).maximum
+
+    layouts = [grid, transposed(grid)] if grid.rows else [grid]
+    candidates = [_rich_table(title, g, compact) for compact in (False, True) for g in layouts]
+    widths = [natural(t) for t in candidates]
+    fitting = [t for t, w in zip(candidates, widths, strict=True) if w <= console.width]
+    return fitting[0] if fitting else candidates[widths.index(min(widths))]
+
+
 def render_terminal(lesson: Lesson, console: Console) -> None:
-    """Print the lesson with rich: a header panel, then each section's steps and value tables."""
+    """Print the lesson with rich: a header panel, then each section's steps and value tables
+    (wide tables transposed or wrapped to the console's width)."""
     console.print(Panel(f"[bold]{lesson.title}[/bold]\n{lesson.summary}", expand=False))
     for number, section in enumerate(lesson.sections, start=1):
         console.rule(f"[bold]{number}. {section.title}")
@@ -33,15 +72,10 @@ def render_terminal(lesson: Lesson, console: Console) -> None:
             if step.formula:
                 console.print(f"  [bold cyan]{escape(step.formula)}[/bold cyan]")
             for name, value in step.values.items():
-                shown = describe(value, step.decimals)
+                shown = describe(value, step.decimals, name)
                 if isinstance(shown, Grid):
                     title = f"{name}  [dim]{shown.caption}[/dim]" if shown.caption else name
-                    table = RichTable(title=title, title_justify="left", show_lines=False)
-                    for column in shown.header:
-                        table.add_column(column, justify="right")
-                    for row in shown.rows:
-                        table.add_row(*row)
-                    console.print(table)
+                    console.print(fitting_table(title, shown, console))
                 else:
                     console.print(f"  {name} = [bold]{shown}[/bold]")
             console.print()
@@ -64,7 +98,7 @@ def render_markdown(lesson: Lesson) -> str:
             if step.formula:
                 out += ["```", step.formula, "```", ""]
             for name, value in step.values.items():
-                shown = describe(value, step.decimals)
+                shown = describe(value, step.decimals, name)
                 if isinstance(shown, Grid):
                     caption = f" ({shown.caption})" if shown.caption else ""
                     out += [f"**{name}**{caption}", "", *_markdown_grid(shown), ""]

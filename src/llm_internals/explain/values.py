@@ -2,6 +2,10 @@
 
 Tensors with at most MAX_FULL rows and columns are shown whole; larger ones as their shape and
 the top-left CORNER x CORNER block. Tensors of rank 3 or more show their first matrix.
+
+Whole numbers are shown with thousands separators; where a value's name (or its table column's)
+says it is a byte size or a parameter count, in binary units (512 KiB) or short scale (8.03 B).
+The JSON renderer keeps the exact numbers.
 """
 
 from __future__ import annotations
@@ -41,12 +45,54 @@ def as_array(value: Any) -> np.ndarray | None:
     return None
 
 
-def format_number(x: Any, decimals: int) -> str:
-    """Floats with a fixed number of decimals (nan/inf spelled out), ints and bools as they are."""
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+COUNT_UNITS = ((10**12, "T"), (10**9, "B"), (10**6, "M"))
+
+
+def unit_of(name: str) -> str | None:
+    """ "bytes" or "count" when a value's name says what its whole numbers measure, else None."""
+    lowered = name.lower()
+    if "bytes" in lowered:
+        return "bytes"
+    if "param" in lowered:
+        return "count"
+    return None
+
+
+def _trimmed(x: float) -> str:
+    """Two decimals without trailing zeros: 512.0 -> "512", 7.5 -> "7.5", 8.031 -> "8.03"."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def format_bytes(n: int) -> str:
+    """A byte count in binary units: 524288 -> "512 KiB", 1000 -> "1,000 B"."""
+    power = 0
+    while power + 1 < len(BYTE_UNITS) and abs(n) >= 1024 ** (power + 1):
+        power += 1
+    if power == 0:
+        return f"{n:,} B"
+    return f"{_trimmed(n / 1024**power)} {BYTE_UNITS[power]}"
+
+
+def format_count(n: int) -> str:
+    """A count in short scale past a million: 8030261248 -> "8.03 B"; smaller ones with commas."""
+    for size, suffix in COUNT_UNITS:
+        if abs(n) >= size:
+            return f"{_trimmed(n / size)} {suffix}"
+    return f"{n:,}"
+
+
+def format_number(x: Any, decimals: int, unit: str | None = None) -> str:
+    """Floats with a fixed number of decimals (nan/inf spelled out), bools as they are, whole
+    numbers with thousands separators or in `unit` ("bytes", "count")."""
     if isinstance(x, (bool, np.bool_)):
         return str(bool(x))
     if isinstance(x, (int, np.integer)):
-        return str(int(x))
+        if unit == "bytes":
+            return format_bytes(int(x))
+        if unit == "count":
+            return format_count(int(x))
+        return f"{int(x):,}"
     if isinstance(x, (float, np.floating)):
         x = float(x)
         if math.isnan(x):
@@ -90,19 +136,25 @@ def tensor_grid(array: np.ndarray, decimals: int) -> Grid:
     return Grid(caption, header, rows)
 
 
-def table_grid(table: Table, decimals: int) -> Grid:
-    """Lay out a Table: numbers get the step's decimals, everything else its str()."""
-    rows = [[format_number(cell, decimals) for cell in row] for row in table.rows]
+def table_grid(table: Table, decimals: int, name: str = "") -> Grid:
+    """Lay out a Table: numbers get the step's decimals and the unit their column's name (or else
+    the table's `name`) implies, everything else its str()."""
+    units = [unit_of(column) or unit_of(name) for column in table.columns]
+    rows = [
+        [format_number(cell, decimals, unit) for cell, unit in zip(row, units, strict=True)]
+        for row in table.rows
+    ]
     return Grid("", list(table.columns), rows)
 
 
-def describe(value: Any, decimals: int) -> str | Grid:
-    """A one-line string for scalars and text, a Grid for tensors and tables."""
+def describe(value: Any, decimals: int, name: str = "") -> str | Grid:
+    """A one-line string for scalars and text, a Grid for tensors and tables; `name` (the value's
+    display name) chooses units for whole numbers."""
     if isinstance(value, Table):
-        return table_grid(value, decimals)
+        return table_grid(value, decimals, name)
     array = as_array(value)
     if array is not None:
         if array.size == 1:
             return format_number(array.reshape(-1)[0], decimals)
         return tensor_grid(array, decimals)
-    return format_number(value, decimals)
+    return format_number(value, decimals, unit_of(name))
