@@ -41,7 +41,7 @@ OUTLIER_GRANULARITIES = (("int8", 8, "tensor"), ("int8", 8, "channel"), ("int4",
 TOKENS, ACT_OUTLIER_CHANNEL, ACT_OUTLIER = 8, 5, 30.0
 SPEED_N, SPEED_REPEATS = 2048, 20
 SPEED_SCHEMES = ("bf16", "int8", "int4-g128")
-QAT_SCHEME, QAT_STEPS, QAT_LR, QAT_EVERY = "mxfp4", 50, 3e-5, 10
+QAT_SCHEME, QAT_STEPS, QAT_LR, QAT_EVERY = "mxfp4", 50, 0.01, 10
 QAT_IN, QAT_OUT, QAT_SAMPLES = 128, 64, 512
 
 
@@ -421,14 +421,13 @@ def qat_data() -> tuple[torch.Tensor, ...]:
 
 
 def qat_curve() -> list[list]:
-    """Held-out MSE against the fp32 layer while QAT trains (Adam on the training set)."""
+    """Held-out MSE against the fp32 layer while QAT trains (SGD on the training set)."""
     weight, train, held = qat_data()
     base = nn.Linear(QAT_IN, QAT_OUT, bias=False)
     with torch.no_grad():
         base.weight.copy_(weight)
     model = nn.Sequential(base)
     prepare_qat(model, QAT_SCHEME)
-    optimizer = torch.optim.Adam(model.parameters(), lr=QAT_LR)
     target_train, target_held = train @ weight.T, held @ weight.T
     rows = []
     for step in range(QAT_STEPS + 1):
@@ -437,9 +436,11 @@ def qat_curve() -> list[list]:
                 rows.append([step, float(((model(held) - target_held) ** 2).mean())])
         if step < QAT_STEPS:
             loss = ((model(train) - target_train) ** 2).mean()
-            optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            with torch.no_grad():  # plain SGD on the fp32 master weights
+                for param in model.parameters():
+                    param -= QAT_LR * param.grad
+                    param.grad = None
     for row in rows:
         row.append(round(row[1] / rows[0][1], 3))
     return rows
@@ -484,7 +485,7 @@ def _section_qat() -> Section:
                 f"QAT with {QAT_SCHEME.upper()} fake quantisation (`prepare_qat` wraps the "
                 f"layer in a QATLinear): a {QAT_IN} -> {QAT_OUT} layer (a corner of the "
                 "lesson's matrix) learns to reproduce its own fp32 outputs on correlated "
-                f"inputs, Adam with learning rate {QAT_LR:g}. Step 0 is post-training "
+                f"inputs, plain SGD with learning rate {QAT_LR:g}. Step 0 is post-training "
                 "quantisation; the held-out error falls as the master weights move to where "
                 "rounding hurts the outputs least.",
                 values={
