@@ -1,4 +1,4 @@
-"""Our MoE layer against the live HF blocks (Mixtral, Qwen2-MoE, DeepSeek-V3), weights copied in.
+"""Our MoE layer against the live HF blocks (Mixtral, Qwen2/3-MoE, DeepSeek-V3), weights copied in.
 
 HF's routers compute in fp32 even inside an fp64 model (Mixtral/Qwen2 softmax in float, DeepSeek
 casts x and W_g to float32), so fp64 parity is checked on what is fp64 there: the same expert ids
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DeepseekV3Config, MixtralConfig, Qwen2MoeConfig
+from transformers import DeepseekV3Config, MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
 from llm_internals.layers.moe import MoEConfig, MoELayer
 from llm_internals.layers.moe_dispatch import DISPATCH_MODES, DISPATCHERS
@@ -54,6 +55,18 @@ def qwen2(norm_topk_prob: bool):
     return build
 
 
+def qwen3():
+    hf_config = Qwen3MoeConfig(
+        hidden_size=D_MODEL,
+        moe_intermediate_size=D_EXPERT,
+        num_experts=9,
+        num_experts_per_tok=4,
+        norm_topk_prob=True,
+    )
+    ours = MoEConfig(D_MODEL, D_EXPERT, n_experts=9, top_k=4, router="softmax_topk")
+    return Qwen3MoeSparseMoeBlock(hf_config), ours
+
+
 def deepseek_v3():
     hf_config = DeepseekV3Config(
         hidden_size=D_MODEL,
@@ -83,6 +96,7 @@ BUILDERS = {
     "mixtral": mixtral,
     "qwen2_norm": qwen2(True),
     "qwen2_plain": qwen2(False),
+    "qwen3": qwen3,
     "deepseek_v3": deepseek_v3,
 }
 
