@@ -112,3 +112,28 @@ def attach_adapters(model: nn.Module, adapters: dict[str, str | Path]) -> MultiL
         replace_module(model, path, multi.to(a.device))
     model.multi_lora = registry
     return registry
+
+
+def check_adapter(model: nn.Module, name: str | None) -> None:
+    """Refuse a request for an adapter the model does not serve (before it is queued)."""
+    if name is None:
+        return
+    multi = getattr(model, "multi_lora", None)
+    if multi is None:
+        raise LLMInternalsError(
+            f"adapter {name!r} was requested but this model serves no adapters",
+            hint="start the server with --lora NAME=DIR for each adapter",
+        )
+    multi.adapter_id(name)
+
+
+def adapter_rows(model: nn.Module, row_owners: Sequence) -> contextlib.AbstractContextManager:
+    """For a serving engine: inside the block, token row i uses the adapter its owner's
+    SamplingParams name (`params.adapter`; None: the base). A no-op for a model without
+    adapters."""
+    multi = getattr(model, "multi_lora", None)
+    if multi is None:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device
+    ids = [multi.adapter_id(getattr(seq.params, "adapter", None)) for seq in row_owners]
+    return multi.rows(torch.tensor(ids, dtype=torch.long, device=device))

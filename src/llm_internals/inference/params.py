@@ -46,6 +46,8 @@ class SamplingParams:
     n: samples per request, >= 1 (parallel sampling in the serving engine; the samples share the
       prompt's KV blocks).
     ignore_eos: keep generating after the end-of-text token (benchmarks use it to fix lengths).
+    adapter: the LoRA adapter this request runs with in the serving engine (a name the model
+      was given with adapters.multi.attach_adapters; None: the base model).
     """
 
     temperature: float = 1.0
@@ -61,8 +63,13 @@ class SamplingParams:
     max_tokens: int = 16
     n: int = 1
     ignore_eos: bool = False
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
+        if self.adapter is not None and not isinstance(self.adapter, str):
+            raise LLMInternalsError(
+                f"sampling parameter adapter must be a name, got {self.adapter!r}"
+            )
         _number(self, "temperature", low=0.0, hint="0 means greedy decoding; 1 leaves logits as is")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise LLMInternalsError(

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from llm_internals.adapters.multi import check_adapter
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generation_request import eos_ids, split_prompts
 from llm_internals.inference.paged.block_manager import BlockManager
@@ -118,6 +119,8 @@ class LLM:
         if num_blocks is None and kv_cache_gb is None:
             num_blocks = self._default_num_blocks(block_size, max_num_seqs)
         self.cache = PagedKVCache.for_model(model, block_size, num_blocks, kv_cache_gb)
+        # with several LoRA adapters equal tokens need not give equal K/V: no prefix sharing
+        enable_prefix_caching = enable_prefix_caching and not hasattr(model, "multi_lora")
         self.block_manager = BlockManager(self.cache.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache)
@@ -164,6 +167,7 @@ class LLM:
     def _check_request(self, request_id: Any, prompt: Any, params: Any) -> list[int]:
         if isinstance(request_id, str) and request_id in self.requests:
             raise LLMInternalsError(f"request {request_id!r} is already running")
+        check_adapter(self.model, getattr(params, "adapter", None))
         return check_request(
             request_id,
             prompt,

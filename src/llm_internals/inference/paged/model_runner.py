@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_internals.adapters.multi import adapter_rows
 from llm_internals.inference.paged.paged_attention import (
     DecodeGroup,
     PagedAttentionContext,
@@ -45,6 +46,7 @@ class ModelRunner:
         self.pool = pool
         self.sampler = Sampler()
         self.device = next(model.parameters()).device
+        self.row_owners: list[Sequence] = []
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Run one step: (the sequence of each logits row, next-token logits (rows, vocab)).
@@ -52,7 +54,7 @@ class ModelRunner:
         record("paged.block_copies", list(batch.copies), note="copy-on-write (source, dest)")
         self.pool.copy_blocks(batch.copies)
         ids, positions, context, sample_rows, sample_seqs = self.prepare(batch)
-        with torch.inference_mode():
+        with torch.inference_mode(), adapter_rows(self.model, self.row_owners):
             hidden = self.model.hidden_states(ids[None], positions=positions[None], cache=context)
             logits = self.model.lm_head(hidden[0, sample_rows])
         return sample_seqs, logits
@@ -175,6 +177,9 @@ class ModelRunner:
             decode_groups=groups,
             prefills=chunks,
         )
+        # the sequence of each token row (multi-LoRA picks each row's adapter from it)
+        self.row_owners = [s for s, _ in decodes] + [s for s, n in verifying + prefills
+                                                     for _ in range(n)]  # fmt: skip
         if is_recording():
             record("paged.input_ids", torch.tensor(ids, device="cpu"),
                    note="all scheduled tokens, one row")  # fmt: skip
@@ -183,10 +188,7 @@ class ModelRunner:
             record("paged.slot_mapping", context.slot_mapping, note="block * block_size + offset")
             for group in groups:
                 record("paged.decode_block_ids", group.block_ids, note="block tables, padded")
-            owners = [s for s, _ in decodes] + [
-                s for s, n in verifying + prefills for _ in range(n)
-            ]
-            record("paged.row_sequences", [(s.request_id, s.index) for s in owners],
+            record("paged.row_sequences", [(s.request_id, s.index) for s in self.row_owners],
                    note="(request id, sample index) of each row")  # fmt: skip
             record("paged.sample_rows", list(sample_rows), note="rows whose logits are sampled")
         return (
