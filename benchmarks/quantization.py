@@ -16,8 +16,9 @@ Method
 - Decode tokens/s: our `generate` (greedy, KV cache), (time for N new tokens - time for 1) /
   (N - 1), batch 1 and 16, 16-token random prompts; variants interleaved per repetition, median
   reported. fp32 uses the decode layout (column-major weights, our fastest fp32); bf16, int8 and
-  int4 run with bfloat16 activations (torch's int8/int4 CPU kernels need them), embeddings and
-  norms in bf16, the output head in int8 (quantize_output_head); torchao = torchao's
+  int4 keep the model in fp32 but round each quantised layer's input to bf16 for torch's
+  int8/int4 CPU kernels (use_kernel_activations; they are slow with fp32 inputs), the output head
+  in int8 (quantize_output_head); bf16 = the whole model in bf16; torchao = torchao's
   Int8WeightOnlyConfig on the bf16 model (its head stays bf16: OutputHead is not an nn.Linear).
 - One torch thread by default (the machine is shared; see benchmarks/decode.py).
 
@@ -48,7 +49,7 @@ from llm_internals.models.checkpoint import own_state_dict
 from llm_internals.models.decoder import DecoderLM
 from llm_internals.models.loading import load_model_and_tokenizer
 from llm_internals.models.published import model_config
-from llm_internals.quant.linear import cast_unquantized, quantize_model, quantize_output_head
+from llm_internals.quant.linear import quantize_model, quantize_output_head, use_kernel_activations
 from llm_internals.quant.schemes import SCHEMES
 
 console = Console(highlight=False, width=160)
@@ -115,7 +116,8 @@ def speed_variants(model: DecoderLM, names: list[str]) -> dict[str, torch.nn.Mod
         else:  # the head in int8 (the int4 kernel needs N % 16 == 0; GPT-2's vocab is 50257)
             quantize_model(variant, name)
             quantize_output_head(variant, "int8")
-            variants[name] = cast_unquantized(variant, torch.bfloat16)
+            use_kernel_activations(variant, torch.bfloat16)
+            variants[name] = variant
     return variants
 
 

@@ -120,3 +120,19 @@ def test_quantize_output_head_computes_the_quantised_logits():
     quantize_output_head(model, "int8")
     assert isinstance(model.lm_head, QuantizedLinear)
     torch.testing.assert_close(model(torch.tensor([[1, 2, 3]])), expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g128"])
+def test_kernel_activations_round_only_the_input_to_bf16(linear, scheme):
+    from llm_internals.quant.linear import use_kernel_activations
+
+    model = nn.Sequential(QuantizedLinear.from_linear(linear, scheme))
+    use_kernel_activations(model)
+    x = torch.randn(3, 256)
+    out = model(x)
+    assert out.dtype == torch.float32
+    layer = model[0]
+    expected = F.linear(x.bfloat16().float(), layer.dequantized_weight(), linear.bias.detach())
+    torch.testing.assert_close(out, expected, atol=3e-2, rtol=3e-2)
+    if scheme != "int8":
+        assert layer._int4 is not None  # the kernel ran

@@ -12,8 +12,10 @@ Fast paths, where torch has a CPU kernel that reads the compact weight directly:
     bf16        F.linear in bfloat16.
 The int8/int4 kernels run for bfloat16 activations only: with float32 ones torch 2.13 takes a
 slow reference path (measured: 5x slower than the float32 matmul at batch 1, 40x at batch 16),
-so float32 inputs use the general path. Run quantised models in bfloat16 (`--dtype bfloat16`)
-for speed; `cast_unquantized` casts everything but the stored parts.
+so float32 inputs use the general path, unless `kernel_activations = torch.bfloat16` (see
+`use_kernel_activations`): then only the layer's input is rounded to bf16 for the kernel and
+its output cast back, and the rest of the model stays in float32 (on this CPU a whole bf16
+model decodes slower than fp32: its attention, norms and GELU have no fast bf16 paths).
     w8a8        x is quantised per token too: y = (round(x / s_x) q^T) * s_x * s_w.
 """
 
@@ -45,6 +47,7 @@ class QuantizedLinear(nn.Module):
             self.register_buffer(buffer_name(part), tensor.contiguous())
         self.register_buffer("bias", bias)
         self.use_kernel = True
+        self.kernel_activations: torch.dtype | None = None  # e.g. bf16: cast x for the kernels
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -66,6 +69,10 @@ class QuantizedLinear(nn.Module):
         if self.use_kernel and name == "bf16":
             bias = None if self.bias is None else self.bias.to(torch.bfloat16)
             return F.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), bias).to(x.dtype)
+        has_kernel = name == "int8" or (name in INT4_GROUPS and self.out_features % 16 == 0)
+        cast = self.kernel_activations is not None and x.dtype != self.kernel_activations
+        if self.use_kernel and has_kernel and cast:
+            return self.forward(x.to(self.kernel_activations)).to(x.dtype)
         kernel = self.use_kernel and x.dtype == torch.bfloat16  # see the module docstring
         if kernel and name == "int8":
             flat = x.reshape(-1, self.in_features).contiguous()
@@ -170,3 +177,11 @@ def quantize_output_head(model: nn.Module, scheme: str) -> None:
     head = model.lm_head
     parts = get_scheme(scheme).quantize(head.weight, "lm_head.weight")
     model.lm_head = QuantizedLinear(scheme, parts, tuple(head.weight.shape), None)
+
+
+def use_kernel_activations(model: nn.Module, dtype: torch.dtype | None = torch.bfloat16) -> None:
+    """Let every QuantizedLinear round its input to `dtype` to run torch's int8/int4 kernels
+    (None: only inputs that already have a kernel dtype do)."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            module.kernel_activations = dtype
