@@ -177,3 +177,16 @@ def test_deepseek_bias_changes_selection_not_weights():
     assert torch.equal(routing.indices.gather(1, order_ours), hf_indices.gather(1, order_hf))
     expected = hf_weights.gather(1, order_hf)
     assert (routing.weights.gather(1, order_ours) - expected).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_plain", "qwen3"])
+def test_bf16_routing_matches_hf(name):
+    """In bf16 the scores are taken in fp32 as HF does: same choices and weights (HF's Qwen
+    routers round the weights back to bf16, Mixtral's keep fp32; the dispatch rounds ours)."""
+    hf, ours = build_pair(name, torch.bfloat16)
+    x = torch.randn(64, D_MODEL, dtype=torch.bfloat16)
+    with torch.no_grad():
+        _, hf_weights, hf_indices = hf.gate(x)
+        routing = ours.router(x)
+    assert torch.equal(routing.indices, hf_indices)
+    assert (routing.weights.to(hf_weights.dtype) - hf_weights).abs().max() < 1e-6

@@ -15,6 +15,10 @@ Three published ways to turn logits into k expert ids and k combine weights:
   `topk_group` best groups stay eligible, and the top k of those are chosen. The weights use the
   *unbiased* s: w = s[idx] / sum(s[idx]) (when `norm_topk_prob`) times `routed_scaling_factor`.
   The bias decides *which* experts, never *how much*.
+
+Scores are computed in at least fp32 (fp64 stays fp64), so the weights come back in that dtype;
+the dispatch casts them to the activations' dtype. HF's DeepSeek-V3 also does the gate matmul
+itself in fp32; here it runs in the input dtype and only the scores are upcast.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class Router(nn.Module):
         """Route tokens x [T, d_model]."""
         logits = x @ self.weight.t()
         record("router_logits", logits, note=f"x W_g^T, router {self.kind}")
+        # scores in at least fp32 (as HF): in bf16 close logits would otherwise tie or swap
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if self.kind == "topk_softmax":
             top_logits, indices = logits.topk(self.top_k, dim=-1)
             weights = torch.softmax(top_logits, dim=-1)
