@@ -99,6 +99,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chat-template", type=Path,
                    help="a Jinja chat template file (default: MODEL/tokenizer_config.json's, "
                    "else the plain 'User: ... Assistant:' template)")  # fmt: skip
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR",
+                   help="serve a LoRA adapter folder under NAME (repeatable); a request's "
+                   "`model` field picks it; requests with different adapters share "
+                   "batches")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
@@ -139,6 +143,20 @@ def _check_args(args: argparse.Namespace) -> None:
             hint="give --allowed-hosts NAME[,NAME...] (the names clients use), or "
             "--allowed-hosts '*' to accept any",
         )
+
+
+def _lora_flags(values: list[str]) -> dict[str, Path]:
+    """{NAME: DIR} from repeated --lora NAME=DIR."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name.strip() or not directory or name.strip() in adapters:
+            raise LLMInternalsError(
+                f"--lora {value!r}: expected NAME=DIR with a new NAME",
+                hint="--lora sql=out/sql-run/adapter (repeat --lora for more adapters)",
+            )
+        adapters[name.strip()] = Path(directory)
+    return adapters
 
 
 def _guards(args: argparse.Namespace) -> Any:
@@ -208,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
     template = _chat_template(args)
     model, tokenizer, eos = load_model_and_tokenizer(args.model, args.tokenizer, device=device,
                                                      dtype=dtype)  # fmt: skip
+    if args.lora:
+        from llm_internals.adapters.multi import attach_adapters
+
+        attach_adapters(model, _lora_flags(args.lora))
     if device.type == "cpu":  # a CPU BLAS layout choice (see decode_layout.py)
         model = use_decode_layout(model)
     draft = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 import weakref
@@ -80,6 +81,8 @@ class ServerState:
         self.vocab_size = int(engine.config.vocab_size)
         self.limits = limits.resolved(self.context, engine.scheduler.max_num_seqs, tokenizer)
         self.speculative = getattr(engine, "speculation", None) is not None
+        multi_lora = getattr(getattr(engine, "model", None), "multi_lora", None)
+        self.adapters = tuple(multi_lora.names) if multi_lora is not None else ()  # serve --lora
         self.created = int(time.time())
         self.in_flight = 0
         self.accepted = 0
@@ -138,16 +141,19 @@ def create_app(
             return JSONResponse({"status": "error", "error": DEAD_MESSAGE}, 503)
         return JSONResponse({"status": "ok"})
 
-    def model_card() -> dict[str, Any]:
-        return {"id": state.model_name, "object": "model", "created": state.created,
+    def model_card(model_id: str | None = None) -> dict[str, Any]:
+        card = {"id": model_id or state.model_name, "object": "model", "created": state.created,
                 "owned_by": "llm-internals", "max_model_len": state.context}  # fmt: skip
+        return card | ({"parent": state.model_name} if model_id else {})  # a LoRA adapter
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(), *map(model_card, state.adapters)]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
+        if model_id in state.adapters:
+            return model_card(model_id)
         if model_id != state.model_name:
             raise ApiError(404, f"model {model_id!r} is not served here; this server serves "
                            f"{state.model_name!r}", "model", code="model_not_found")  # fmt: skip
@@ -220,9 +226,10 @@ def _check_common(state: ServerState, body: SamplingFields) -> None:
         body.check_supported()
     except UnsupportedField as err:
         raise ApiError(400, err.message, err.field) from None
-    if body.model != state.model_name:
+    if body.model != state.model_name and body.model not in state.adapters:
+        served = ", ".join(repr(m) for m in (state.model_name, *state.adapters))
         raise ApiError(404, f"model {body.model!r} is not served here; this server serves "
-                       f"{state.model_name!r}", "model", code="model_not_found")  # fmt: skip
+                       f"{served}", "model", code="model_not_found")  # fmt: skip
     if body.n > state.limits.max_n:
         raise ApiError(400, f"n must be at most {state.limits.max_n} (the engine's max_num_seqs), "
                        f"got {body.n}", "n")  # fmt: skip
@@ -262,6 +269,8 @@ def _plan(state: ServerState, body: SamplingFields, kind: str,
             raise ApiError(400, f"{field}: token id {bad[0]} is outside the vocabulary (size "
                            f"{state.vocab_size})", field)  # fmt: skip
     params = sampling_params(body, max_tokens, stop)
+    if body.model in state.adapters:  # the `model` field names a LoRA adapter (serve --lora)
+        params = dataclasses.replace(params, adapter=body.model)
     response_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     requests = [EngineRequest(f"{response_id}-{i}", list(ids), params)
                 for i, (_, ids, _) in enumerate(prompts)]  # fmt: skip
