@@ -5,7 +5,7 @@ one line too, and `--debug` shows the full traceback.
 
 Only the command being run is imported: most command modules import torch (seconds), so
 `--help` reads every command's name and one-line help from its module's source instead
-(`command_summaries`), and `llm-internals lessons` imports no model code at all.
+(`command_summary`), and `llm-internals lessons` imports no model code at all.
 """
 
 from __future__ import annotations

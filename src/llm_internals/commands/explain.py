@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from rich.console import Console
+from rich.pager import Pager
+
 from llm_internals.console import console
+from llm_internals.explain.lesson import Lesson
 from llm_internals.explain.registry import get_lesson
 from llm_internals.explain.render import render_json, render_markdown, render_terminal
 
@@ -15,7 +20,8 @@ def add_parser(subparsers) -> None:
         "explain",
         help="explain one concept step by step with real numbers",
         description="Run the library code behind a lesson on a small deterministic input and "
-        "show every step. `llm-internals lessons` lists the names.",
+        "show every step. `llm-internals lessons` lists the names. In a terminal the lesson "
+        "opens in a pager ($PAGER, else less) unless --no-pager is given.",
     )
     p.add_argument("lesson", metavar="LESSON", help="lesson name, e.g. softmax")
     p.add_argument(
@@ -24,13 +30,36 @@ def add_parser(subparsers) -> None:
         default="terminal",
         help="terminal (default: rich tables), markdown (a document), json (web explorer input)",
     )
+    p.add_argument(
+        "--no-pager",
+        action="store_true",
+        help="print straight to the terminal instead of opening a pager (the pager is used "
+        "only when stdout is a terminal)",
+    )
     p.set_defaults(func=run)
+
+
+def wants_pager(target: Console, no_pager: bool) -> bool:
+    """Page only an interactive terminal, and not when the user said --no-pager."""
+    return target.is_terminal and not no_pager
+
+
+def show(lesson: Lesson, target: Console, paged: bool, pager: Pager | None = None) -> None:
+    """Render the lesson to `target`, through a pager (rich's: the system pager) when `paged`.
+    less is told to pass colours through (-R), to quit if the lesson fits one screen (-F) and
+    to leave it on the screen (-X), unless $LESS says otherwise."""
+    if not paged:
+        render_terminal(lesson, target)
+        return
+    os.environ.setdefault("LESS", "-RFX")
+    with target.pager(pager=pager, styles=True):
+        render_terminal(lesson, target)
 
 
 def run(args: argparse.Namespace) -> int:
     lesson = get_lesson(args.lesson)
     if args.format == "terminal":
-        render_terminal(lesson, console)
+        show(lesson, console, wants_pager(console, args.no_pager))
     elif args.format == "markdown":
         sys.stdout.write(render_markdown(lesson))
     else:
