@@ -69,21 +69,23 @@ class QuantizedLinear(nn.Module):
         if self.use_kernel and name == "bf16":
             bias = None if self.bias is None else self.bias.to(torch.bfloat16)
             return F.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), bias).to(x.dtype)
-        has_kernel = name == "int8" or (name in INT4_GROUPS and self.out_features % 16 == 0)
-        cast = self.kernel_activations is not None and x.dtype != self.kernel_activations
-        if self.use_kernel and has_kernel and cast:
+        has_kernel = (  # torch's CPU kernels (see the module docstring); else the general path
+            self.use_kernel
+            and x.is_cpu
+            and (name == "int8" or (name in INT4_GROUPS and self.out_features % 16 == 0))
+        )
+        if has_kernel and self.kernel_activations not in (None, x.dtype):
             return self.forward(x.to(self.kernel_activations)).to(x.dtype)
-        kernel = self.use_kernel and x.dtype == torch.bfloat16  # see the module docstring
-        if kernel and name == "int8":
+        if has_kernel and x.dtype == torch.bfloat16:
             flat = x.reshape(-1, self.in_features).contiguous()
-            scale = self.weight_scale.reshape(-1).to(x.dtype)
-            out = torch._weight_int8pack_mm(flat, self.weight, scale)
-            return self._finish(out.reshape(*x.shape[:-1], -1))
-        if kernel and name in INT4_GROUPS and self.out_features % 16 == 0:
-            packed, scale_and_zero = self._int4_kernel_weights(x.dtype)
-            flat = x.reshape(-1, self.in_features).contiguous()
-            group = INT4_GROUPS[name]
-            out = torch._weight_int4pack_mm_for_cpu(flat, packed, group, scale_and_zero)
+            if name == "int8":
+                scale = self.weight_scale.reshape(-1).to(x.dtype)
+                out = torch._weight_int8pack_mm(flat, self.weight, scale)
+            else:
+                packed, scale_and_zero = self._int4_kernel_weights(x.dtype)
+                out = torch._weight_int4pack_mm_for_cpu(
+                    flat, packed, INT4_GROUPS[name], scale_and_zero
+                )
             return self._finish(out.reshape(*x.shape[:-1], -1))
         return F.linear(x, self.dequantized_weight().to(x.dtype), self._bias(x.dtype))
 
