@@ -42,7 +42,8 @@ def _finetune(base, out, *extra):
 
 def test_finetune_merge_and_generate_with_the_adapter(tmp_path, capsys):
     base = _base(tmp_path / "base")
-    assert _finetune(base, tmp_path / "run", "--qlora", "--targets", "all-linear", "--merge") == 0
+    assert _finetune(base, tmp_path / "run", "--qlora", "--targets", "all-linear", "--merge",
+                     "--dtype", "bfloat16") == 0  # fmt: skip
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  "merged/config.json", "merged-hf/config.json", "log.jsonl", "latest"):  # fmt: skip
         assert (tmp_path / "run" / name).is_file(), name

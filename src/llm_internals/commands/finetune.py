@@ -11,7 +11,7 @@ from llm_internals.data.corpus import CORPORA
 from llm_internals.devices import add_device_arguments, resolve_device
 from llm_internals.errors import LLMInternalsError
 from llm_internals.models.loading import LATEST_FILE
-from llm_internals.training.config import TrainConfig
+from llm_internals.training.config import DTYPES, TrainConfig
 from llm_internals.training.finetune import FinetuneSpec
 from llm_internals.training.finetune_run import merge_run, run_finetune
 
@@ -58,6 +58,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eval-iters", type=int, default=10, help="batches per validation")
     p.add_argument(
         "--checkpoint-interval", type=int, default=50, help="steps between checkpoints (0: end)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="forward and loss dtype (bfloat16: autocast, as QLoRA computes; weights, adapters "
+        "and AdamW states stay float32)",
     )
     p.add_argument("--seed", type=int, default=1337, help="seed for init, batches and dropout")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_interval=args.checkpoint_interval,
         seed=args.seed,
         threads=args.threads,
+        dtype=args.dtype,
     )
     result = run_finetune(args.model, spec, config, resume=args.resume,
                           device=resolve_device(args.device))  # fmt: skip
