@@ -7,32 +7,37 @@ and `generate(prompt_lookup_num_tokens=...)` on the same two models in the same 
 
 Method
 - Models (benchmarks/speculative_models.py): a 4-layer, 768-wide GPT-2-style target and a
-  2-layer, 256-wide draft, trained on Shakespeare with one BPE tokenizer, on first run (about
-  25 minutes on 2 CPU cores), cached under --cache-dir, and exported with save_pretrained for
-  HF (`--quick`: tiny models trained in seconds, for a smoke test).
+  2-layer, 256-wide draft, trained on Shakespeare with one BPE tokenizer, the draft then
+  distilled from the target (speculative_distill.py; --plain-draft skips that), on first run
+  (about 40 minutes on 2 loaded CPU cores), cached under --cache-dir, and exported with
+  save_pretrained for HF (`--quick`: tiny models trained in seconds, for a smoke test).
 - Prompts: --prompts slices of --prompt-tokens tokens from the validation text; every run
   generates --new-tokens tokens greedily (no end-of-text stop), so all rows do the same work.
 - Batch 1: target alone, speculative with the draft model and with n-gram prompt lookup for
-  gamma = 1..8, and HF plain / assisted / prompt-lookup greedy. Repetitions are interleaved
-  (every configuration once per repetition) and the median wall time of a repetition (all
-  prompts) is reported; tokens/s = new tokens / that time.
-- alpha = accepted / proposed draft tokens; E(alpha, gamma) = (1 - alpha^(gamma+1)) / (1 - alpha)
-  is the expected number of tokens per target forward if acceptances were independent with
-  rate alpha (Leviathan et al. 2023), beside the observed tokens per target forward;
-  c = draft step time / target step time (each measured alone) gives the predicted speedup
-  E / (gamma c + 1).
+  gamma = 1..8, and HF plain / assisted / prompt-lookup greedy (at --hf-gammas). Repetitions
+  are interleaved (every configuration once per repetition) and the median wall time of a
+  repetition (all prompts) is reported; tokens/s = new tokens / that time.
+- alpha = accepted / examined drafts (the acceptance rate accepted / proposed is shown too);
+  E(alpha, gamma) = (1 - alpha^(gamma+1)) / (1 - alpha) is the expected number of tokens per
+  target forward if acceptances were independent with rate alpha (Leviathan et al. 2023),
+  beside the observed tokens per target forward; c = draft step time / target step time (each
+  measured alone) gives the predicted speedup E / (gamma c + 1), which takes a verification
+  forward to cost one decode step (on this CPU one over 5 tokens costs ~1.65: docs/LOG.md).
 - "same" says whether every speculative run produced exactly the target-alone tokens (and HF
   plain greedy the same tokens as ours).
-- Engine (batch 4 and 16): `LLM(..., speculative_model=..., num_speculative_tokens=...)`
-  against the same engine without speculation, useful tokens/s over the batch.
+- Engine (batch 4 and 16, the prompts repeated): `LLM(..., speculative_model=... |
+  speculative_ngram=True, num_speculative_tokens=...)` at --engine-gammas against the same
+  engine without speculation, useful tokens/s over the batch (median of --engine-reps).
 - One torch thread by default (see benchmarks/decode.py on shared CPUs); the load average is
   printed beside the table. Results are also written as JSON (--out; default
   <cache-dir>/results.json, read by the speculative-decoding lesson).
 
     .venv/bin/python benchmarks/speculative.py [--quick] [--reps 3] [--gammas 1-8]
-        [--engine-gammas 2,4,8] [--batches 4,16] [--skip-hf]
+        [--hf-gammas 2,4,8] [--engine-gammas 2,4,8] [--engine-reps 2] [--batches 4,16]
+        [--skip-hf] [--plain-draft]
 
-After the models are cached a full run takes about 6-7 minutes on 2 quiet CPU cores.
+After the models are cached a full run should take about 6 minutes on 2 quiet CPU cores (an
+estimate from CPU-time probes; the full run was not timed on a loaded machine).
 """
 
 from __future__ import annotations
@@ -139,6 +144,17 @@ def main() -> int:
         default="2,4,8",
         help="draft lengths for the engine rows (default: %(default)s)",
     )
+    parser.add_argument(
+        "--hf-gammas",
+        default="2,4,8",
+        help="draft lengths for the HF reference rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--engine-reps",
+        type=int,
+        default=2,
+        help="engine repetitions after a warmup round (default: %(default)s)",
+    )
     parser.add_argument("--plain-draft", action="store_true",
                         help="use the draft trained on the corpus alone, not the one distilled "
                         "from the target")  # fmt: skip
@@ -178,12 +194,14 @@ def main() -> int:
     runners = dict(ours.runners)
     hf = None
     if not args.skip_hf:
-        hf = hf_runners(target_files, draft_files, prompts, gammas)
+        hf_gammas = gammas if args.quick else parse_gammas(args.hf_gammas)
+        hf = hf_runners(target_files, draft_files, prompts, hf_gammas)
         runners.update(hf.runners)
     seconds = interleaved(runners, args.reps)
     batches = [int(b) for b in args.batches.split(",") if b]
     engine_gammas = gammas if args.quick else parse_gammas(args.engine_gammas)
-    engine = engine_rows(target_files, draft_files, prompts, batches, engine_gammas, args.reps)
+    engine_reps = 1 if args.quick else args.engine_reps
+    engine = engine_rows(target_files, draft_files, prompts, batches, engine_gammas, engine_reps)
     load_after = os.getloadavg()
     results = {
         "quick": args.quick,

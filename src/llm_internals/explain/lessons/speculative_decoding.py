@@ -507,7 +507,9 @@ def _section_trade_offs(measured: dict[str, Any]) -> Section:
                 "drafts; a costlier draft (larger c) makes every rejected guess expensive; "
                 "at low alpha extra drafts are wasted work. In a batch the target's forward "
                 "is no longer a bare weight read: it already serves many sequences, so the "
-                "free capacity speculation uses shrinks as the batch grows.",
+                "free capacity speculation uses shrinks as the batch grows. The formula also "
+                "takes a verification forward to cost one decode step; on a CPU it costs more "
+                "(the time ratio measured above), so measured speedups fall short of it.",
                 formula="speedup = (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))",
                 values=values,
                 decimals=2,
