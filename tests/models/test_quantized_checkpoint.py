@@ -22,7 +22,7 @@ from llm_internals.models.quantized_checkpoint import (
     load_quantized_checkpoint,
     save_quantized_checkpoint,
 )
-from llm_internals.quant.linear import QuantizedLinear, quantize_model
+from llm_internals.quant.linear import QuantizedLinear, quantize_model, use_kernel_activations
 from llm_internals.tokenizer import train_bpe
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 6
@@ -60,6 +60,7 @@ def test_write_load_gives_the_in_memory_logits(tmp_path, model, tokenizer, schem
     save_quantized_checkpoint(quantized, scheme, modules, tmp_path / "out")
     loaded = load_quantized_checkpoint(tmp_path / "out").eval()
     assert sum(isinstance(m, QuantizedLinear) for m in loaded.modules()) == len(modules)
+    use_kernel_activations(quantized)  # as loading does: int8/int4 through torch's CPU kernels
     assert loaded.lm_head.weight is loaded.tok_emb.weight  # the tie survives
     ids = torch.tensor([tokenizer.encode("whether 'tis nobler")])
     with torch.no_grad():

@@ -35,7 +35,12 @@ from llm_internals.models.checkpoint import (
     verify_checksums,
 )
 from llm_internals.models.config import ModelConfig
-from llm_internals.quant.linear import QuantizedLinear, buffer_name, cast_unquantized
+from llm_internals.quant.linear import (
+    QuantizedLinear,
+    buffer_name,
+    cast_unquantized,
+    use_kernel_activations,
+)
 from llm_internals.quant.schemes import get_scheme
 
 QUANTIZATION_KEY = "quantization"
@@ -83,7 +88,9 @@ def load_quantized_checkpoint(
     directory: Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> nn.Module:
     """The model of a quantised checkpoint, its quantised layers as QuantizedLinear. `dtype`
-    applies to the full-precision tensors (embeddings, norms, biases); the parts keep theirs."""
+    applies to the full-precision tensors (embeddings, norms, biases); the parts keep theirs.
+    int8/int4 layers run torch's CPU kernels, their input rounded to bfloat16 (set
+    `kernel_activations = None` on a layer for the exact dequantise-then-matmul path)."""
     directory = Path(directory)
     source = str(directory / CONFIG_FILE)
     meta = read_json(directory / CONFIG_FILE, "model config file")
@@ -119,6 +126,7 @@ def load_quantized_checkpoint(
     materialize_buffers(model, config)
     if dtype is not None:
         cast_unquantized(model, dtype)
+    use_kernel_activations(model, torch.bfloat16)  # int8/int4 on CPU: torch's fast kernels
     return model.to(device) if device is not None else model
 
 
@@ -150,7 +158,7 @@ def _take_layer(
                 f"{source}: tensor {key!r} is {tuple(found.shape)} {found.dtype}; scheme {scheme} "
                 f"needs {tuple(ref.shape)} {ref.dtype} for a {shape} weight"
             )
-        parts[part] = found
+        parts[part] = found.clone()  # own aligned memory: the CPU kernels crashed on file views
     bias = tensors.pop(f"{name}.bias", None) if linear.bias is not None else None
     if linear.bias is not None and bias is None:
         raise LLMInternalsError(f"{source}: tensor {name + '.bias'!r} is missing")
