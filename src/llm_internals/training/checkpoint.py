@@ -99,12 +99,8 @@ def save_training_checkpoint(
     keep: int = KEEP_CHECKPOINTS,
 ) -> Path:
     """Write `run_dir/step-<step>/`, point `run_dir/latest` at it, keep the newest `keep`."""
-    run_dir = Path(run_dir)
-    final = run_dir / f"step-{step:08d}"
-    staging = run_dir / f".step-{step:08d}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+
+    def write(staging: Path) -> None:
         save_checkpoint(model, staging)
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten_state(optimizer.state_dict(), tensors, "optimizer")
@@ -124,6 +120,22 @@ def save_training_checkpoint(
                 **state,
             },
         )
+
+    return publish_step_folder(Path(run_dir), step, write, keep)
+
+
+def publish_step_folder(run_dir: Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
+    """Fill a hidden staging folder with `write(staging)`, rename it to `run_dir/step-<step>/`,
+    point `run_dir/latest` at it, and delete all but the newest `keep` step folders (0: keep all).
+
+    A crash mid-write leaves only the staging folder (removed here on error, or by
+    remove_orphaned_staging later), never a half-written step folder."""
+    final = run_dir / f"step-{step:08d}"
+    staging = run_dir / f".step-{step:08d}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)

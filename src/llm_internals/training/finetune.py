@@ -18,8 +18,6 @@ Folders are written under a staging name and renamed, so a crash never leaves ha
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,9 @@ from torch import nn
 from llm_internals.adapters import LoraSettings, inject_lora, save_adapter
 from llm_internals.adapters.qlora import quantize_base_nf4
 from llm_internals.errors import LLMInternalsError
-from llm_internals.files import atomic_write_text, read_json, read_text, write_json
+from llm_internals.files import read_json, read_text, write_json
 from llm_internals.models.loading import LATEST_FILE
-from llm_internals.training.checkpoint import step_folders
+from llm_internals.training.checkpoint import publish_step_folder
 from llm_internals.training.checkpoint_state import check_state, encode_rng
 from llm_internals.training.config import TrainConfig
 from llm_internals.training.data import TokenSplits
@@ -110,24 +108,14 @@ class FinetuneTrainer(Trainer):
     def save_checkpoint(self) -> Path | None:
         if self.run_dir is None or not self.dist.is_main or self.spec.method == "full":
             return None
-        final = self.run_dir / f"step-{self.step:08d}"
-        staging = self.run_dir / f".step-{self.step:08d}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+
+        def write(staging: Path) -> None:
             save_adapter(self.model, staging, base_model_name_or_path=self.base_path)
             save_checkpoint(_Trainable(self.model), self.optimizer, self.step,
                             staging / TRAINING_FILE)  # fmt: skip
             write_json(staging / STATE_FILE, self._state())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        atomic_write_text(self.run_dir / LATEST_FILE, final.name + "\n")
-        keep = self.config.keep_checkpoints
-        for old in step_folders(self.run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+
+        final = publish_step_folder(self.run_dir, self.step, write, self.config.keep_checkpoints)
         if self.step == self.config.max_steps:
             save_adapter(
                 self.model, self.run_dir / ADAPTER_DIR, base_model_name_or_path=self.base_path
