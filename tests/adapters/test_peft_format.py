@@ -150,7 +150,8 @@ def test_targets_that_match_nothing_name_the_target_and_the_layers():
         inject_lora(DecoderLM(gpt_style), LoraSettings(), "q,lm_head")
 
 
-def test_gpt2_shaped_adapter_uses_our_names_and_round_trips_here(llama_dir, tmp_path):
+def test_model_without_hf_export_uses_our_names_and_round_trips_here(llama_dir, tmp_path):
+    """No biases: GPT-2-shaped but not GPT-2, so there are no HF names to write."""
     gpt_style = ModelConfig(vocab_size=96, d_model=32, n_layers=1, n_heads=2, ffn="mlp",
                             activation="gelu", norm="layernorm", position="learned")  # fmt: skip
     torch.manual_seed(0)
@@ -166,6 +167,7 @@ def test_gpt2_shaped_adapter_uses_our_names_and_round_trips_here(llama_dir, tmp_
     load_adapter(fresh, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(fresh(IDS), model(IDS), rtol=0, atol=0)
-    with pytest.raises(LLMInternalsError, match="GPT-2-shaped") as err:
+    assert read_json(tmp_path / "adapter_config.json")["llm_internals_module_names"] is True
+    with pytest.raises(LLMInternalsError, match="no HF export") as err:
         load_adapter(load_ours(llama_dir), tmp_path)
     assert "--model" in err.value.hint

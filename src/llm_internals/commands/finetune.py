@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
         help="fine-tune a model with LoRA or QLoRA; writes a PEFT-compatible adapter",
         description="Train low-rank adapters (h = W x + alpha/r B A x) on a frozen base, or on a "
         "base frozen in NF4 (--qlora). Writes OUT/adapter (adapter_model.safetensors + "
-        "adapter_config.json, loadable by PEFT for Llama-family models), step-* checkpoints and "
+        "adapter_config.json, loadable by PEFT for Llama and GPT-2 models), step-* checkpoints and "
         "log.jsonl; `generate --model BASE --adapter OUT/adapter` uses the result.",
     )
     p.add_argument("--model", metavar="PATH", help="base model folder (ours, HF, or a run folder)")
