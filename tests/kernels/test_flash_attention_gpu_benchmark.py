@@ -11,8 +11,6 @@ import pytest
 import torch
 from rich.console import Console
 
-from llm_internals.kernels import triton_installed
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,9 +59,6 @@ def test_without_a_gpu_it_says_so(bench, monkeypatch, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(
-    not triton_installed(), reason="triton is not installed (pip install -e .[triton])"
-)
 def test_one_tiny_measurement_runs_the_timing_code(bench, kernel):
     """Both passes of both implementations on the same input, rows complete and consistent.
     fp32 on the CPU (the interpreter cannot do bf16); bf16 on a GPU (SDPA's flash backend has

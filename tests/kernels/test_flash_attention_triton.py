@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.kernels import triton_installed, unsupported_reason
+from llm_internals.kernels import unsupported_reason
 from llm_internals.layers.flash_attention import flash_attention, flash_attention_forward
 
 from ..layers.flash_reference import materialised, random_qkv, rel_err
 
+# Triton ships wheels for Linux only (the dev extras install it there); elsewhere there is no
+# Triton to test. On Linux a missing triton is an error here, not a skip.
 pytestmark = pytest.mark.skipif(
-    not triton_installed(), reason="triton is not installed (pip install -e .[triton], Linux)"
+    sys.platform != "linux", reason="Triton ships wheels for Linux only"
 )
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TILES = dict(block_m=16, block_n=16)
