@@ -17,6 +17,8 @@ from typing import Any
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.layers.activations import ACTIVATIONS
+from llm_internals.layers.mla import MLAConfig
+from llm_internals.layers.moe import MoEConfig
 
 FAMILIES = ("custom", "gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "marian")
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
@@ -40,6 +42,14 @@ class ModelConfig:
     (layers/flash_attention.py). fused_ops swaps the written-out norms and activations for
     torch's single kernels. Scratch without fused_ops is what lessons
     show; sdpa with fused_ops is the fast path.
+
+    moe (None: every layer has a dense FFN of width d_ff) holds the fields of
+    layers.moe.MoEConfig other than d_model (d_expert, n_experts, top_k, router, ...) plus
+    `dense_layers`, the layer indices that keep the dense FFN (DeepSeek's first_k_dense_replace,
+    Qwen-MoE's mlp_only_layers). mla (None: ordinary multi-head attention) holds the fields of
+    layers.mla.MLAConfig other than hidden_size, num_attention_heads, rms_norm_eps and
+    rope_theta, which come from this config (kv_lora_rank, q_lora_rank, qk_nope_head_dim,
+    qk_rope_head_dim, v_head_dim, rope_interleave).
     """
 
     vocab_size: int
@@ -69,6 +79,8 @@ class ModelConfig:
     dropout: float = 0.0
     attn_impl: str = "scratch"
     fused_ops: bool = False
+    moe: dict[str, Any] | None = None
+    mla: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +143,10 @@ class ModelConfig:
                 )
         if self.rope_scaling is not None:
             _validate_rope_scaling(self.rope_scaling)
+        if self.moe is not None:
+            moe_layer_config(self, 0)  # raises, naming the field, when a MoE field is wrong
+        if self.mla is not None:
+            mla_layer_config(self)
         if not isinstance(self.extra, dict):
             raise LLMInternalsError(f"model config: extra must be an object, got {self.extra!r}")
         if self.sliding_window is not None and not (
@@ -192,6 +208,74 @@ class ModelConfig:
         from llm_internals.files import read_json
 
         return cls.from_dict(read_json(path, "model config file"), source=str(path))
+
+
+MOE_LAYER_KEYS = ("dense_layers",)
+
+
+def moe_layer_config(config: ModelConfig, layer_idx: int) -> MoEConfig | None:
+    """The MoE layer of block `layer_idx`, or None where the block keeps its dense FFN."""
+    if config.moe is None:
+        return None
+    if not isinstance(config.moe, dict):
+        raise LLMInternalsError(f"model config: moe must be an object or null, got {config.moe!r}")
+    fields = {k: v for k, v in config.moe.items() if k not in MOE_LAYER_KEYS}
+    known = {f.name for f in dataclasses.fields(MoEConfig)} - {"d_model"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise LLMInternalsError(
+            f"model config: unknown moe field(s) {', '.join(unknown)}",
+            hint=f"known: {', '.join(sorted(known | set(MOE_LAYER_KEYS)))}",
+        )
+    dense = config.moe.get("dense_layers", [])
+    if not isinstance(dense, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < config.n_layers for i in dense
+    ):
+        raise LLMInternalsError(
+            f"model config: moe.dense_layers must be a list of layer indices below "
+            f"n_layers={config.n_layers}, got {dense!r}"
+        )
+    for name in ("d_expert", "n_experts", "top_k"):
+        value = fields.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LLMInternalsError(
+                f"model config: moe.{name} must be a positive integer, got {value!r}"
+            )
+    try:
+        layer = MoEConfig(d_model=config.d_model, **fields).validate()
+    except LLMInternalsError as err:
+        raise LLMInternalsError(f"model config: moe: {err.message}", err.hint) from None
+    return None if layer_idx in dense else layer
+
+
+def mla_layer_config(config: ModelConfig) -> MLAConfig | None:
+    """The Multi-head Latent Attention shape of every block, or None for ordinary attention."""
+    if config.mla is None:
+        return None
+    if not isinstance(config.mla, dict):
+        raise LLMInternalsError(f"model config: mla must be an object or null, got {config.mla!r}")
+    own = {"hidden_size", "num_attention_heads", "rms_norm_eps", "rope_theta"}
+    known = {f.name for f in dataclasses.fields(MLAConfig)} - own
+    unknown = sorted(set(config.mla) - known)
+    if unknown:
+        raise LLMInternalsError(
+            f"model config: unknown mla field(s) {', '.join(unknown)}",
+            hint=f"known: {', '.join(sorted(known))}",
+        )
+    try:
+        return MLAConfig(
+            hidden_size=config.d_model,
+            num_attention_heads=config.n_heads,
+            rms_norm_eps=config.norm_eps,
+            rope_theta=config.rope_theta,
+            **config.mla,
+        )
+    except LLMInternalsError as err:
+        raise LLMInternalsError(
+            f"model config: mla: {err.message.removeprefix('MLA config: ')}", err.hint
+        ) from None
+    except TypeError as err:
+        raise LLMInternalsError(f"model config: mla: a field is missing or wrong ({err})") from None
 
 
 def _positive_int(config: ModelConfig, name: str) -> None:

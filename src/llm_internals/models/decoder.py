@@ -27,6 +27,7 @@ from llm_internals.layers.masks import (
     padding_mask,
     positions_from_attention_mask,
 )
+from llm_internals.layers.moe import MoELayer
 from llm_internals.layers.multihead import AttentionCache, MultiHeadAttention
 from llm_internals.layers.norm import make_norm
 from llm_internals.layers.positional import (
@@ -34,7 +35,7 @@ from llm_internals.layers.positional import (
     SinusoidalPositionalEmbedding,
 )
 from llm_internals.layers.rope import RotaryEmbedding
-from llm_internals.models.config import ModelConfig
+from llm_internals.models.config import ModelConfig, moe_layer_config
 from llm_internals.models.kernel_switches import KernelSwitches
 from llm_internals.trace import record
 
@@ -67,9 +68,10 @@ class DecoderBlock(nn.Module):
         self.norm1 = make_norm(config.norm, config.d_model, config.norm_eps)
         self.attn = make_attention(config, layer_idx)
         self.norm2 = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.ffn = make_ffn(
+        moe = moe_layer_config(config, layer_idx)
+        self.ffn = MoELayer(moe) if moe is not None else make_ffn(
             config.ffn, config.d_model, config.d_ff, config.activation, config.mlp_bias
-        )
+        )  # fmt: skip
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
