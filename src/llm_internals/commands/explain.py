@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.pager import Pager
 
 from llm_internals.console import console
+from llm_internals.explain.inputs import LessonInput, parse_assignments
 from llm_internals.explain.lesson import Lesson
-from llm_internals.explain.registry import get_lesson
+from llm_internals.explain.registry import get_lesson, lesson_inputs
 from llm_internals.explain.render import render_json, render_markdown, render_terminal
 
 
@@ -29,6 +30,20 @@ def add_parser(subparsers) -> None:
         choices=("terminal", "markdown", "json"),
         default="terminal",
         help="terminal (default: rich tables), markdown (a document), json (web explorer input)",
+    )
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one of the lesson's inputs (repeatable), e.g. `explain scaling --set "
+        "d_k=256`; `explain LESSON --inputs` lists them",
+    )
+    p.add_argument(
+        "--inputs",
+        action="store_true",
+        help="list the lesson's editable inputs (name, default, limits) and exit",
     )
     p.add_argument(
         "--no-pager",
@@ -56,12 +71,32 @@ def show(lesson: Lesson, target: Console, paged: bool, pager: Pager | None = Non
         render_terminal(lesson, target)
 
 
+def print_inputs(name: str, declared: tuple[LessonInput, ...]) -> None:
+    if not declared:
+        console.print(f"lesson {name} takes no inputs")
+        return
+    for i in declared:
+        limits = (
+            f"one of {', '.join(map(str, i.choices))}"
+            if i.choices is not None
+            else f"{i.kind} in [{'' if i.minimum is None else f'{i.minimum:g}'}, "
+            f"{'' if i.maximum is None else f'{i.maximum:g}'}]"
+            if i.kind != "str"
+            else f"text, up to {i.max_length} characters"
+        )
+        console.print(f"--set {i.name}=VALUE  {i.label} (default {i.default}; {limits}) {i.help}")
+
+
 def run(args: argparse.Namespace) -> int:
-    lesson = get_lesson(args.lesson)
+    declared = lesson_inputs(args.lesson)
+    if args.inputs:
+        print_inputs(args.lesson, declared)
+        return 0
+    lesson = get_lesson(args.lesson, parse_assignments(args.assignments))
     if args.format == "terminal":
         show(lesson, console, wants_pager(console, args.no_pager))
     elif args.format == "markdown":
         sys.stdout.write(render_markdown(lesson))
     else:
-        sys.stdout.write(render_json(lesson))
+        sys.stdout.write(render_json(lesson, declared))
     return 0

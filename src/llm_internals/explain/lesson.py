@@ -7,6 +7,7 @@ result so that the renderers (terminal, Markdown, JSON) can show it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -26,6 +27,15 @@ class Table:
 
 
 @dataclass
+class Figure:
+    """A picture the lesson drew (a PNG file written by explain/figures.py), with a caption.
+    Markdown embeds it, the web explorer shows it, the terminal prints its path."""
+
+    path: Path
+    caption: str
+
+
+@dataclass
 class Step:
     """One thing to look at: a sentence or two, an optional formula, and the values it shows.
 
@@ -37,6 +47,7 @@ class Step:
     formula: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     decimals: int = 4
+    figures: list[Figure] = field(default_factory=list)
 
 
 @dataclass
@@ -51,3 +62,4 @@ class Lesson:
     title: str
     summary: str
     sections: list[Section]
+    inputs: dict[str, Any] = field(default_factory=dict)  # the input values it was built with

@@ -1,7 +1,8 @@
 """The lesson registry: which lessons exist, in curriculum order, and how to build one.
 
 Each lesson module in `llm_internals.explain.lessons` defines `INFO` (a LessonInfo) and
-`build() -> Lesson`; `LESSON_MODULES` in that package lists them in teaching order. Modules are
+`build() -> Lesson`; `LESSON_MODULES` in that package lists them in teaching order. A lesson that
+takes inputs also defines `INPUTS` (explain/inputs.py) and `build(**values)`. Modules are
 imported only when built: listing reads each `INFO = LessonInfo(...)` from the module's source
 (importing a lesson imports torch, seconds; `llm-internals lessons` should take a fraction of
 one), and imports the module only when its INFO is not written with plain strings.
@@ -14,8 +15,10 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.explain.inputs import LessonInput, parse_inputs
 from llm_internals.explain.lesson import Lesson
 
 
@@ -63,10 +66,24 @@ def list_lessons() -> list[LessonInfo]:
     ]
 
 
-def get_lesson(name: str) -> Lesson:
-    """Build the lesson called `name` (runs the real library code it explains)."""
+def _module_for(name: str):
     for module in _modules():
         if module.INFO.name == name:
-            return module.build()
+            return module
     known = ", ".join(info.name for info in list_lessons())
     raise LLMInternalsError(f"unknown lesson {name!r}", hint=f"known lessons: {known}")
+
+
+def lesson_inputs(name: str) -> tuple[LessonInput, ...]:
+    """The editable inputs lesson `name` declares (empty when it takes none)."""
+    return tuple(getattr(_module_for(name), "INPUTS", ()))
+
+
+def get_lesson(name: str, inputs: dict[str, Any] | None = None) -> Lesson:
+    """Build the lesson called `name` (runs the real library code it explains), with `inputs`
+    (name -> value or string) parsed and range-checked against the lesson's INPUTS."""
+    module = _module_for(name)
+    values = parse_inputs(tuple(getattr(module, "INPUTS", ())), inputs or {}, name)
+    lesson = module.build(**values)
+    lesson.inputs = values
+    return lesson

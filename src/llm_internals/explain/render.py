@@ -18,10 +18,11 @@ from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table as RichTable
 
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Table
 from llm_internals.explain.values import Grid, as_array, describe
 
-JSON_SCHEMA = "llm-internals.lesson/1"
+JSON_SCHEMA = "llm-internals.lesson/2"
 JSON_MAX_ELEMENTS = 4096
 
 
@@ -78,6 +79,9 @@ def render_terminal(lesson: Lesson, console: Console) -> None:
                     console.print(fitting_table(title, shown, console))
                 else:
                     console.print(f"  {name} = [bold]{shown}[/bold]")
+            for figure in step.figures:
+                console.print(f"  [bold]figure[/bold]: {escape(figure.caption)}")
+                console.print(f"    {figure.path}", soft_wrap=True)
             console.print()
 
 
@@ -104,6 +108,8 @@ def render_markdown(lesson: Lesson) -> str:
                     out += [f"**{name}**{caption}", "", *_markdown_grid(shown), ""]
                 else:
                     out += [f"- **{name}** = `{shown}`", ""]
+            for figure in step.figures:
+                out += [f"![{figure.caption}]({figure.path.as_posix()})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -156,13 +162,15 @@ def _nest(flat: list[Any], shape: list[int]) -> Any:
     return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
-def lesson_to_dict(lesson: Lesson) -> dict[str, Any]:
-    """The lesson as plain JSON-ready data (see docs/explain-json.md)."""
+def lesson_to_dict(lesson: Lesson, declared: tuple[LessonInput, ...] = ()) -> dict[str, Any]:
+    """The lesson as plain JSON-ready data (see docs/explain-json.md); `declared` are the
+    lesson's editable inputs, listed with the values it was built with."""
     return {
         "schema": JSON_SCHEMA,
         "name": lesson.name,
         "title": lesson.title,
         "summary": lesson.summary,
+        "inputs": [i.to_dict(lesson.inputs.get(i.name)) for i in declared],
         "sections": [
             {
                 "title": section.title,
@@ -172,6 +180,10 @@ def lesson_to_dict(lesson: Lesson) -> dict[str, Any]:
                         "formula": step.formula,
                         "decimals": step.decimals,
                         "values": [_json_value(n, v) for n, v in step.values.items()],
+                        "figures": [
+                            {"path": str(f.path), "file": f.path.name, "caption": f.caption}
+                            for f in step.figures
+                        ],
                     }
                     for step in section.steps
                 ],
@@ -181,6 +193,6 @@ def lesson_to_dict(lesson: Lesson) -> dict[str, Any]:
     }
 
 
-def render_json(lesson: Lesson) -> str:
+def render_json(lesson: Lesson, declared: tuple[LessonInput, ...] = ()) -> str:
     """The lesson as indented, key-stable JSON text."""
-    return json.dumps(lesson_to_dict(lesson), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(lesson_to_dict(lesson, declared), indent=2, ensure_ascii=False) + "\n"
