@@ -1,5 +1,6 @@
 """Multi-head Latent Attention against transformers' DeepseekV3Attention (weights copied in), the
-absorbed mode against the naive one, cached decoding against the full forward, config errors."""
+absorbed mode against the naive one, cached decoding (a latent ContiguousKVCache) against the
+full forward, torch's fused kernel against the written-out steps, config errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
 )
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.layers.mla import MLAConfig, MultiHeadLatentAttention, kv_values_per_token
 
 # Odd, distinct widths so a swapped split or reshape cannot pass by accident.
@@ -59,11 +61,15 @@ def test_matches_transformers(q_lora_rank, rope_interleave):
     torch.testing.assert_close(our_cos, cos, atol=0, rtol=0)
     torch.testing.assert_close(our_sin, sin, atol=0, rtol=0)
     causal = torch.full((seq, seq), float("-inf")).triu(1)[None, None]
+    cache = latent_cache(batch, seq)
     with torch.no_grad():
         expected, _ = hf(x, (cos, sin), causal)
         for mode in ("naive", "absorbed"):
-            got, (c_kv, k_rope) = ours(x, mode=mode)
+            ours.mode = mode
+            cache.reset()
+            got = ours(x, cache=cache)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    c_kv, k_rope = cache.keys[0][:, 0].split([SHAPE["kv_lora_rank"], SHAPE["qk_rope_head_dim"]], -1)
     # The cached rope key is the very tensor HF caches (same layout, not just the same scores).
     k_before = hf.kv_a_proj_with_mqa(x)[..., SHAPE["kv_lora_rank"] :][:, None]
     hf_rope = apply_rotary_pos_emb_interleave if rope_interleave else apply_rotary_pos_emb
@@ -74,13 +80,22 @@ def test_matches_transformers(q_lora_rank, rope_interleave):
     )
 
 
-def test_is_causal():
+def latent_cache(batch: int, max_len: int, dtype=torch.float32) -> ContiguousKVCache:
+    """One layer of the latent layout: keys [c_kv ; k_rope], values the first kv_lora_rank."""
+    width = SHAPE["kv_lora_rank"] + SHAPE["qk_rope_head_dim"]
+    return ContiguousKVCache(1, batch, 1, max_len, width, dtype=dtype,
+                             latent_value_dim=SHAPE["kv_lora_rank"])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["naive", "absorbed"])
+def test_is_causal(mode):
     ours, _, _ = ours_and_hf(10)
+    ours.mode = mode
     x = torch.randn(1, 6, SHAPE["hidden_size"])
     changed = x.clone()
     changed[:, 4:] += 1.0
     with torch.no_grad():
-        before, after = ours(x)[0], ours(changed)[0]
+        before, after = ours(x), ours(changed)
     torch.testing.assert_close(before[:, :4], after[:, :4], atol=0, rtol=0)
     assert not torch.allclose(before[:, 4:], after[:, 4:])
 
@@ -91,28 +106,44 @@ def test_absorbed_equals_naive_fp64(q_lora_rank):
     ours.double()
     x = torch.randn(2, 9, SHAPE["hidden_size"], dtype=torch.float64)
     with torch.no_grad():
-        naive, (c_naive, r_naive) = ours(x, mode="naive")
-        absorbed, (c_abs, r_abs) = ours(x, mode="absorbed")
+        ours.mode = "naive"
+        naive = ours(x)
+        ours.mode = "absorbed"
+        absorbed = ours(x)
     torch.testing.assert_close(absorbed, naive, atol=1e-12, rtol=0)
-    torch.testing.assert_close(c_abs, c_naive, atol=0, rtol=0)
-    torch.testing.assert_close(r_abs, r_naive, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["naive", "absorbed"])
+@pytest.mark.parametrize("mode", ["auto", "naive", "absorbed"])
 def test_cached_decoding_equals_full_forward(mode):
     ours, _, _ = ours_and_hf(10)
     ours.double()
+    ours.mode = mode
     x = torch.randn(2, 8, SHAPE["hidden_size"], dtype=torch.float64)
+    full_cache, cache = latent_cache(2, 8, torch.float64), latent_cache(2, 8, torch.float64)
     with torch.no_grad():
-        full, full_cache = ours(x, mode=mode)
-        prefill, past = ours(x[:, :5], mode=mode)  # a prompt, then one token at a time
-        steps = [prefill]
+        full = ours(x, cache=full_cache)
+        steps = [ours(x[:, :5], cache=cache)]  # a prompt, then one token at a time
         for t in range(5, 8):
-            out, past = ours(x[:, t : t + 1], past=past, mode=mode)
-            steps.append(out)
+            steps.append(ours(x[:, t : t + 1], cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-12, rtol=0)
-    torch.testing.assert_close(past[0], full_cache[0], atol=1e-12, rtol=0)
-    torch.testing.assert_close(past[1], full_cache[1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(cache.keys[0], full_cache.keys[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fused_kernel_equals_written_out_steps(with_mask):
+    ours, _, _ = ours_and_hf(10)
+    ours.double()
+    x = torch.randn(2, 7, SHAPE["hidden_size"], dtype=torch.float64)
+    mask = None
+    if with_mask:  # row 0 left-padded by two: its first queries see no key at all
+        mask = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
+        mask[0, :, :, :2] = False
+    with torch.no_grad():
+        for mode in ("naive", "absorbed"):
+            ours.mode, ours.use_sdpa = mode, False
+            expected = ours(x, mask=mask)
+            ours.use_sdpa = True
+            torch.testing.assert_close(ours(x, mask=mask), expected, atol=1e-12, rtol=0)
 
 
 def test_kv_values_per_token_deepseek_v3():

@@ -15,6 +15,11 @@ prompts carry padding columns that the caller's attention_mask marks as 0 (left 
 them first, right padding in the middle), and the model derives positions from that mask. This
 object implements the attention-cache protocol of layers/multihead.py; `update` returns mask None
 so the model's causal-plus-padding mask applies.
+
+MLA models (layers/mla.py) cache a latent instead: one "KV head" whose key is
+k' = [c_kv ; k_rope] (d_c + d_r wide) and whose value is c_kv, the key's first d_c features.
+With `latent_value_dim` set the cache stores the keys only and returns that slice of them as the
+values: per layer (batch, 1, max_len, d_c + d_r), nothing else (inference/kv_layout.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.kv_layout import kv_layout
 from llm_internals.trace import is_recording, record
 
 
@@ -39,6 +45,7 @@ class ContiguousKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        latent_value_dim: int | None = None,
     ) -> None:
         for name, value in (("n_layers", n_layers), ("batch", batch), ("n_kv_heads", n_kv_heads),
                             ("max_len", max_len), ("head_dim", head_dim)):  # fmt: skip
@@ -46,9 +53,19 @@ class ContiguousKVCache:
                 raise LLMInternalsError(
                     f"KV cache: {name} must be a positive integer, got {value!r}"
                 )
+        if latent_value_dim is not None and not (
+            isinstance(latent_value_dim, int) and 0 < latent_value_dim <= head_dim
+        ):
+            raise LLMInternalsError(
+                f"KV cache: latent_value_dim must be an integer in 1..head_dim={head_dim}, "
+                f"got {latent_value_dim!r}"
+            )
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # MLA: values are the keys' first latent_value_dim features, not stored on their own.
+        self.latent_value_dim = latent_value_dim
+        values = n_layers if latent_value_dim is None else 0
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(values)]
         self.max_len = max_len
         # Filled positions per layer. During a forward, layers before the current one are already
         # one step ahead; past_length() reports the last layer, i.e. the length before the forward.
@@ -64,17 +81,19 @@ class ContiguousKVCache:
         device: torch.device | str | None = None,
     ) -> ContiguousKVCache:
         """A cache shaped for `model` (anything with a ModelConfig in `.config`), by default on
-        the model's device and in its dtype."""
+        the model's device and in its dtype; the latent layout for MLA models."""
         config = model.config
         weight = next(model.parameters())
+        layout = kv_layout(config)
         return cls(
             config.n_layers,
             batch,
-            config.n_kv_heads,
+            layout.n_kv_heads,
             max_len,
-            config.head_dim,
+            layout.key_dim,
             dtype=weight.dtype if dtype is None else dtype,
             device=weight.device if device is None else device,
+            latent_value_dim=layout.latent_value_dim,
         )
 
     @property
@@ -90,7 +109,8 @@ class ContiguousKVCache:
         return self.lengths[-1]
 
     def nbytes(self) -> int:
-        """Bytes allocated for K and V in all layers (the full max_len, filled or not)."""
+        """Bytes allocated for K and V in all layers (the full max_len, filled or not); for MLA
+        the latent only: n_layers x batch x max_len x (d_c + d_r) x bytes per element."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def update(
@@ -106,7 +126,7 @@ class ContiguousKVCache:
                 f"max_len={self.max_len}",
                 hint="allocate the cache with max_len >= prompt length + new tokens",
             )
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys = self.keys[layer_idx]
         if k.shape[0] != keys.shape[0] or k.shape[1] != keys.shape[1] or (
             k.shape[3] != keys.shape[3]
         ):  # fmt: skip
@@ -115,13 +135,16 @@ class ContiguousKVCache:
                 f"{keys.shape[1]}, _, {keys.shape[3]}), got new keys of shape {tuple(k.shape)}"
             )
         keys[:, :, start:end] = k
-        values[:, :, start:end] = v
+        if self.latent_value_dim is None:
+            self.values[layer_idx][:, :, start:end] = v
         self.lengths[layer_idx] = end
         if is_recording():
             where = f"layer {layer_idx}: positions {start}..{end - 1}"
             record("kv_cache.new_k", k, note=f"{where} written")
             record("kv_cache.keys", keys[:, :, :end], note=f"layer {layer_idx}: all stored keys")
-        return keys[:, :, :end], values[:, :, :end], None
+        if self.latent_value_dim is not None:
+            return keys[:, :, :end], keys[:, :, :end, : self.latent_value_dim], None
+        return keys[:, :, :end], self.values[layer_idx][:, :, :end], None
 
     def select_rows(self, rows: Sequence[int] | torch.Tensor) -> None:
         """Keep only these batch rows, in this order (drop sequences that finished)."""

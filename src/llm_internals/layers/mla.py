@@ -25,6 +25,23 @@ space and never expands keys and values:
 The "naive" mode expands per-head keys and values as transformers' DeepseekV3Attention does; both
 modes give the same output (tests: fp64 to 1e-12).
 
+Absorbed MLA is multi-query attention over the latent. Per head i the query is
+q'_i = [W_UK_i^T q_nope_i ; q_rope_i] (d_c + d_r values), the one key every head shares is the
+cached latent k' = [c_kv ; k_rope], and the one value is c_kv, the key's first d_c features:
+
+    o_i = W_UV_i softmax(q'_i . k' * scale) c_kv        (scale = 1 / sqrt(d_nope + d_r))
+
+So the caches store k' (one "KV head" of width d_c + d_r) and no separate values, and the
+library's attention (masks, the fused kernel, the paged engine's `attend`) runs unchanged with a
+value narrower than the key: the layout of FlashMLA and vLLM's latent cache.
+
+Which mode runs (`MLAConfig.attn_mode`): "auto" (default) expands keys and values when every
+key is new (training, a prefill without a cache: FLOPs per query-key pair 2 (d_nope + d_r) + 2
+d_v instead of 2 (d_c + d_r) + 2 d_c, 320 vs 1088 for DeepSeek-V3) and attends in the latent
+space when keys come from a cache (decode: the naive mode would re-expand every cached latent
+through W_UKV at every step). The paged engine always attends in the latent space.
+See docs/mla.md.
+
 RoPE layout: DeepSeek's checkpoints rotate interleaved pairs (x0, x1), (x2, x3), ...
 (`rope_interleave=True`, the transformers default). Like transformers we first reorder each rope
 vector to (evens, odds) and then rotate halves, so cached rope keys match HF's tensor for tensor.
@@ -40,11 +57,13 @@ import torch
 from torch import nn
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
+from llm_internals.layers.masks import causal_mask
 from llm_internals.layers.norm import RMSNorm
 from llm_internals.layers.rope import RotaryEmbedding, apply_rope
 from llm_internals.trace import record
 
-ATTENTION_MODES = ("naive", "absorbed")
+ATTENTION_MODES = ("auto", "naive", "absorbed")
 
 
 @dataclass(frozen=True)
@@ -61,8 +80,15 @@ class MLAConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_interleave: bool = True
+    attn_mode: str = "auto"  # ours, not HF's: see ATTENTION_MODES and the module docstring
 
     def __post_init__(self) -> None:
+        if self.attn_mode not in ATTENTION_MODES:
+            raise LLMInternalsError(
+                f"MLA config: attn_mode = {self.attn_mode!r} is not one of "
+                f"{', '.join(ATTENTION_MODES)}",
+                hint="set mla.attn_mode in the model's config.json to auto, naive or absorbed",
+            )
         for field in (
             "hidden_size",
             "num_attention_heads",
@@ -116,11 +142,20 @@ def interleaved_to_halves(x: torch.Tensor) -> torch.Tensor:
 
 
 class MultiHeadLatentAttention(nn.Module):
-    """Causal MLA with the parameter names of transformers' DeepseekV3Attention (no biases)."""
+    """Causal MLA with the parameter names of transformers' DeepseekV3Attention (no biases).
 
-    def __init__(self, config: MLAConfig) -> None:
+    `forward` speaks the attention-cache protocol of layers/multihead.py like MultiHeadAttention:
+    it hands the cache the latent k' = [c_kv ; k_rope] as the key of one KV head (width d_c + d_r)
+    and c_kv as its value (a view of the key's first d_c features), so a latent cache stores
+    d_c + d_r values per token per layer and nothing else.
+    """
+
+    def __init__(self, config: MLAConfig, layer_idx: int = 0, use_sdpa: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx
+        self.mode = config.attn_mode
+        self.use_sdpa = use_sdpa
         c = config
         heads = c.num_attention_heads
         if c.q_lora_rank is None:
@@ -148,24 +183,26 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        positions: torch.Tensor | None = None,
-        mode: str = "naive",
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attend x (batch, seq, hidden) causally to the cached tokens `past` and to itself.
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = True,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """x (batch, seq, hidden) -> (batch, seq, hidden), attending to the cache and to itself.
 
-        `past` = (c_kv (batch, past_len, kv_lora_rank), k_rope (batch, past_len, qk_rope_head_dim)),
-        as returned by the previous call. Positions default to past_len, past_len + 1, ...
-        Returns the output (batch, seq, hidden) and the cache including the new tokens.
+        `mask` (bool, True = attend, broadcastable to (batch, heads, seq, keys)) is the full mask
+        when given; otherwise `causal` asks for a plain causal one. `rope` is (cos, sin) of shape
+        (batch or 1, seq, qk_rope_head_dim) for the tokens' positions (the model passes them,
+        so left padding works); by default positions continue from the cache's past length.
+        `cache` follows the attention-cache protocol (layers/multihead.py).
         """
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"unknown MLA mode {mode!r}; choose from {ATTENTION_MODES}")
         c = self.config
         batch, seq, _ = x.shape
-        past_len = 0 if past is None else past[0].shape[1]
-        if positions is None:
-            positions = torch.arange(past_len, past_len + seq, device=x.device)
-        cos, sin = self.rotary(positions, dtype=x.dtype)
+        if rope is None:
+            past = cache.past_length() if cache is not None else 0
+            rope = self.rotary(torch.arange(past, past + seq, device=x.device), dtype=x.dtype)
+        cos, sin = rope
 
         if c.q_lora_rank is None:
             q = self.q_proj(x)
@@ -177,45 +214,74 @@ class MultiHeadLatentAttention(nn.Module):
 
         c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], -1)
         c_kv = self.kv_a_layernorm(c_kv)  # normalised before caching
-        k_rope = self._rope(k_rope, cos, sin)  # (batch, seq, d_r), one for all heads
-        if past is not None:
-            c_kv = torch.cat((past[0], c_kv), dim=1)
-            k_rope = torch.cat((past[1], k_rope), dim=1)
-        record("mla_latent", c_kv, note="normalised KV latent c_kv, the cached part")
+        k_rope = self._rope(k_rope[:, None], cos, sin)  # (batch, 1, seq, d_r): one for all heads
+        latent = torch.cat((c_kv[:, None], k_rope), dim=-1)  # k' = [c_kv ; k_rope]
+        record("mla_latent", latent, note="(batch, 1, new tokens, d_c + d_r): what is cached")
 
-        total = c_kv.shape[1]
-        # Query i (absolute position past_len + i) sees keys 0 .. past_len + i.
-        future = torch.ones(seq, total, dtype=torch.bool, device=x.device).triu(past_len + 1)
-        attend = self._naive if mode == "naive" else self._absorbed
-        out = attend(q_nope, q_rope, c_kv, k_rope, future)  # (batch, heads, seq, d_v)
-        out = out.transpose(1, 2).reshape(batch, seq, c.num_attention_heads * c.v_head_dim)
-        return self.o_proj(out), (c_kv, k_rope)
+        attend = getattr(cache, "attend", None)
+        if attend is not None:  # the paged engine: it attends, always in the latent space
+            query = self._absorbed_query(q_nope, q_rope)
+            value = latent[..., : c.kv_lora_rank]
+            out = attend(self.layer_idx, query, latent, value, scale=self.scale,
+                         use_sdpa=self.use_sdpa)  # fmt: skip
+            return self._output(self._from_latent(out))
+        keys = latent
+        if cache is not None:
+            keys, _, cache_mask = cache.update(
+                self.layer_idx, latent, latent[..., : c.kv_lora_rank]
+            )
+            if cache_mask is not None:
+                mask = cache_mask
+        total = keys.shape[2]
+        if mask is None and causal and (seq != total or not self.use_sdpa):
+            mask = causal_mask(seq, total, device=x.device)
+        mode = self.mode
+        if mode == "auto":
+            mode = "naive" if total == seq else "absorbed"
+        if mode == "naive":
+            out = self._naive(q_nope, q_rope, keys, mask, causal)
+        else:
+            q_latent = self._absorbed_query(q_nope, q_rope)
+            values = keys[..., : c.kv_lora_rank]
+            out = self._from_latent(self._attention(q_latent, keys, values, mask, causal))
+        return self._output(out)
 
-    def _softmax(self, scores: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
-        scores = scores.masked_fill(future, float("-inf"))
-        wide = torch.promote_types(scores.dtype, torch.float32)  # fp16/bf16 softmax in fp32
-        return torch.softmax(scores.to(wide), dim=-1).to(scores.dtype)
+    def _attention(self, q, k, v, mask, causal) -> torch.Tensor:
+        """softmax(q k^T * scale, masked) v: the library's written-out steps or torch's kernel."""
+        if self.use_sdpa:
+            return sdpa_attention(q, k, v, mask=mask, scale=self.scale,
+                                  is_causal=mask is None and causal)  # fmt: skip
+        return scaled_dot_product_attention(q, k, v, mask=mask, scale=self.scale)
 
-    def _naive(self, q_nope, q_rope, c_kv, k_rope, future) -> torch.Tensor:
+    def _naive(self, q_nope, q_rope, keys, mask, causal) -> torch.Tensor:
         """Expand per-head keys [k_nope_i ; k_rope] and values v_i from the latent, then attend."""
         c = self.config
-        batch, total, _ = c_kv.shape
-        kv = self.kv_b_proj(c_kv).view(batch, total, c.num_attention_heads, -1).transpose(1, 2)
+        c_kv, k_rope = keys.split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        kv = self.kv_b_proj(c_kv[:, 0]).unflatten(-1, (c.num_attention_heads, -1)).transpose(1, 2)
         k_nope, v = kv.split([c.qk_nope_head_dim, c.v_head_dim], dim=-1)
-        k_rope = k_rope[:, None].expand(-1, c.num_attention_heads, -1, -1)
-        q = torch.cat((q_nope, q_rope), dim=-1)
-        k = torch.cat((k_nope, k_rope), dim=-1)
-        probs = self._softmax(q @ k.transpose(-1, -2) * self.scale, future)
-        return probs @ v
+        k = torch.cat((k_nope, k_rope.expand(-1, c.num_attention_heads, -1, -1)), dim=-1)
+        return self._attention(torch.cat((q_nope, q_rope), dim=-1), k, v, mask, causal)
 
-    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, future) -> torch.Tensor:
-        """Fold W_UK into the query and W_UV after the attention; attend against c_kv itself."""
+    def _up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK (heads, d_nope, d_c) and W_UV (heads, d_v, d_c): kv_b_proj's rows per head are
+        [k_nope | v]."""
         c = self.config
         w = self.kv_b_proj.weight.view(c.num_attention_heads, -1, c.kv_lora_rank)
-        w_uk, w_uv = w.split([c.qk_nope_head_dim, c.v_head_dim], dim=1)  # rows per head: [k | v]
-        q_latent = torch.einsum("bhsd,hdc->bhsc", q_nope, w_uk)
-        scores = torch.einsum("bhsc,btc->bhst", q_latent, c_kv)
-        scores = scores + torch.einsum("bhsr,btr->bhst", q_rope, k_rope)
-        probs = self._softmax(scores * self.scale, future)
-        out_latent = torch.einsum("bhst,btc->bhsc", probs, c_kv)
-        return torch.einsum("bhsc,hdc->bhsd", out_latent, w_uv)
+        w_uk, w_uv = w.split([c.qk_nope_head_dim, c.v_head_dim], dim=1)
+        return w_uk, w_uv
+
+    def _absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
+        """q'_i = [W_UK_i^T q_nope_i ; q_rope_i]: (batch, heads, seq, d_c + d_r)."""
+        q_latent = torch.einsum("bhsd,hdc->bhsc", q_nope, self._up_weights()[0])
+        return torch.cat((q_latent, q_rope), dim=-1)
+
+    def _from_latent(self, out_latent: torch.Tensor) -> torch.Tensor:
+        """W_UV_i applied after the attention: (batch, heads, seq, d_c) -> (..., d_v)."""
+        return torch.einsum("bhsc,hdc->bhsd", out_latent, self._up_weights()[1])
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, seq, d_v) -> merge the heads -> W_O -> (batch, seq, hidden)."""
+        batch, heads, seq, d_v = out.shape
+        out = self.o_proj(out.transpose(1, 2).reshape(batch, seq, heads * d_v))
+        record("attention_output", out, note="heads concatenated, times W_o")
+        return out

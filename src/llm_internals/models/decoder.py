@@ -27,6 +27,7 @@ from llm_internals.layers.masks import (
     padding_mask,
     positions_from_attention_mask,
 )
+from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.layers.moe import MoELayer
 from llm_internals.layers.multihead import AttentionCache, MultiHeadAttention
 from llm_internals.layers.norm import make_norm
@@ -35,7 +36,7 @@ from llm_internals.layers.positional import (
     SinusoidalPositionalEmbedding,
 )
 from llm_internals.layers.rope import RotaryEmbedding
-from llm_internals.models.config import ModelConfig, moe_layer_config
+from llm_internals.models.config import ModelConfig, mla_layer_config, moe_layer_config
 from llm_internals.models.kernel_switches import KernelSwitches
 from llm_internals.trace import record
 
@@ -66,7 +67,10 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.norm1 = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.attn = make_attention(config, layer_idx)
+        mla = mla_layer_config(config)
+        self.attn = make_attention(config, layer_idx) if mla is None else (
+            MultiHeadLatentAttention(mla, layer_idx, use_sdpa=config.attn_impl == "sdpa")
+        )  # fmt: skip
         self.norm2 = make_norm(config.norm, config.d_model, config.norm_eps)
         moe = moe_layer_config(config, layer_idx)
         self.ffn = MoELayer(moe) if moe is not None else make_ffn(
@@ -105,10 +109,18 @@ class DecoderLM(KernelSwitches, nn.Module):
             self.pos_emb = LearnedPositionalEmbedding(config.max_seq_len, config.d_model)
         elif config.position == "sinusoidal":
             self.pos_emb = SinusoidalPositionalEmbedding(config.max_seq_len, config.d_model)
-        self.rope = (
-            RotaryEmbedding(
-                config.head_dim, config.rope_theta, config.rope_scaling, config.rope_layout
+        mla = mla_layer_config(config)
+        if mla is not None and config.position != "rope":
+            raise LLMInternalsError(
+                f"model config: mla needs position 'rope', got {config.position!r}",
+                hint="set position to rope in the model's config.json",
             )
+        # MLA rotates only its qk_rope_head_dim channel, in the "half" layout (layers/mla.py).
+        rope_dim, rope_layout = (
+            (config.head_dim, config.rope_layout) if mla is None else (mla.qk_rope_head_dim, "half")
+        )
+        self.rope = (
+            RotaryEmbedding(rope_dim, config.rope_theta, config.rope_scaling, rope_layout)
             if config.position == "rope"
             else None
         )

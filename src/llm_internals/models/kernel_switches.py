@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.layers.multihead import MultiHeadAttention
 
 
@@ -22,6 +23,8 @@ class KernelSwitches:
             if isinstance(module, MultiHeadAttention):
                 module.use_sdpa = impl == "sdpa"
                 module.use_flash = impl == "flash"
+            elif isinstance(module, MultiHeadLatentAttention):  # no flash path: "flash" = scratch
+                module.use_sdpa = impl == "sdpa"
 
     def set_fused_ops(self: nn.Module, fused: bool) -> None:
         """Switch norms and activations between written-out steps and torch's fused kernels."""
