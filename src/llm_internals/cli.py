@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tour",
     "lessons",
     "explain",
+    "explore",
     "corpus",
     "train_tokenizer",
     "tokenize",

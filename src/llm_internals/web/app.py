@@ -1,0 +1,63 @@
+"""The explorer's FastAPI app: pages, JSON routes under /api/, static assets under /static/.
+
+    create_app(model_path)  builds the app (binds nothing; `llm-internals explore` runs it under
+                            uvicorn, tests in a background thread)
+
+Pages (/, /lessons/NAME, /model, /engine) are one HTML shell, static/index.html, whose scripts
+read the path and draw the view: common.js first (shared pieces: heatmaps, sortable tables,
+formulas, Markdown, errors), then every other static/*.js in name order, each registering its
+views with `LI.registerView`. A new view is a new router here and a new .js file there.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from llm_internals.web import lessons_api
+from llm_internals.web.errors import ApiError, install_error_handlers
+from llm_internals.web.lesson_cache import LessonCache
+
+STATIC = Path(__file__).parent / "static"
+PAGE_VIEWS = ("model", "engine")  # /model and /engine, drawn by model.js and engine.js
+
+
+def page_html() -> str:
+    """static/index.html with a <script> per static/*.js (common.js first)."""
+    scripts = sorted(STATIC.glob("*.js"), key=lambda p: (p.name != "common.js", p.name))
+    tags = "\n".join(
+        f'  <script src="/static/{html.escape(p.name)}" defer></script>' for p in scripts
+    )
+    return (STATIC / "index.html").read_text(encoding="utf-8").replace("<!-- scripts -->", tags)
+
+
+def create_app(model_path: str | None = None) -> FastAPI:
+    """The explorer app; `model_path` is the checkpoint the Model view loads (None: the view
+    says how to give one)."""
+    app = FastAPI(title="llm-internals explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.model_path = model_path
+    app.state.lessons = LessonCache()
+    install_error_handlers(app)
+    routers = [lessons_api.router]  # the Model and Engine views' routers join this list
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/api/{path:path}", include_in_schema=False)  # after every router: it matches all
+    def unknown_api(path: str) -> None:
+        raise ApiError(404, f"no API route /api/{path}",
+                       hint="the routes: /api/lessons, /api/lessons/NAME")  # fmt: skip
+
+    def page() -> HTMLResponse:
+        return HTMLResponse(page_html())
+
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/lessons", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/lessons/{name}", page, methods=["GET"], include_in_schema=False)
+    for view in PAGE_VIEWS:
+        app.add_api_route(f"/{view}", page, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
