@@ -1,0 +1,127 @@
+"""The small seeded MoE runs of the `moe` lesson: tiny layers, one token, a balancing experiment.
+
+Every run is the library's MoELayer (layers/moe.py) with its real router, dispatch and
+balancing functions (layers/moe_balance.py); only the sizes are tiny so that a lesson shows
+every number and builds in well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from llm_internals.layers.moe import MoEConfig, MoELayer
+from llm_internals.layers.moe_balance import (
+    expert_load,
+    load_coefficient_of_variation,
+    switch_aux_loss,
+    update_selection_bias,
+)
+
+D_MODEL, D_EXPERT, N_EXPERTS, TOP_K = 8, 16, 8, 2
+SEED = 0
+# The published settings of each router type, at this layer's size (DeepSeek-V3 uses 8 groups
+# of 32 experts, keeps 4, and scales the weights by 2.5; here 4 groups of 2, 2 kept).
+ROUTER_SETTINGS: dict[str, dict] = {
+    "topk_softmax": {},
+    "softmax_topk": {"norm_topk_prob": False},
+    "sigmoid_grouped": {"n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5},
+}
+# The selection bias of the DeepSeek router, as the bias update leaves it when expert 5 has been
+# overloaded: its bias went down, so it is picked less.
+SELECTION_BIAS = [0.0, 0.0, 0.0, 0.0, 0.0, -0.15, 0.0, 0.0]
+
+# The balancing experiment: a router skewed toward experts 0 and 1 (their gate rows lean toward
+# the inputs' mean), trained to imitate a random linear map.
+BATCH, STEPS, LR = 128, 40, 0.01
+SKEW = 0.6
+AUX_COEF = 0.1  # large for a 40-step run (HF Mixtral's default is 0.001, Switch's 0.01)
+GAMMA = 0.02  # DeepSeek-V3 uses 0.001 over far more steps
+
+
+def moe_layer(router: str = "topk_softmax", **overrides) -> MoELayer:
+    """A seeded MoELayer; every router type gets the same gate weights W_g."""
+    torch.manual_seed(SEED)
+    fields = {**ROUTER_SETTINGS[router], **overrides}
+    config = MoEConfig(D_MODEL, D_EXPERT, N_EXPERTS, TOP_K, router=router, **fields)
+    return MoELayer(config)
+
+
+def one_token() -> torch.Tensor:
+    """The token vector the router section follows: (1, D_MODEL)."""
+    return torch.randn(1, D_MODEL, generator=torch.Generator().manual_seed(SEED + 1))
+
+
+def with_capacity(layer: MoELayer, capacity_factor: float) -> MoELayer:
+    """The same weights with an expert capacity (MoEConfig.capacity_factor)."""
+    capped = MoELayer(dataclasses.replace(layer.config, capacity_factor=capacity_factor))
+    capped.load_state_dict(layer.state_dict())
+    return capped
+
+
+@dataclass
+class BalanceRun:
+    """One training run: the trained layer, the expert load of every step, the aux loss of the
+    first and last step, and a batch of the input distribution for later checks."""
+
+    method: str
+    layer: MoELayer
+    loads: list[torch.Tensor]
+    aux_losses: list[float]
+    batch: torch.Tensor
+
+    @property
+    def variation(self) -> list[float]:
+        """Coefficient of variation of the load, step by step."""
+        return [load_coefficient_of_variation(load) for load in self.loads]
+
+
+def skewed_layer(router: str) -> tuple[MoELayer, torch.Tensor]:
+    """A layer whose experts 0 and 1 win most tokens, and the inputs' mean direction mu."""
+    mu = torch.randn(D_MODEL, generator=torch.Generator().manual_seed(SEED + 2))
+    overrides = {"n_group": 1, "topk_group": 1} if router == "sigmoid_grouped" else {}
+    layer = moe_layer(router, **overrides)
+    with torch.no_grad():
+        layer.router.weight[:2] += SKEW * mu / mu.norm()
+    return layer, mu
+
+
+def balance_run(method: str) -> BalanceRun:
+    """STEPS Adam steps on the mean squared error to a fixed random linear map, with
+    method "none", "aux" (+ AUX_COEF x switch_aux_loss) or "bias" (the DeepSeek router and
+    update_selection_bias after each step). Same data, same start for all three."""
+    router = "sigmoid_grouped" if method == "bias" else "topk_softmax"
+    layer, mu = skewed_layer(router)
+    torch.manual_seed(SEED + 3)
+    teacher = torch.nn.Linear(D_MODEL, D_MODEL).requires_grad_(False)
+    data = torch.Generator().manual_seed(SEED + 4)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=LR)
+    loads, aux_losses = [], []
+    for _ in range(STEPS):
+        x = torch.randn(BATCH, D_MODEL, generator=data) + mu
+        loss = (layer(x) - teacher(x)).square().mean()
+        routing = layer.last_routing
+        aux = switch_aux_loss(routing.logits, TOP_K)
+        if method == "aux":
+            loss = loss + AUX_COEF * aux
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loads.append(expert_load(routing.indices, N_EXPERTS))
+        aux_losses.append(float(aux.detach()))
+        if method == "bias":
+            update_selection_bias(layer.router.e_score_correction_bias, loads[-1], GAMMA)
+    batch = torch.randn(BATCH, D_MODEL, generator=data) + mu
+    return BalanceRun(method, layer, loads, aux_losses, batch)
+
+
+def one_thread_runs() -> dict[str, BalanceRun]:
+    """The three runs on one torch thread (tiny matmuls only wait for each other on more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {method: balance_run(method) for method in ("none", "aux", "bias")}
+    finally:
+        torch.set_num_threads(threads)
