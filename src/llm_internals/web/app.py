@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from llm_internals.web import lessons_api
+from llm_internals.web import engine_api, lessons_api, model_api
 from llm_internals.web.errors import ApiError, install_error_handlers
 from llm_internals.web.lesson_cache import LessonCache
 
@@ -42,14 +42,15 @@ def create_app(model_path: str | None = None) -> FastAPI:
     app.state.model_path = model_path
     app.state.lessons = LessonCache()
     install_error_handlers(app)
-    routers = [lessons_api.router]  # the Model and Engine views' routers join this list
+    routers = [lessons_api.router, model_api.router, engine_api.router]
     for router in routers:
         app.include_router(router)
 
     @app.get("/api/{path:path}", include_in_schema=False)  # after every router: it matches all
     def unknown_api(path: str) -> None:
         raise ApiError(404, f"no API route /api/{path}",
-                       hint="the routes: /api/lessons, /api/lessons/NAME")  # fmt: skip
+                       hint="the routes: /api/lessons, /api/lessons/NAME, /api/model, "
+                       "/api/model/inspect, /api/engine/sessions")  # fmt: skip
 
     def page() -> HTMLResponse:
         return HTMLResponse(page_html())
