@@ -2,7 +2,8 @@
  * engine.js). Plain browser JavaScript, no build step, no network beyond the app's own /api/.
  *
  *   LI.registerView(name, render)    a view draws itself into <main> (render(main, params))
- *   LI.api(path)                     GET JSON; throws an Error carrying the server's error/hint
+ *   LI.api(path, body)               GET JSON (POST `body` as JSON when given); throws an Error
+ *                                    carrying the server's error/hint
  *   LI.el(tag, attrs, ...children)   build an element
  *   LI.errorBox(err)                 the message (and hint) of an error, never a stack trace
  *   LI.heatmap(rows, options)        a grid of coloured cells; each <td> carries data-row,
@@ -40,28 +41,32 @@
   };
   const el = LI.el;
 
-  LI.api = async function (path) {
+  LI.api = async function (path, body) {
     let response;
+    const init = body === undefined ? { headers: { Accept: "application/json" } } : {
+      method: "POST", body: JSON.stringify(body),
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+    };
     try {
-      response = await fetch(path, { headers: { Accept: "application/json" } });
+      response = await fetch(path, init);
     } catch (e) {
       throw Object.assign(new Error("the explorer's server does not answer"), {
         hint: "is `llm-internals explore` still running?",
       });
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (e) {
-      body = null;
+      answer = null;
     }
-    if (!response.ok || body === null) {
-      const message = body && body.error ? body.error : `${path}: HTTP ${response.status}`;
+    if (!response.ok || answer === null) {
+      const message = answer && answer.error ? answer.error : `${path}: HTTP ${response.status}`;
       throw Object.assign(new Error(message), {
-        hint: body && body.hint, status: response.status,
+        hint: answer && answer.hint, status: response.status,
       });
     }
-    return body;
+    return answer;
   };
 
   LI.errorBox = function (err) {
