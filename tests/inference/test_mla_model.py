@@ -88,11 +88,18 @@ def test_cached_decoding_equals_full_forward_with_left_padding(mode):
         steps = [model(ids[:, :4], attention_mask=mask[:, :4], cache=cache)]
         for t in range(4, ids.shape[1]):
             steps.append(model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache))
-        alone = [model(torch.tensor([r]))[0] for r in rows]  # no padding, no mask at all
+        alone = []  # each row with no padding and no mask at all
+        for row in rows:
+            alone_cache = ContiguousKVCache.for_model(model, 1, len(row))
+            alone.append((model(torch.tensor([row]), cache=alone_cache)[0], alone_cache))
     real = mask.bool()
     torch.testing.assert_close(torch.cat(steps, dim=1)[real], full[real], atol=1e-10, rtol=0)
-    for i, row_logits in enumerate(alone):
+    for i, (row_logits, alone_cache) in enumerate(alone):
         torch.testing.assert_close(full[i][real[i]], row_logits, atol=1e-10, rtol=0)
+        # RoPE scores only see position differences, so the logits cannot tell whether the
+        # model's positions (counting real tokens) reached the layer; the stored rope keys can.
+        for stored, expected in zip(cache.keys, alone_cache.keys, strict=True):
+            torch.testing.assert_close(stored[i, :, real[i]], expected[0], atol=1e-12, rtol=0)
 
 
 def test_fp32_cached_decoding_within_1e_5():

@@ -225,11 +225,9 @@ class MultiHeadLatentAttention(nn.Module):
             out = attend(self.layer_idx, query, latent, value, scale=self.scale,
                          use_sdpa=self.use_sdpa)  # fmt: skip
             return self._output(self._from_latent(out))
-        keys = latent
+        keys, values = latent, latent[..., : c.kv_lora_rank]
         if cache is not None:
-            keys, _, cache_mask = cache.update(
-                self.layer_idx, latent, latent[..., : c.kv_lora_rank]
-            )
+            keys, values, cache_mask = cache.update(self.layer_idx, keys, values)
             if cache_mask is not None:
                 mask = cache_mask
         total = keys.shape[2]
@@ -242,7 +240,6 @@ class MultiHeadLatentAttention(nn.Module):
             out = self._naive(q_nope, q_rope, keys, mask, causal)
         else:
             q_latent = self._absorbed_query(q_nope, q_rope)
-            values = keys[..., : c.kv_lora_rank]
             out = self._from_latent(self._attention(q_latent, keys, values, mask, causal))
         return self._output(out)
 

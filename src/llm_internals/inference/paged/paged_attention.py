@@ -101,9 +101,11 @@ class PagedAttentionContext:
         use_sdpa: bool,
     ) -> torch.Tensor:
         """q (1, n_heads, tokens, head_dim), k, v (1, n_kv_heads, tokens, head_dim), RoPE
-        applied -> attention output (1, n_heads, tokens, head_dim)."""
+        applied -> attention output (1, n_heads, tokens, value_dim). MLA passes its latent as
+        one KV head: v = k[..., :d_c] narrower than k (layers/mla.py)."""
         self.pool.write(layer_idx, self.slot_mapping, k[0], v[0])
-        out = q.new_empty(q.shape)
+        value_dim = v.shape[-1]
+        out = q.new_empty(*q.shape[:-1], value_dim)
         n_kv, head_dim = k.shape[1], k.shape[3]
         n_rep = q.shape[1] // n_kv
         for group in self.decode_groups:
@@ -121,8 +123,8 @@ class PagedAttentionContext:
                 result = _attention(group_q, keys, values, mask[None], scale, use_sdpa)
             else:
                 result = self._decode_attention(layer_idx, group, group_q, mask, scale)
-            result = result.reshape(n_kv, count, n_rep, queries, head_dim).transpose(1, 2)
-            out[0, :, rows] = result.reshape(n_kv * n_rep, count * queries, head_dim)
+            result = result.reshape(n_kv, count, n_rep, queries, value_dim).transpose(1, 2)
+            out[0, :, rows] = result.reshape(n_kv * n_rep, count * queries, value_dim)
         for chunk in self.prefills:
             rows = slice(chunk.start, chunk.start + chunk.length)
             if chunk.block_ids is None:

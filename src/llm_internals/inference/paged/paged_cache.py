@@ -16,6 +16,12 @@ block-major layout made the fused attention kernel 4-5x slower on the strided ke
 The pool is sized once, from a block count or a memory budget:
 
     bytes per block = 2 (K and V) x n_layers x block_size x n_kv_heads x head_dim x bytes/element
+
+MLA models (layers/mla.py) keep one latent per token instead: keys[layer] is (1, num_blocks,
+block_size, d_c + d_r), the latent [c_kv ; k_rope], and there are no value tensors; the values
+read are the keys' first `latent_value_dim` = d_c features (c_kv). A block then costs
+n_layers x block_size x (d_c + d_r) x bytes/element (inference/kv_layout.py), so the same budget
+holds 2 x n_kv_heads x head_dim / (d_c + d_r) times more blocks.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ from collections.abc import Sequence
 import torch
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.kv_layout import kv_layout
 
 GIB = 2**30
 
 
 def bytes_per_block(config, block_size: int, dtype: torch.dtype) -> int:
-    """K and V bytes of one block in all layers of a model with this ModelConfig."""
+    """K and V (MLA: latent) bytes of one block in all layers of a model with this ModelConfig."""
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.n_layers * block_size * config.n_kv_heads * config.head_dim * element
+    return config.n_layers * block_size * kv_layout(config).values_per_token * element
 
 
 def num_blocks_for_budget(config, block_size: int, dtype: torch.dtype, kv_cache_gb: float) -> int:
@@ -64,6 +71,7 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        latent_value_dim: int | None = None,
     ) -> None:
         for name, value in (("n_layers", n_layers), ("num_blocks", num_blocks),
                             ("block_size", block_size), ("n_kv_heads", n_kv_heads),
@@ -72,9 +80,20 @@ class PagedKVCache:
                 raise LLMInternalsError(
                     f"paged KV cache: {name} must be a positive integer, got {value!r}"
                 )
+        if latent_value_dim is not None and not (
+            isinstance(latent_value_dim, int) and 0 < latent_value_dim <= head_dim
+        ):
+            raise LLMInternalsError(
+                f"paged KV cache: latent_value_dim must be an integer in 1..head_dim={head_dim}, "
+                f"got {latent_value_dim!r}"
+            )
         shape = (n_kv_heads, num_blocks, block_size, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # MLA: values are the keys' first latent_value_dim features, not stored on their own.
+        self.latent_value_dim = latent_value_dim
+        values = n_layers if latent_value_dim is None else 0
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(values)]
+        self.value_dim = head_dim if latent_value_dim is None else latent_value_dim
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.n_kv_heads = n_kv_heads
@@ -96,8 +115,10 @@ class PagedKVCache:
             raise LLMInternalsError("give exactly one of num_blocks and kv_cache_gb")
         if num_blocks is None:
             num_blocks = num_blocks_for_budget(config, block_size, weight.dtype, kv_cache_gb)
-        return cls(config.n_layers, num_blocks, block_size, config.n_kv_heads, config.head_dim,
-                   dtype=weight.dtype, device=weight.device)  # fmt: skip
+        layout = kv_layout(config)
+        return cls(config.n_layers, num_blocks, block_size, layout.n_kv_heads, layout.key_dim,
+                   dtype=weight.dtype, device=weight.device,
+                   latent_value_dim=layout.latent_value_dim)  # fmt: skip
 
     @property
     def n_layers(self) -> int:
@@ -109,20 +130,25 @@ class PagedKVCache:
     def write(
         self, layer_idx: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> None:
-        """Store new k, v (n_kv_heads, tokens, head_dim) into their slots."""
+        """Store new k, v (n_kv_heads, tokens, head_dim) into their slots (MLA: k only, v is
+        its first latent_value_dim features)."""
         shape = (self.n_kv_heads, -1, self.head_dim)
         self.keys[layer_idx].view(shape).index_copy_(1, slot_mapping, k)
-        self.values[layer_idx].view(shape).index_copy_(1, slot_mapping, v)
+        if self.latent_value_dim is None:
+            self.values[layer_idx].view(shape).index_copy_(1, slot_mapping, v)
 
     def gather(self, layer_idx: int, block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the blocks block_ids (rows, blocks), laid out by position, heads first:
         (n_kv_heads, rows, blocks * block_size, head_dim) each, contiguous (views of a reused
-        buffer, valid until the next gather)."""
+        buffer, valid until the next gather). MLA: the values are a view of the keys' first
+        latent_value_dim features."""
         rows, blocks = block_ids.shape
         keys, values = self._workspace(rows * blocks)
         torch.index_select(self.keys[layer_idx], 1, block_ids.reshape(-1), out=keys)
-        torch.index_select(self.values[layer_idx], 1, block_ids.reshape(-1), out=values)
         shape = (self.n_kv_heads, rows, blocks * self.block_size, self.head_dim)
+        if self.latent_value_dim is not None:
+            return keys.view(shape), keys.view(shape)[..., : self.latent_value_dim]
+        torch.index_select(self.values[layer_idx], 1, block_ids.reshape(-1), out=values)
         return keys.view(shape), values.view(shape)
 
     def read_blocks(self, block_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,14 +188,17 @@ class PagedKVCache:
     ) -> torch.Tensor:
         """sum_j weights[..., j] * V[slot j] for every (head, row, repeat) of weights
         (n_kv_heads, rows, n_rep, keys), reading the value rows straight from the pool: the
-        gather and the weighted sum in one pass (embedding_bag), no gathered copy of V."""
-        table = self.values[layer_idx].view(-1, self.head_dim)
+        gather and the weighted sum in one pass (embedding_bag), no gathered copy of V.
+        MLA: the sum runs over whole latent rows and keeps the first latent_value_dim features.
+        Output (n_kv_heads, rows, n_rep, value_dim)."""
+        stored = self.keys if self.latent_value_dim is not None else self.values
+        table = stored[layer_idx].view(-1, self.head_dim)
         keys = weights.shape[-1]
         offsets = torch.arange(0, value_rows.numel(), keys, device=weights.device)
         summed = torch.nn.functional.embedding_bag(
             value_rows, table, offsets, mode="sum", per_sample_weights=weights.reshape(-1)
         )
-        return summed.view(*weights.shape[:-1], self.head_dim)
+        return summed[:, : self.value_dim].reshape(*weights.shape[:-1], self.value_dim)
 
     def _workspace(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reused output buffers for gathers: a fresh multi-MB tensor per layer would cost a
