@@ -79,6 +79,10 @@ FIELD_NOTES = {
     "keep_checkpoints": "the newest N step-* folders are kept, 0 keeps all",
     "max_minutes": "0 = no time limit",
     "tokenizer": "char, bpe or a tokenizer.json path",
+    "moe_aux_loss_coef": "MoE models: weight of the Switch load-balancing loss (0 = off)",
+    "moe_z_loss_coef": "MoE models: weight of the router z-loss (0 = off)",
+    "moe_bias_update_rate": "MoE models: gamma of the aux-loss-free bias update after each "
+    "step, b += gamma * sign(mean load - load) (0 = off; DeepSeek-V3 used 0.001)",
 }
 
 

@@ -36,12 +36,12 @@ def switch_aux_loss(
     leaves padding out of both f and P.
     """
     n_experts = logits.shape[-1]
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(_at_least_fp32(logits), dim=-1)
     selected = probs.topk(top_k, dim=-1).indices
     if attention_mask is None:
         attention_mask = torch.ones(logits.shape[0], device=logits.device)
-    mask = attention_mask.reshape(-1).float()
-    one_hot = torch.nn.functional.one_hot(selected, n_experts).float()  # [T, k, E]
+    mask = attention_mask.reshape(-1).to(probs.dtype)
+    one_hot = torch.nn.functional.one_hot(selected, n_experts).to(probs.dtype)  # [T, k, E]
     fraction = (one_hot.sum(dim=1) * mask[:, None]).sum(dim=0) / mask.sum()
     mean_prob = (probs * mask[:, None]).sum(dim=0) / mask.sum()
     return n_experts * (fraction * mean_prob).sum()
@@ -49,7 +49,12 @@ def switch_aux_loss(
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """L_z = mean over tokens of logsumexp(logits)^2 (ST-MoE; coefficient 1e-3 there)."""
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+    return torch.logsumexp(_at_least_fp32(logits), dim=-1).square().mean()
+
+
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits upcast to fp32 (as HF), fp64 kept (exact gradient checks)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 @torch.no_grad()

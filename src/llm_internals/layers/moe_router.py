@@ -64,8 +64,11 @@ def group_limited_topk(
 class Router(nn.Module):
     """The linear gate W_g [E, d_model] and one of the three selection rules (module docstring).
 
-    `e_score_correction_bias` is a buffer (not trained by gradients): only the
-    "sigmoid_grouped" router reads it, and only to choose experts.
+    `e_score_correction_bias` is a buffer (not trained by gradients), added to the selection
+    scores only, never to the weights: DeepSeek-V3's checkpoints ship it for "sigmoid_grouped"
+    (added to s); for the other two it is zero unless auxiliary-loss-free balancing trains it
+    (training/moe_terms.py), and is added to the logits ("topk_softmax") or the softmax
+    probabilities ("softmax_topk").
     """
 
     def __init__(
@@ -95,16 +98,19 @@ class Router(nn.Module):
         record("router_logits", logits, note=f"x W_g^T, router {self.kind}")
         # scores in at least fp32 (as HF): in bf16 close logits would otherwise tie or swap
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        bias = self.e_score_correction_bias.to(logits.dtype)  # selection only (zero unless trained)
         if self.kind == "topk_softmax":
-            top_logits, indices = logits.topk(self.top_k, dim=-1)
-            weights = torch.softmax(top_logits, dim=-1)
+            indices = (logits + bias).topk(self.top_k, dim=-1).indices
+            weights = torch.softmax(logits.gather(1, indices), dim=-1)
         elif self.kind == "softmax_topk":
-            weights, indices = torch.softmax(logits, dim=-1).topk(self.top_k, dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+            indices = (probs + bias).topk(self.top_k, dim=-1).indices
+            weights = probs.gather(1, indices)
             if self.norm_topk_prob:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
         else:  # "sigmoid_grouped" (the kind is validated by MoEConfig)
             scores = torch.sigmoid(logits)
-            choice = scores + self.e_score_correction_bias.to(scores.dtype)
+            choice = scores + bias
             indices = group_limited_topk(choice, self.top_k, self.n_group, self.topk_group)
             weights = scores.gather(1, indices)
             if self.norm_topk_prob:

@@ -53,6 +53,11 @@ class TrainConfig:
     intra-op thread count (0 keeps torch's default); on a CPU shared with other processes 1
     thread per process can be many times faster than spin-waiting threads.
     keep_checkpoints: how many step-* checkpoints a run folder keeps (the newest; 0 keeps all).
+    moe_*: for models with MoE layers only (training/moe_terms.py): the objective is
+    CE + moe_aux_loss_coef * Switch aux loss + moe_z_loss_coef * router z-loss (both averaged
+    over MoE layers; Switch's 1e-2 and ST-MoE's 1e-3), and moe_bias_update_rate = gamma > 0
+    moves each router's selection bias by gamma * sign(mean load - load) after every step
+    (DeepSeek-V3's auxiliary-loss-free balancing, gamma = 1e-3 there).
     warmup_from_zero: warm up as lr = lr * step / warmup_steps (0 at step 0, the peak at
     step == warmup_steps) instead of lr * (step + 1) / warmup_steps (the peak one step earlier).
     """
@@ -90,6 +95,9 @@ class TrainConfig:
     dtype: str = "float32"
     fast: bool = True
     threads: int = 0
+    moe_aux_loss_coef: float = 0.01
+    moe_z_loss_coef: float = 0.001
+    moe_bias_update_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,7 +127,8 @@ class TrainConfig:
                     f"train config: {name} must be an integer >= 0, got {value!r}"
                 )
         for name in ("lr", "min_lr", "weight_decay", "muon_lr", "grad_clip", "max_minutes",
-                     "val_fraction", "beta1", "beta2"):  # fmt: skip
+                     "val_fraction", "beta1", "beta2", "moe_aux_loss_coef", "moe_z_loss_coef",
+                     "moe_bias_update_rate"):  # fmt: skip
             value = getattr(self, name)
             # NaN fails every comparison, so `value < 0` alone would let it (and inf) through.
             if (

@@ -8,6 +8,10 @@ One optimizer step:
     clip the global gradient norm to grad_clip
     optimizer.step()                            our AdamW, or Muon + AdamW by parameter role
 
+MoE models add the balancing terms to each micro-batch's loss and move the routers' selection
+biases after the step (training/moe_terms.py); the logged `loss` stays the cross-entropy, and
+the terms, the load's coefficient of variation and the dropped pairs are logged beside it.
+
 Around it: a progress bar (step, loss, lr, tokens/s, time left), periodic train/validation loss
 on fixed batches, sample generations, a JSONL log, checkpoints, exact resume, and DDP.
 
@@ -51,6 +55,7 @@ from llm_internals.training.distributed import DistributedContext, wrap_model
 from llm_internals.training.gradients import clip_grad_norm
 from llm_internals.training.loss import cross_entropy_fast
 from llm_internals.training.module_checkpoint import load_optimizer_state
+from llm_internals.training.moe_terms import MoEStepStats, MoETerms
 from llm_internals.training.preview import generate_preview
 from llm_internals.training.schedule import WarmupCosine, set_lr
 
@@ -124,6 +129,10 @@ class Trainer:
             config.seed,
             device=self.device,
         )
+        self.moe = MoETerms(
+            model, config.moe_aux_loss_coef, config.moe_z_loss_coef, config.moe_bias_update_rate
+        )
+        self.last_moe_stats: MoEStepStats | None = None
         self.step = 0
         self.step_losses: list[float] = []
         self.history: list[dict[str, Any]] = []
@@ -223,6 +232,7 @@ class Trainer:
         x, y = self.batches.next_batch()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
+        self.moe.start_step()
         micro_x, micro_y = x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)
         for j, (mx, my) in enumerate(zip(micro_x, micro_y, strict=True)):
             last = j == cfg.grad_accum - 1
@@ -233,7 +243,7 @@ class Trainer:
             )
             with sync:
                 loss = self._loss(self.train_model, self.dist.shard(mx), self.dist.shard(my))
-                (loss / cfg.grad_accum).backward()
+                (self.moe.add_terms(loss) / cfg.grad_accum).backward()
             total += loss.detach()
         mean_loss = float(self.dist.mean(total / cfg.grad_accum))
         if not math.isfinite(mean_loss):
@@ -243,6 +253,7 @@ class Trainer:
             clip_grad_norm(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         )
         self.optimizer.step()
+        self.last_moe_stats = self.moe.finish_step(self.dist.mean)
         self.step += 1
         self.step_losses.append(mean_loss)
         self._last_lr, self._last_grad_norm = lr, None if grad_norm is None else float(grad_norm)
@@ -331,12 +342,19 @@ class Trainer:
                             "grad_norm": self._last_grad_norm,
                             "tokens_per_s": tps,
                             "elapsed_s": now - started,
+                            **(self.last_moe_stats.log_record() if self.last_moe_stats else {}),
                         }
                     )
                     if bar is not None:
+                        moe = self.last_moe_stats
                         bar.update(
                             task,
-                            description=f"loss {loss:.4f} lr {self._last_lr:.2e} {tps:,.0f} tok/s",
+                            description=f"loss {loss:.4f} lr {self._last_lr:.2e} {tps:,.0f} tok/s"
+                            + (
+                                f" aux {moe.aux_loss:.3f} cv {moe.load_cv:.2f} drop {moe.dropped}"
+                                if moe
+                                else ""
+                            ),
                         )
                 if bar is not None:
                     bar.update(task, completed=self.step)
