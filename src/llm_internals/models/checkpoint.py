@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,17 +201,27 @@ def _model_classes() -> dict[str, Callable[[ModelConfig], nn.Module]]:
     return {"DecoderLM": DecoderLM, "EncoderLM": EncoderLM, "Seq2SeqLM": Seq2SeqLM}
 
 
+_LAYER_INDEX = re.compile(r"\.\d+\.")
+
+
 def materialize_buffers(model: nn.Module, config: ModelConfig) -> None:
     """Rebuild the non-persistent buffers (RoPE frequencies, sinusoid tables) of a model built
     on the meta device, on the CPU."""
     meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
     if not meta_buffers:
         return
+    small = {"n_layers": 1, "vocab_size": 1}
+    if getattr(config, "moe", None):  # the copy's one layer: sparse if any layer is (its router
+        # bias, absent from Mixtral/Qwen-MoE files, is then the zeros of a new router)
+        dense = [0] if len(config.moe.get("dense_layers", [])) == config.n_layers else []
+        small["moe"] = {**config.moe, "dense_layers": dense}
     with torch.device("cpu"):  # a one-layer, one-token copy computes the same tables cheaply
-        fresh = dict(type(model)(config.replace(n_layers=1, vocab_size=1)).named_buffers())
+        fresh = dict(type(model)(config.replace(**small)).named_buffers())
     for name in meta_buffers:
         module_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(module_name) if module_name else model
+        if name not in fresh:  # a per-layer table (an MLA layer's own RoPE): layer 0's
+            name = _LAYER_INDEX.sub(".0.", name, 1)
         setattr(owner, attr, fresh[name])
 
 

@@ -20,7 +20,8 @@ from llm_internals.layers.activations import ACTIVATIONS
 from llm_internals.layers.mla import MLAConfig
 from llm_internals.layers.moe import MoEConfig
 
-FAMILIES = ("custom", "gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "marian")
+FAMILIES = ("custom", "gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "marian",
+            "mixtral", "qwen2_moe", "qwen3_moe")  # fmt: skip
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")

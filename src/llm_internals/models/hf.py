@@ -49,7 +49,7 @@ class Converter:
 
 
 CONVERTERS: list[Converter] = [
-    Converter(("gpt2", "llama", "mistral", "qwen2", "qwen3"), DecoderLM, hf_decoder),
+    Converter(tuple(hf_decoder.ARCHITECTURES), DecoderLM, hf_decoder),
     Converter(("bert",), EncoderLM, hf_bert),
     Converter(("marian",), Seq2SeqLM, hf_marian),
 ]

@@ -14,14 +14,23 @@ from typing import Any
 from llm_internals.errors import LLMInternalsError
 from llm_internals.layers.activations import HF_ACTIVATION_NAMES
 from llm_internals.models.config import ModelConfig
+from llm_internals.models.hf_moe_config import (
+    ATTENTION_FAMILY,
+    MOE_ARCHITECTURES,
+    infer_moe_family,
+    moe_export_problems,
+    moe_from_hf,
+    moe_to_hf,
+)
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", *MOE_ARCHITECTURES)
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    **MOE_ARCHITECTURES,
 }
 
 
@@ -139,38 +148,48 @@ def _rope_settings(hf: dict[str, Any], source: str) -> tuple[float, dict | None]
 
 def _llama_config(hf: dict[str, Any], source: str) -> ModelConfig:
     family = hf["model_type"]
+    attention = ATTENTION_FAMILY.get(family, family)  # MoE families: see hf_moe_config.py
     n_heads = _field(hf, "num_attention_heads", source)
     d_model = _field(hf, "hidden_size", source)
+    n_layers = _field(hf, "num_hidden_layers", source)
     theta, scaling = _rope_settings(hf, source)
     sliding_window = None
     if family == "mistral":
         sliding_window = hf.get("sliding_window", 4096)  # MistralConfig's default
+    elif family == "mixtral":
+        sliding_window = hf.get("sliding_window")  # MixtralConfig's default: none
     elif hf.get("use_sliding_window", False):
         raise LLMInternalsError(f"{source}: use_sliding_window=true is not supported for {family}")
     attention_bias = _field(hf, "attention_bias", source, False, bool)
+    moe, d_ff = None, None
+    if family in MOE_ARCHITECTURES:
+        moe, d_ff = moe_from_hf(hf, n_layers, source)
     return ModelConfig(
         family=family,
         vocab_size=_field(hf, "vocab_size", source),
         d_model=d_model,
-        n_layers=_field(hf, "num_hidden_layers", source),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=_field(hf, "num_key_value_heads", source, n_heads),
         head_dim=_field(hf, "head_dim", source, d_model // n_heads),
-        d_ff=_field(hf, "intermediate_size", source),
+        d_ff=d_ff or _field(hf, "intermediate_size", source),
         max_seq_len=_field(hf, "max_position_embeddings", source),
         position="rope",
         norm="rmsnorm",
         norm_eps=_field(hf, "rms_norm_eps", source, 1e-6, float),
         ffn="gated",
         activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", source),
-        qkv_bias=True if family == "qwen2" else attention_bias,
-        attn_out_bias=False if family == "qwen2" else attention_bias,
+        qkv_bias=_field(hf, "qkv_bias", source, True, bool)
+        if attention == "qwen2"
+        else attention_bias,
+        attn_out_bias=False if attention == "qwen2" else attention_bias,
         mlp_bias=_field(hf, "mlp_bias", source, False, bool),
-        qk_norm=family == "qwen3",
+        qk_norm=attention == "qwen3",
         rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=sliding_window,
         tie_embeddings=_field(hf, "tie_word_embeddings", source, False, bool),
+        moe=moe,
     )
 
 
@@ -180,13 +199,16 @@ def export_family(config: ModelConfig) -> str:
         family = config.family
     elif config.position == "learned" and config.norm == "layernorm" and config.ffn == "mlp":
         family = "gpt2"
+    elif config.moe is not None:
+        family = infer_moe_family(config)
     elif config.position == "rope" and config.norm == "rmsnorm" and config.ffn == "gated":
         family = "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
     else:
         raise LLMInternalsError(
             f"model config (family {config.family!r}) has no HF decoder equivalent"
         )
-    problems = []
+    problems = moe_export_problems(config, family)
+    attention = ATTENTION_FAMILY.get(family, family)
     if family == "gpt2":
         if (
             config.n_kv_heads != config.n_heads
@@ -196,14 +218,18 @@ def export_family(config: ModelConfig) -> str:
         if not (config.qkv_bias and config.attn_out_bias and config.mlp_bias):
             problems.append("GPT-2 has biases everywhere")
     else:
-        if config.qk_norm != (family == "qwen3"):
+        if config.qk_norm != (attention == "qwen3"):
             problems.append("qk_norm is Qwen3's alone")
         if family == "qwen2" and (not config.qkv_bias or config.attn_out_bias):
             problems.append("Qwen2 has q/k/v biases and no output bias")
-        if family != "qwen2" and config.qkv_bias != config.attn_out_bias:
+        if attention == "qwen2" and config.attn_out_bias:
+            problems.append(f"{family} has no output bias")
+        if attention != "qwen2" and config.qkv_bias != config.attn_out_bias:
             problems.append(f"{family} has biases on all four attention projections or none")
-        if config.sliding_window is not None and family != "mistral":
-            problems.append("only Mistral has a sliding window here")
+        if family == "mixtral" and config.qkv_bias:
+            problems.append("mixtral has no attention biases")
+        if config.sliding_window is not None and attention != "mistral":
+            problems.append("only Mistral and Mixtral have a sliding window here")
     if config.norm_position != "pre" or config.dropout:
         problems.append("HF decoders are pre-norm (and dropout is not exported)")
     if problems:
@@ -248,12 +274,17 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "rope_parameters": rope,
         "tie_word_embeddings": config.tie_embeddings,
     }
-    if family in ("llama", "qwen3"):
+    attention = ATTENTION_FAMILY.get(family, family)
+    if attention in ("llama", "qwen3"):
         out["attention_bias"] = config.qkv_bias
+    if family == "qwen2_moe":
+        out["qkv_bias"] = config.qkv_bias
     if family == "llama":
         out["mlp_bias"] = config.mlp_bias
-    if family == "mistral":
+    if attention == "mistral":
         out["sliding_window"] = config.sliding_window
-    if family in ("qwen2", "qwen3"):
+    if attention in ("qwen2", "qwen3"):
         out["use_sliding_window"] = False
+    if family in MOE_ARCHITECTURES:
+        out |= moe_to_hf(config, family)
     return out

@@ -3,7 +3,8 @@
 GPT-2 ("gpt2"): `transformer.h.{i}.attn.c_attn` holds W_q, W_k, W_v fused, and GPT-2's Conv1D
 layers store weights as (in, out), the transpose of nn.Linear's (out, in).
 Llama, Mistral, Qwen2, Qwen3: `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`
-as nn.Linear, plus `self_attn.{q,k}_norm` for Qwen3. HF files use RoPE's rotate-half layout; a
+as nn.Linear, plus `self_attn.{q,k}_norm` for Qwen3; MoE layers (Mixtral, Qwen2/3-MoE) take
+their names from hf_moe_tensors.py. HF files use RoPE's rotate-half layout; a
 model in Meta's interleaved layout has its q/k rows permuted on the way in and out.
 """
 
@@ -17,6 +18,7 @@ import torch
 from llm_internals.layers.rope import half_to_interleaved, interleaved_to_half
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.hf_decoder_config import export_family
+from llm_internals.models.hf_moe_tensors import MOE_NAMES, moe_layer_names, unfuse_experts
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class TensorMap:
 def tensor_maps(config: ModelConfig) -> list[TensorMap]:
     """Every HF tensor of this config and where it goes in DecoderLM."""
     family = export_family(config)
-    maps = _gpt2_maps(config) if family == "gpt2" else _llama_maps(config)
+    maps = _gpt2_maps(config) if family == "gpt2" else _llama_maps(config, family)
     if not config.tie_embeddings:
         maps.append(TensorMap("lm_head.weight", ("lm_head.weight",)))
     return maps
@@ -82,7 +84,7 @@ def _gpt2_maps(config: ModelConfig) -> list[TensorMap]:
     return maps
 
 
-def _llama_maps(config: ModelConfig) -> list[TensorMap]:
+def _llama_maps(config: ModelConfig, family: str) -> list[TensorMap]:
     maps = [
         TensorMap("model.embed_tokens.weight", ("tok_emb.weight",)),
         TensorMap("model.norm.weight", ("norm_f.weight",)),
@@ -116,7 +118,9 @@ def _llama_maps(config: ModelConfig) -> list[TensorMap]:
                 TensorMap(f"{hf}.self_attn.q_norm.weight", (f"{ours}.attn.q_norm.weight",)),
                 TensorMap(f"{hf}.self_attn.k_norm.weight", (f"{ours}.attn.k_norm.weight",)),
             ]
-        for proj in ("gate", "up", "down"):
+        moe_names = moe_layer_names(family, config, i) if family in MOE_NAMES else []
+        maps += [TensorMap(f"{hf}.{theirs}", (f"{ours}.{mine}",)) for theirs, mine in moe_names]
+        for proj in ("gate", "up", "down") if not moe_names else ():
             params = ["weight", "bias"] if config.mlp_bias else ["weight"]
             for param in params:
                 maps.append(
@@ -131,8 +135,11 @@ def normalize_hf_names(
     """Accept the name variants found in real files; drop buffers that are not weights.
 
     The original GPT-2 files lack the "transformer." prefix and carry causal-mask buffers
-    ("attn.bias", "attn.masked_bias"); some Llama files carry "rotary_emb.inv_freq".
+    ("attn.bias", "attn.masked_bias"); some Llama files carry "rotary_emb.inv_freq"; MoE files
+    written from a transformers 5 state dict hold fused experts.
     """
+    if config.family in MOE_NAMES:
+        tensors = unfuse_experts(tensors, config.family)
     out = {}
     for name, tensor in tensors.items():
         if config.family == "gpt2":
