@@ -11,6 +11,7 @@ LESSON_MODULES: tuple[str, ...] = (
     "rmsnorm",
     "rope",
     "gqa",
+    "mla",
     "moe",
     "flash_attention",
     "cross_entropy",
