@@ -20,8 +20,10 @@ def add_parser(subparsers) -> None:
         "kv-memory",
         help="how much memory a model's KV cache needs for N tokens x B sequences",
         description="KV-cache bytes = 2 x layers x kv_heads x head_dim x tokens x batch x "
-        "bytes_per_element. CONFIG is any config the project or HF writes (a config.json, a "
-        "checkpoint folder, a training run folder or one of its step-* folders), a published "
+        "bytes_per_element; for MLA models (DeepSeek-V2/V3) layers x (kv_lora_rank + "
+        "qk_rope_head_dim) x tokens x batch x bytes_per_element. CONFIG is any config the "
+        "project or HF writes (a config.json, a checkpoint folder, a training run folder or one "
+        "of its step-* folders), a published "
         f"model ({published.choices()}), or 'all' for every published decoder. Token counts "
         "accept a k suffix (4k = 4096, 128k = 131072).",
     )
@@ -95,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if len(shapes) == 1:
         shape, tokens = shapes[0], token_counts[-1]
         total = shape.cache_bytes(tokens, args.batch)
+        per_layer = (
+            f"2 x {shape.kv_heads} x {shape.head_dim}"
+            if shape.latent_dim is None
+            else f"{shape.latent_dim} (MLA latent)"
+        )
         console.print(
-            f"2 x {shape.layers} x {shape.kv_heads} x {shape.head_dim} x {tokens:,} x "
-            f"{args.batch} x {shape.bytes_per_element} = {total:,} bytes = {format_bytes(total)}"
+            f"{shape.layers} x {per_layer} x {tokens:,} x {args.batch} x "
+            f"{shape.bytes_per_element} = {total:,} bytes = {format_bytes(total)}"
         )
     return 0
 
@@ -106,8 +113,8 @@ def _row(shape: KVShape, token_counts: list[int], batch: int) -> list[str]:
     return [
         shape.name,
         str(shape.layers),
-        f"{shape.kv_heads}/{shape.heads}",
-        str(shape.head_dim),
+        f"{shape.kv_heads}/{shape.heads}" if shape.latent_dim is None else f"MLA/{shape.heads}",
+        str(shape.head_dim) if shape.latent_dim is None else f"{shape.latent_dim} latent",
         SHORT_DTYPE.get(shape.dtype, shape.dtype),
         format_bytes(shape.bytes_per_token),
         *(format_bytes(shape.cache_bytes(t, batch)) for t in token_counts),

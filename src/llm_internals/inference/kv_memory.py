@@ -5,22 +5,30 @@ Every layer stores one key and one value vector per KV head for every token of e
     bytes = 2 (K and V) x layers x kv_heads x head_dim x tokens x batch x bytes_per_element
 
 Grouped-query attention (kv_heads < heads) and multi-query attention (kv_heads = 1) shrink it by
-heads / kv_heads; the dtype sets bytes_per_element. The shape is read from a Hugging Face
+heads / kv_heads; the dtype sets bytes_per_element. Multi-head latent attention (DeepSeek-V2/V3,
+layers/mla.py) caches one latent per token per layer instead, kv_lora_rank + qk_rope_head_dim
+values (512 + 64 = 576 for DeepSeek-V3 against 2 x 128 x 128 = 32,768 for MHA of its heads):
+
+    bytes = layers x (kv_lora_rank + qk_rope_head_dim) x tokens x batch x bytes_per_element
+
+The shape is read from a Hugging Face
 config.json (GPT-2, Llama, Mistral, Qwen, Falcon key names) or from one of our ModelConfigs; a
 published model's config.json fields come from the table in models/published.py, and go through
 the same `shape_from_hf_config` as a downloaded file. `load_shape` takes any config the project
 or HF writes (see its docstring). (Not modelled: sliding-window layers that keep fewer tokens,
-MLA's compressed cache, cache quantization, encoder-decoder cross-attention caches.)
+cache quantization, encoder-decoder cross-attention caches.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import read_json
+from llm_internals.inference.kv_layout import kv_layout
 from llm_internals.models import published
 from llm_internals.models.checkpoint import is_own_checkpoint
 from llm_internals.models.config import ModelConfig
@@ -40,6 +48,7 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_head_kv")
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim")  # HF DeepseekV2/V3 config fields
 NOT_DECODERS = ("bert", "marian")  # ModelConfig families of encoder and encoder-decoder models
 
 
@@ -53,15 +62,22 @@ class KVShape:
     kv_heads: int
     head_dim: int
     dtype: str
+    latent_dim: int | None = None  # MLA: values cached per token per layer (d_c + d_r)
 
     @property
     def bytes_per_element(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
     @property
+    def values_per_token_per_layer(self) -> int:
+        """2 x kv_heads x head_dim (a key and a value per KV head), or MLA's latent width."""
+        return self.latent_dim or 2 * self.kv_heads * self.head_dim
+
+    @property
     def bytes_per_token(self) -> int:
-        """K and V of one token in every layer: 2 x layers x kv_heads x head_dim x bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.bytes_per_element
+        """K and V (MLA: the latent) of one token in every layer:
+        layers x values_per_token_per_layer x bytes."""
+        return self.layers * self.values_per_token_per_layer * self.bytes_per_element
 
     def cache_bytes(self, tokens: int, batch: int = 1) -> int:
         """The whole cache for `batch` sequences of `tokens` tokens each."""
@@ -130,7 +146,10 @@ def shape_from_hf_config(config: dict[str, Any], name: str = "config") -> KVShap
         head_dim = hidden // heads
     dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
     dtype = normalize_dtype(dtype, f"{name}: field torch_dtype")
-    return KVShape(name, layers, heads, kv_heads, head_dim, dtype)
+    latent_dim = None
+    if config.get("kv_lora_rank") is not None:  # DeepSeek-V2/V3 MLA: the latent is cached
+        latent_dim = sum(_first_int(config, (key,), name) for key in MLA_KEYS)
+    return KVShape(name, layers, heads, kv_heads, head_dim, dtype, latent_dim)
 
 
 def shape_from_model_config(config: Any, dtype: str = "float32", name: str = "model") -> KVShape:
@@ -147,6 +166,7 @@ def shape_from_model_config(config: Any, dtype: str = "float32", name: str = "mo
         kv_heads=int(config.n_kv_heads or config.n_heads),
         head_dim=int(config.head_dim or config.d_model // config.n_heads),
         dtype=normalize_dtype(dtype),
+        latent_dim=kv_layout(config).values_per_token if config.mla is not None else None,
     )
 
 
@@ -189,8 +209,7 @@ def load_shape(source: str | Path, dtype: str | None = None) -> KVShape:
             "folder or a training run folder",
         )
     if dtype is not None:
-        shape = KVShape(shape.name, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
-                        normalize_dtype(dtype, "--dtype"))  # fmt: skip
+        shape = dataclasses.replace(shape, dtype=normalize_dtype(dtype, "--dtype"))
     return shape
 
 
