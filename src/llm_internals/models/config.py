@@ -21,7 +21,7 @@ from llm_internals.layers.mla import MLAConfig
 from llm_internals.layers.moe import MoEConfig
 
 FAMILIES = ("custom", "gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "marian",
-            "mixtral", "qwen2_moe", "qwen3_moe")  # fmt: skip
+            "deepseek_v3", "mixtral", "qwen2_moe", "qwen3_moe")  # fmt: skip
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
@@ -48,9 +48,9 @@ class ModelConfig:
     layers.moe.MoEConfig other than d_model (d_expert, n_experts, top_k, router, ...) plus
     `dense_layers`, the layer indices that keep the dense FFN (DeepSeek's first_k_dense_replace,
     Qwen-MoE's mlp_only_layers). mla (None: ordinary multi-head attention) holds the fields of
-    layers.mla.MLAConfig other than hidden_size, num_attention_heads, rms_norm_eps and
-    rope_theta, which come from this config (kv_lora_rank, q_lora_rank, qk_nope_head_dim,
-    qk_rope_head_dim, v_head_dim, rope_interleave).
+    layers.mla.MLAConfig other than hidden_size, num_attention_heads and rope_theta, which come
+    from this config, and rms_norm_eps (1e-6 for the latent norms, as in HF): kv_lora_rank,
+    q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, rope_interleave.
     """
 
     vocab_size: int
@@ -267,7 +267,9 @@ def mla_layer_config(config: ModelConfig) -> MLAConfig | None:
         return MLAConfig(
             hidden_size=config.d_model,
             num_attention_heads=config.n_heads,
-            rms_norm_eps=config.norm_eps,
+            # the latent norms keep RMSNorm's default 1e-6 whatever rms_norm_eps says, as in
+            # transformers' DeepseekV3Attention and DeepSeek's inference code
+            rms_norm_eps=1e-6,
             rope_theta=config.rope_theta,
             **config.mla,
         )

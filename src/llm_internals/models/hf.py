@@ -22,7 +22,7 @@ from torch import nn
 
 from llm_internals.errors import LLMInternalsError
 from llm_internals.files import read_json, write_json
-from llm_internals.models import hf_bert, hf_decoder, hf_marian
+from llm_internals.models import hf_bert, hf_decoder, hf_deepseek_v3, hf_marian
 from llm_internals.models.checkpoint import (
     check_fits_in_memory,
     check_layer_count,
@@ -52,6 +52,7 @@ CONVERTERS: list[Converter] = [
     Converter(tuple(hf_decoder.ARCHITECTURES), DecoderLM, hf_decoder),
     Converter(("bert",), EncoderLM, hf_bert),
     Converter(("marian",), Seq2SeqLM, hf_marian),
+    Converter(("deepseek_v3",), DecoderLM, hf_deepseek_v3),
 ]
 
 
@@ -67,6 +68,12 @@ def _converter_for_type(model_type: str | None, source: str) -> Converter:
 
 
 def _converter_for_model(model: nn.Module) -> Converter:
+    """The converter of the model's family when it has one (deepseek_v3 and the decoder families
+    share DecoderLM), else the first one for its class."""
+    family = getattr(getattr(model, "config", None), "family", None)
+    for converter in CONVERTERS:
+        if isinstance(model, converter.model_class) and family in converter.model_types:
+            return converter
     for converter in CONVERTERS:
         if isinstance(model, converter.model_class):
             return converter

@@ -1,0 +1,233 @@
+"""DeepseekV3ForCausalLM import/export against transformers: config mapping, fp32 logit parity
+(plain and padded batches, written-out and sdpa attention), export read back by transformers,
+the fused in-memory expert layout and extra multi-token-prediction tensors on import, greedy
+generate == HF generate, the paged engine == generate, and bad configs refused at load time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from llm_internals.errors import LLMInternalsError
+from llm_internals.inference.generate import generate
+from llm_internals.inference.paged.engine import LLM
+from llm_internals.inference.params import SamplingParams
+from llm_internals.layers.mla import MultiHeadLatentAttention
+from llm_internals.layers.moe import MoELayer
+from llm_internals.models import load_pretrained, save_pretrained
+from llm_internals.models.hf_deepseek_v3 import config_from_hf, config_to_hf
+
+TOL = 1e-4
+VOCAB = 97
+EOS = 3
+PROMPTS = [[5, 17, 90, 42, 8, 77, 61], [12, 4], [60, 33, 2, 90]]
+# Odd, distinct widths (a swapped split cannot pass by accident); 8 experts in 4 groups of 2,
+# the 2 best groups kept, 2 experts per token; one dense layer first; eps and theta away from
+# their defaults so a loader that ignored them would fail.
+SHAPE = dict(vocab_size=VOCAB, hidden_size=40, intermediate_size=56, moe_intermediate_size=12,
+             num_hidden_layers=3, num_attention_heads=5, num_key_value_heads=5,
+             n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+             n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=1.7,
+             kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4,
+             v_head_dim=6, max_position_embeddings=64, rms_norm_eps=0.05,
+             rope_parameters={"rope_type": "default", "rope_theta": 321.0},
+             bos_token_id=0, eos_token_id=EOS)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_hf(seed: int = 0, **overrides) -> transformers.DeepseekV3ForCausalLM:
+    """A random tiny HF model, weights moved off their init and a non-zero selection bias."""
+    torch.manual_seed(seed)
+    model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**SHAPE | overrides))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.15)
+        for layer in model.model.layers[SHAPE["first_k_dense_replace"] :]:
+            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """q_lora_rank 24 (query compression) and None (q_proj) -> (HF model, saved directory)."""
+    out = {}
+    for q_lora_rank in (24, None):
+        hf = make_hf(q_lora_rank=q_lora_rank)
+        path = tmp_path_factory.mktemp(f"dsv3_q{q_lora_rank}")
+        hf.save_pretrained(path)
+        out[q_lora_rank] = (hf, path)
+    return out
+
+
+def random_ids(batch=3, seq=12, seed=0):
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_config_fields_map_both_ways(checkpoints):
+    _, path = checkpoints[24]
+    hf = json.loads((path / "config.json").read_text())
+    config = config_from_hf(hf, "config.json")
+    assert (config.family, config.d_model, config.n_layers, config.n_heads, config.d_ff) == (
+        "deepseek_v3", 40, 3, 5, 56)  # fmt: skip
+    assert (config.norm_eps, config.rope_theta, config.vocab_size) == (0.05, 321.0, VOCAB)
+    assert config.moe == {"d_expert": 12, "n_experts": 8, "top_k": 2, "router": "sigmoid_grouped",
+                          "norm_topk_prob": True, "n_group": 4, "topk_group": 2,
+                          "routed_scaling_factor": 1.7, "n_shared_experts": 1,
+                          "activation": "silu", "dense_layers": [0]}  # fmt: skip
+    assert config.mla == {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8,
+                          "qk_rope_head_dim": 4, "v_head_dim": 6,
+                          "rope_interleave": True}  # fmt: skip
+    back = transformers.DeepseekV3Config(**config_to_hf(config))
+    reference = transformers.DeepseekV3Config(**SHAPE)
+    shape = [field for field in SHAPE if not field.endswith("token_id")]  # not ModelConfig's
+    for field in (*shape, "norm_topk_prob", "rope_interleave", "tie_word_embeddings"):
+        assert getattr(back, field) == getattr(reference, field), field
+    assert back.num_mtp_layers == 0  # no multi-token-prediction weights are written
+
+
+@pytest.mark.parametrize("impl", ["scratch", "sdpa"])
+@pytest.mark.parametrize("q_lora_rank", [24, None])
+def test_logits_match_hf(checkpoints, q_lora_rank, impl):
+    hf, path = checkpoints[q_lora_rank]
+    ours = load_pretrained(path, attn_impl=impl)
+    assert isinstance(ours.blocks[0].attn, MultiHeadLatentAttention)
+    assert not isinstance(ours.blocks[0].ffn, MoELayer)  # first_k_dense_replace = 1
+    assert all(isinstance(block.ffn, MoELayer) for block in ours.blocks[1:])
+    ids = random_ids()
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = ours(ids)
+    assert expected.std() > 0.3  # logits that a mapping mistake moves by far more than TOL
+    assert (got - expected).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("q_lora_rank", [24, None])
+def test_padded_batch_matches_hf(checkpoints, q_lora_rank):
+    hf, path = checkpoints[q_lora_rank]
+    ours = load_pretrained(path)
+    ids = random_ids(seed=1)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    mask[1, 9:] = 0  # right padding
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask, position_ids=positions).logits
+        got = ours(ids, attention_mask=mask)
+        alone = ours(ids[0:1, 4:])
+    real = mask.bool()
+    assert (got - expected)[real].abs().max().item() < TOL
+    assert (got[0, 4:] - alone[0]).abs().max().item() < TOL
+
+
+def test_export_loads_in_transformers_and_round_trips(checkpoints, tmp_path):
+    hf, path = checkpoints[24]
+    ours = load_pretrained(path)
+    save_pretrained(ours, tmp_path / "out")
+    names = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert names["model_type"] == "deepseek_v3" and names["first_k_dense_replace"] == 1
+    again = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = random_ids(seed=2)
+    with torch.no_grad():
+        assert (again(ids).logits - hf(ids).logits).abs().max().item() < TOL
+    reloaded = load_pretrained(tmp_path / "out")
+    theirs = hf.state_dict()
+    for layer in (1, 2):  # the selection bias survives both trips exactly
+        name = f"model.layers.{layer}.mlp.gate.e_score_correction_bias"
+        torch.testing.assert_close(again.state_dict()[name], theirs[name], atol=0, rtol=0)
+    for name, tensor in ours.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+def test_fused_experts_and_extra_layers_are_read(checkpoints, tmp_path):
+    """transformers 5's in-memory layout (3-D gate_up_proj/down_proj per layer) dumped straight
+    to a file, plus a multi-token-prediction layer past num_hidden_layers, as DeepSeek ships."""
+    hf, path = checkpoints[24]
+    state = {name: t.contiguous() for name, t in hf.state_dict().items()}
+    assert state["model.layers.1.mlp.experts.gate_up_proj"].shape == (8, 24, 40)
+    state["model.layers.3.eh_proj.weight"] = torch.zeros(40, 80)  # MTP: ignored, as HF does
+    save_file(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    ours = load_pretrained(tmp_path)
+    ids = random_ids(seed=3)
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < TOL
+    state["model.layers.1.mlp.gate.weight_scale_inv"] = torch.ones(1)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(LLMInternalsError, match="FP8 block-quantised"):
+        load_pretrained(tmp_path)
+
+
+def hf_greedy(hf, prompts, max_new_tokens, eos):
+    """HF generate on a left-padded batch; per row the new tokens up to and including eos."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                          do_sample=False, eos_token_id=eos, pad_token_id=0)  # fmt: skip
+    rows = [row[: row.index(eos) + 1] if eos in row else row for row in out[:, width:].tolist()]
+    return rows
+
+
+def test_greedy_generate_equals_hf_generate(checkpoints):
+    hf, path = checkpoints[24]
+    ours = load_pretrained(path)
+    free = generate(ours, None, PROMPTS, max_new_tokens=12, eos_token_id=None)
+    eos = free[1].token_ids[3]  # an eos row 1 emits early: rows finish at different steps
+    results = generate(ours, None, PROMPTS, max_new_tokens=12, eos_token_id=eos)
+    assert results[1].finish_reason == "eos" and len(results[1].token_ids) <= 3
+    got = [r.token_ids + ([eos] if r.finish_reason == "eos" else []) for r in results]
+    assert got == hf_greedy(hf, PROMPTS, 12, eos)
+
+
+def test_paged_engine_serves_it(checkpoints):
+    """The engine (latent paged cache, one shared batch) == generate, in float64."""
+    _, path = checkpoints[None]
+    ours = load_pretrained(path, dtype=torch.float64)
+    llm = LLM(ours, block_size=4, num_blocks=40, max_num_seqs=3, max_num_batched_tokens=16,
+              eos_token_id=None)  # fmt: skip
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=10))
+    for prompt, output in zip(PROMPTS, outputs, strict=True):
+        expected = generate(ours, None, prompt, max_new_tokens=10, eos_token_id=None).token_ids
+        assert output.token_ids == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_experts_per_tok": 9}, "num_experts_per_tok = 9 must be between 1 and "
+                                     "n_routed_experts = 8"),
+        ({"n_group": 3}, "n_group = 3 does not divide the 8 experts"),
+        ({"topk_group": 1, "num_experts_per_tok": 3}, "num_experts_per_tok = 3 exceeds"),
+        ({"kv_lora_rank": 64}, "kv_lora_rank = 64 is larger than hidden_size = 40"),
+        ({"q_lora_rank": 48}, "q_lora_rank = 48 is larger than hidden_size = 40"),
+        ({"scoring_func": "softmax"}, "scoring_func = 'softmax' is not supported"),
+        ({"topk_method": "greedy"}, "topk_method = 'greedy' is not supported"),
+        ({"attention_bias": True}, "attention_bias = True is not supported"),
+        ({"num_key_value_heads": 1}, "num_key_value_heads = 1 must equal num_attention_heads"),
+        ({"qk_rope_head_dim": 5}, "qk_rope_head_dim = 5 is odd"),
+        ({"rope_scaling": {"type": "yarn", "factor": 40.0}}, "rope_type = 'yarn' is not supported"),
+    ],
+)  # fmt: skip
+def test_bad_configs_are_refused_at_load_time(checkpoints, tmp_path, change, message):
+    _, path = checkpoints[24]
+    config = json.loads((path / "config.json").read_text()) | change
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    with pytest.raises(LLMInternalsError, match="config.json") as err:
+        load_pretrained(tmp_path)
+    assert message in err.value.message
