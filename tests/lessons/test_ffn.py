@@ -150,3 +150,28 @@ def test_why_important_counts_match_named_parameters_and_hf(steps):
     assert rows[1][1:3] == [hf_ffn, hf_attention]
     assert math.isclose(rows[1][4], 100 * hf_ffn / hf_total)
     assert all(row[3] > 1 for row in rows)
+
+
+def _swiglu(expert, x):
+    gate = F.silu(F.linear(x, expert.gate_proj.weight))
+    return F.linear(gate * F.linear(x, expert.up_proj.weight), expert.down_proj.weight)
+
+
+def test_moe_section_runs_the_real_router(steps):
+    values = steps["FFNs in mixture-of-experts models"][0].values
+    layer, _ = lesson_module.moe_example()
+    x = lesson_module.token()
+    with torch.no_grad():
+        logits = (x @ layer.router.weight.T)[0]
+        top = logits.topk(lesson_module.MOE_ACTIVE)
+        weights = torch.softmax(top.values, -1)
+        output = sum(w * _swiglu(layer.experts[int(e)], x)[0]
+                     for w, e in zip(weights, top.indices, strict=True))  # fmt: skip
+    assert torch.allclose(values["router logits x W_g^T"], logits, atol=1e-6)
+    rows = values["chosen experts"].rows
+    assert [r[1] for r in rows] == top.indices.tolist()
+    assert all(
+        math.isclose(r[2], float(w), abs_tol=1e-6) for r, w in zip(rows, weights, strict=True)
+    )
+    assert torch.allclose(values["MoE layer output"], output, atol=1e-6)
+    assert torch.allclose(values["sum_j w_j Expert_j(x)"], output, atol=1e-6)

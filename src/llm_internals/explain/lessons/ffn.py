@@ -14,6 +14,7 @@ from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
 from llm_internals.layers.ffn import MLP, GatedMLP
+from llm_internals.layers.moe import MoEConfig, MoELayer
 from llm_internals.models.params import count_model_parameters
 from llm_internals.models.published import model_config, parameter_counts
 from llm_internals.trace import recording
@@ -328,10 +329,43 @@ def _section_share_parameters() -> Section:
     )
 
 
+def moe_example() -> tuple[MoELayer, dict[str, torch.Tensor]]:
+    """The example token through the library's MoELayer: MOE_EXPERTS SwiGLU experts of width
+    D_FF, Mixtral's router (top-MOE_ACTIVE logits, softmax over them)."""
+    torch.manual_seed(SEED)
+    layer = MoELayer(MoEConfig(D_MODEL, D_FF, MOE_EXPERTS, MOE_ACTIVE, router="topk_softmax"))
+    with recording() as rec, torch.no_grad():
+        out = layer(token())
+    return layer, {"logits": rec.get("router_logits")[0], "weights": rec.get("router_weights")[0],
+                   "indices": layer.last_routing.indices[0], "output": out[0]}  # fmt: skip
+
+
 def _section_ffns_mixture_experts() -> Section:
+    layer, moe = moe_example()
+    with torch.no_grad():
+        expert_outputs = [layer.experts[int(e)](token())[0] for e in moe["indices"]]
+    chosen = [[j, int(e), float(w)] for j, (e, w) in enumerate(zip(moe["indices"], moe["weights"],
+                                                                    strict=True))]  # fmt: skip
     return Section(
         "FFNs in mixture-of-experts models",
         [
+            Step(
+                f"The library's MoELayer on the example token: {MOE_EXPERTS} SwiGLU experts "
+                f"(each the FFN above, d_ff = {D_FF}) and a router, one linear map W_g, that "
+                f"scores every expert. Mixtral's rule keeps the top {MOE_ACTIVE} logits and "
+                "softmaxes over them; the output is the weighted sum of just those experts' "
+                "outputs, so the other experts cost nothing for this token.",
+                formula="y = sum_j w_j Expert_idx_j(x),  idx = topk(x W_g^T),  "
+                "w = softmax(logits[idx])",
+                values={
+                    "router logits x W_g^T": moe["logits"],
+                    "chosen experts": Table(["slot", "expert", "weight w_j"], chosen),
+                    "sum_j w_j Expert_j(x)": sum(
+                        w * out for w, out in zip(moe["weights"], expert_outputs, strict=True)
+                    ),
+                    "MoE layer output": moe["output"],
+                },
+            ),
             Step(
                 "Mixture-of-experts models (Mixtral, DeepSeek, Qwen-MoE) replace the one FFN "
                 "with several 'expert' FFNs and a router that sends each token to a few of "
@@ -344,7 +378,7 @@ def _section_ffns_mixture_experts() -> Section:
                         moe_rows(),
                     )
                 },
-            )
+            ),
         ],
     )
 
