@@ -1,0 +1,144 @@
+"""The Model view in a real browser (Playwright driving Debian's chromium) on an imported HF
+Llama folder (GQA, RoPE): the token chips are tokenizer.encode(prompt), the heatmap's cells carry
+transformers' own attention weights (output_attentions=True) and show them to 4 decimals, and the
+temperature slider gives the probabilities the library's sampler computes from transformers'
+logits; no console errors. Screenshots go to the test's tmp_path."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import transformers
+
+from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_tokenizer
+from llm_internals.inference.params import SamplingParams
+from llm_internals.inference.sampling import Sampler
+from llm_internals.web.app import create_app
+
+playwright = pytest.importorskip("playwright.sync_api")
+PROMPT = "to be, or not to be"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(folder, HF model): a random tiny Llama saved with save_pretrained, 4 query heads
+    sharing 2 K/V heads, with the tiny character tokenizer."""
+    folder = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(TINY_ALPHABET), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        attn_implementation="eager",
+    )  # fmt: skip
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(folder)
+    tiny_tokenizer().save(folder / "tokenizer.json")
+    return folder, hf
+
+
+@pytest.fixture(scope="module")
+def page_at(llama):
+    """Serve the explorer on the Llama folder; yield a function opening a path in chromium,
+    and the list of console errors seen."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(str(llama[0])), host="127.0.0.1",
+                                           port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        def open_path(path: str):
+            page.goto(f"http://127.0.0.1:{port}{path}")
+            page.wait_for_selector("main[data-state=ready]")
+            return page
+
+        yield open_path, errors
+        browser.close()
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def redraw(page, selector: str, action) -> None:
+    """Run action() and wait until `selector`'s data-render count changes."""
+    before = page.get_attribute(selector, "data-render")
+    action()
+    page.wait_for_function(
+        "([s, b]) => document.querySelector(s).dataset.render !== b", arg=[selector, before]
+    )
+
+
+def test_tokens_and_attention_heatmap_equal_transformers(page_at, llama, tmp_path):
+    open_path, errors = page_at
+    page = open_path(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+    ids = tiny_tokenizer().encode(PROMPT)
+    chips = page.locator("#tokens .chip")
+    assert [int(v) for v in chips.evaluate_all("cs => cs.map(c => c.dataset.id)")] == ids
+    assert chips.evaluate_all("cs => cs.map(c => c.dataset.piece)") == list(PROMPT)
+    with torch.no_grad():
+        attentions = llama[1](torch.tensor([ids]), output_attentions=True).attentions
+    for layer, head in [(0, 0), (1, 3)]:
+        redraw(page, "main", lambda layer=layer: page.select_option("#layer", str(layer)))
+        redraw(page, "main", lambda head=head: page.select_option("#head", str(head)))
+        cells = page.locator("#attention td[data-value]").evaluate_all(
+            "cs => cs.map(c => [+c.dataset.row, +c.dataset.col, +c.dataset.value, c.textContent])"
+        )
+        expected = attentions[layer][0, head]
+        assert len(cells) == len(ids) ** 2
+        for row, col, value, text in cells:
+            assert value == pytest.approx(float(expected[row, col]), abs=1e-6)
+            assert float(text) == pytest.approx(float(expected[row, col]), abs=5e-5)  # as shown
+            assert text in ("0", "1") or len(text.split(".")[1]) == 4
+    page.screenshot(path=tmp_path / "model-view.png", full_page=True)
+    assert errors == []
+
+
+def test_temperature_slider_gives_the_samplers_probabilities(page_at, llama, tmp_path):
+    open_path, errors = page_at
+    page = open_path(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+    with torch.no_grad():
+        logits = llama[1](torch.tensor([tiny_tokenizer().encode(PROMPT)])).logits[0, -1:]
+    for temperature, top_p in [(0.3, 1.0), (1.7, 0.8)]:
+        redraw(page, "#next-token", lambda t=temperature: page.fill("#temperature", str(t)))
+        if top_p < 1.0:
+            redraw(page, "#next-token", lambda p=top_p: page.fill("#top-p", str(p)))
+        probs = Sampler().distribution(logits, [SamplingParams(temperature=temperature,
+                                                              top_p=top_p)])[1][0]  # fmt: skip
+        rows = page.locator("#next-token tbody tr").evaluate_all(
+            "rs => rs.map(r => [+r.children[1].dataset.value, +r.children[2].dataset.value])"
+        )
+        assert len(rows) == 5
+        for token_id, prob in rows:
+            assert prob == pytest.approx(float(probs[token_id]), abs=1e-6)
+        assert [r[0] for r in rows] == probs.topk(5).indices.tolist()
+        meta = page.locator("#next-token .meta").text_content()
+        assert f"temperature {temperature}" in meta and f"{int((probs > 0).sum())} of" in meta
+    page.screenshot(path=tmp_path / "model-view-sampling.png", full_page=True)
+    assert errors == []
+
+
+def test_a_long_prompt_shows_the_limit(page_at):
+    open_path, errors = page_at
+    page = open_path("/model")
+    page.fill("#prompt", "a" * 100)
+    redraw(page, "main", lambda: page.click("#run"))
+    assert page.get_attribute("main", "data-state") == "error"
+    assert "at most 64" in page.locator("#model-error .message").text_content()
+    # the browser reports the 413 response itself as a console error; nothing else may appear
+    assert all("413" in e for e in errors)
+    errors.clear()
