@@ -15,12 +15,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.moe_counts import MOE_MODELS, expert_width, moe_parameter_counts
 from llm_internals.explain.moe_runs import (
+    AUX_COEF,
     BATCH,
     D_EXPERT,
     D_MODEL,
+    GAMMA,
     N_EXPERTS,
     ROUTER_SETTINGS,
     SELECTION_BIAS,
+    STEPS,
     TOP_K,
     BalanceRun,
     moe_layer,
@@ -338,8 +341,9 @@ def _section_load_balancing(runs: dict[str, BalanceRun]) -> Section:
             ),
             Step(
                 f"A seeded run: a router skewed toward experts 0 and 1, {BATCH} tokens a step, "
-                "40 Adam steps on the same data with no balancing, with the aux loss "
-                "(coefficient 0.1) and with the bias update (gamma 0.02, DeepSeek's router). "
+                f"{STEPS} Adam steps on the same data with no balancing, with the aux loss "
+                f"(coefficient {AUX_COEF}) and with the bias update (gamma {GAMMA}, DeepSeek's "
+                "router). "
                 "The expert load (token slots per expert) of the last step, and the "
                 "coefficient of variation of the load (std / mean, 0 is even). The bias "
                 "evens the load without touching the scores, so L_aux, which is computed from "
