@@ -39,13 +39,16 @@ FAMILY_FIELDS = {
 
 
 def make_hf_moe(family: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
-    """A 3-layer random HF MoE model, weights perturbed away from the init. HF's eager expert
-    loop is asked for: its grouped-matmul path needs 16-byte strides, which odd widths lack."""
+    """A 3-layer random HF MoE model, weights perturbed away from the init. The init is wide
+    (std 0.25, not 0.02) so that the experts move the logits by about their own size: with HF's
+    default, zeroing every expert left the greedy tokens of these tiny models unchanged. HF's
+    eager expert loop is asked for: its grouped-matmul path needs 16-byte strides, which odd
+    widths lack."""
     torch.manual_seed(seed)
     kwargs = dict(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=3, num_attention_heads=3,
                   num_key_value_heads=1, num_experts_per_tok=2, max_position_embeddings=64,
                   rms_norm_eps=0.05, rope_theta=321.0, bos_token_id=0, eos_token_id=3,
-                  experts_implementation="eager")  # fmt: skip
+                  initializer_range=0.25, experts_implementation="eager")  # fmt: skip
     config_class, model_class = HF_CLASSES[family]
     model = model_class(config_class(**kwargs | FAMILY_FIELDS[family] | overrides))
     with torch.no_grad():
