@@ -8,6 +8,9 @@ corpus for the compression figures.
 
 from __future__ import annotations
 
+import functools
+
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.lesson_corpus import lesson_corpus
 from llm_internals.explain.registry import LessonInfo
@@ -36,26 +39,32 @@ UNSEEN = " lowers"
 SENTENCE = "The tokenizer's job: 12 words, 3 emoji 🙂, no surprises!"
 REAL_VOCAB_SIZES = (256, 1024, 8192)
 TOP_PAIRS = 6
+INPUTS = (
+    LessonInput("text", "text to encode", UNSEEN, kind="str", max_length=40,
+                help="encoded with the tiny tokenizer (a leading space is part of the text)"),
+    LessonInput("merges", "merges to learn", N_MERGES, minimum=1, maximum=20,
+                help="training stops early when no pair is left (14 for the tiny corpus)"),
+)  # fmt: skip
 
 
 def _pieces(tok: Tokenizer, ids: list[int]) -> str:
     return " | ".join(show_token(tok.token_bytes(i)) for i in ids)
 
 
-def trained_tiny() -> tuple[Tokenizer, list]:
+def trained_tiny(merges: int = N_MERGES) -> tuple[Tokenizer, list]:
     """The tiny corpus trained with the reference trainer; returns the records per merge."""
     with recording() as rec:
-        trained = train_bpe_naive(TINY_CORPUS, 256 + N_MERGES)
+        trained = train_bpe_naive(TINY_CORPUS, 256 + merges)
     steps = list(
         zip(rec.all("bpe.pair_counts"), rec.all("bpe.merge"), rec.all("bpe.chunks"), strict=True)
     )
     return tokenizer_from_trained(trained), steps
 
 
-def _section_what_is_tokenization(tok: Tokenizer) -> Section:
+def _section_what_is_tokenization(tok: Tokenizer, text: str = UNSEEN) -> Section:
     train_words = sorted(set(TINY_CORPUS.split()))
-    unseen_word = UNSEEN.strip()
-    ids = tok.encode(UNSEEN)
+    unseen_word = text.strip() or text
+    ids = tok.encode(text)
     return Section(
         "What is tokenization",
         [
@@ -64,7 +73,7 @@ def _section_what_is_tokenization(tok: Tokenizer) -> Section:
                 "vocabulary and gives each piece an id. Characters make a tiny vocabulary but "
                 "long sequences; whole words make short sequences but need a huge vocabulary.",
                 values={
-                    "text": UNSEEN.strip(),
+                    "text": unseen_word,
                     "characters": " | ".join(unseen_word),
                     "number of characters": len(unseen_word),
                 },
@@ -177,9 +186,9 @@ def _section_training_steps(tok: Tokenizer, steps: list) -> Section:
     return Section("How BPE works step by step", out)
 
 
-def _section_encoding_new_text(tok: Tokenizer) -> Section:
+def _section_encoding_new_text(tok: Tokenizer, text: str = UNSEEN) -> Section:
     with recording() as rec:
-        ids = tok.encode_ordinary(UNSEEN)
+        ids = tok.encode_ordinary(text)
     rows = [
         [
             n + 1,
@@ -194,11 +203,13 @@ def _section_encoding_new_text(tok: Tokenizer) -> Section:
         "How BPE tokenizes new text",
         [
             Step(
-                f"To encode {UNSEEN!r}, which never occurred in training, start from its bytes and "
+                f"To encode {text!r}"
+                + (", which never occurred in training," if text == UNSEEN else "")
+                + " start from its bytes and "
                 "repeatedly apply the merge with the lowest rank (learned earliest) among the "
                 "adjacent pairs, until no adjacent pair is a known merge.",
                 values={
-                    "bytes": str(list(UNSEEN.encode("utf-8"))),
+                    "bytes": str(list(text.encode("utf-8"))),
                     "merges applied": Table(["step", "pair", "rank", "tokens after"], rows),
                     "final ids": str(ids),
                 },
@@ -207,6 +218,7 @@ def _section_encoding_new_text(tok: Tokenizer) -> Section:
     )
 
 
+@functools.cache  # three tokenizers trained on 5 MB (seconds); no input changes it
 def _section_why_bpe() -> Section:
     text = lesson_corpus(INFO.name)
     n_bytes = len(text.encode("utf-8"))
@@ -245,18 +257,18 @@ def _section_why_bpe() -> Section:
     )
 
 
-def build() -> Lesson:
-    tok, steps = trained_tiny()
+def build(text: str = UNSEEN, merges: int = N_MERGES) -> Lesson:
+    tok, steps = trained_tiny(merges)
     return Lesson(
         name=INFO.name,
         title=INFO.title,
         summary=INFO.summary,
         sections=[
-            _section_what_is_tokenization(tok),
+            _section_what_is_tokenization(tok, text),
             _section_the_problem(),
             _section_what_is_bpe(),
             _section_training_steps(tok, steps),
-            _section_encoding_new_text(tok),
+            _section_encoding_new_text(tok, text),
             _section_why_bpe(),
         ],
     )

@@ -14,6 +14,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from llm_internals.explain.figures import line_figure
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
@@ -38,6 +40,13 @@ FLOP_STEPS = (1, 2, 4, 8, 16, 32, 64)
 TIMED_TOKENS = (32, 128)
 MEMORY_MODELS = ("gpt2", "llama-3-8b", "llama-3-70b")
 MEMORY_TOKENS = (4096, 131072)
+MAX_FLOP_TOKENS = 256  # the timing model's context; a step over n tokens takes ~n^2 work
+INPUTS = (
+    LessonInput("tokens", "tokens the step sees (FLOPs)", 64, minimum=1, maximum=MAX_FLOP_TOKENS,
+                help="adds a row to the FLOPs table: the step that predicts token n+1"),
+    LessonInput("context", "context length (memory)", 32768, minimum=1, maximum=10_000_000,
+                help="tokens held in the KV cache of one sequence, for the memory table"),
+)  # fmt: skip
 
 
 def tiny_model(vocab_size: int) -> DecoderLM:
@@ -140,11 +149,12 @@ def _section_inside(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def _section_flops(model_for_flops: DecoderLM) -> Section:
+def _section_flops(model_for_flops: DecoderLM, tokens: int = 64) -> Section:
+    steps = sorted({*FLOP_STEPS, tokens})
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model_for_flops.config.vocab_size, (1, max(FLOP_STEPS)), generator=gen)
+    ids = torch.randint(0, model_for_flops.config.vocab_size, (1, max(steps)), generator=gen)
     rows, total_without, total_with = [], 0, 0
-    for n in FLOP_STEPS:
+    for n in steps:
         without = step_flops(model_for_flops, ids[:, :n], use_cache=False)
         with_cache = step_flops(model_for_flops, ids[:, :n], use_cache=True)
         rows.append([n, without, with_cache, without - with_cache,
@@ -174,7 +184,7 @@ def _section_flops(model_for_flops: DecoderLM) -> Section:
                 "without a cache, generating N tokens costs about N^2 / 2 token-passes through "
                 "the weights, with one about N.",
                 values={
-                    f"sum over the {len(FLOP_STEPS)} steps above, no cache": total_without,
+                    f"sum over the {len(steps)} steps above, no cache": total_without,
                     "with cache": total_with,
                 },
             ),
@@ -292,7 +302,25 @@ def _section_speed() -> Section:
     )
 
 
-def _section_memory() -> Section:
+FIGURE_CONTEXTS = tuple(2**i for i in range(10, 18))  # 1k .. 128k tokens
+
+
+def memory_figure():
+    """KV cache GiB of one sequence against its length, for each of MEMORY_MODELS."""
+    return line_figure(
+        "kv_cache", "memory",
+        "KV cache of one sequence (inference.kv_memory on the published configs, dtype as "
+        "published) grows linearly with its length: at 128k tokens Llama-3-8B holds 16 GiB, "
+        "GPT-2 (no GQA, float32) more than Llama-3-70B (8 KV heads, bfloat16).",
+        FIGURE_CONTEXTS,
+        {name: [load_shape(name).cache_bytes(t) / 2**30 for t in FIGURE_CONTEXTS]
+         for name in MEMORY_MODELS},
+        "tokens in the cache", "KV cache (GiB)", title="KV cache memory vs context",
+        logx=True, logy=True,
+    )  # fmt: skip
+
+
+def _section_memory(context: int = 32768) -> Section:
     rows = []
     for name in MEMORY_MODELS:
         shape = load_shape(name)
@@ -300,6 +328,11 @@ def _section_memory() -> Section:
                      shape.dtype, shape.bytes_per_token,
                      *(round(shape.cache_bytes(t) / 2**30, 3) for t in MEMORY_TOKENS)])  # fmt: skip
     big = load_shape("llama-3-70b")
+    chosen = [
+        [name, context, load_shape(name).cache_bytes(context),
+         round(load_shape(name).cache_bytes(context) / 2**30, 3)]
+        for name in MEMORY_MODELS
+    ]  # fmt: skip
     return Section(
         "The trade-off: memory",
         [
@@ -325,7 +358,11 @@ def _section_memory() -> Section:
                         ],
                         rows,
                     ),  # fmt: skip
+                    "KV cache at the chosen context": Table(
+                        ["model", "tokens", "bytes", "GiB"], chosen
+                    ),
                 },
+                figures=[memory_figure()],
             ),
             Step(
                 "Grouped-query attention is what keeps large models usable: Llama-3-70B has 64 "
@@ -342,7 +379,7 @@ def _section_memory() -> Section:
     )
 
 
-def build() -> Lesson:
+def build(tokens: int = 64, context: int = 32768) -> Lesson:
     tok = tiny_tokenizer()
     model = tiny_model(tok.vocab_size)
     return Lesson(
@@ -352,10 +389,10 @@ def build() -> Lesson:
         sections=[
             _section_loop(model, tok),
             _section_inside(model, tok),
-            _section_flops(flop_model()),
+            _section_flops(flop_model(), tokens),
             _section_solution(model, tok),
             _section_why_not_q(model, tok),
             _section_speed(),
-            _section_memory(),
+            _section_memory(context),
         ],
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
@@ -48,6 +49,11 @@ SHARED_REQUEST, SHARED_PROMPT, N_SAMPLES, SAMPLING_SEED = "poem", "to be ", 3, 7
 PREFIX_PROMPTS = ("the king is dead", "the king is here")
 MEASURED_BLOCK_SIZE = 16
 SAMPLE_EVERY = 32  # steps between the rows shown of the measured run
+INPUTS = (
+    LessonInput("block_size", "block size (measured run)", MEASURED_BLOCK_SIZE, minimum=1,
+                maximum=256, help="token positions per KV block in the measured run: the "
+                "waste grows with it, the block tables shrink"),
+)  # fmt: skip
 
 
 def tiny_model(vocab_size: int, max_seq_len: int = 64) -> DecoderLM:
@@ -294,13 +300,15 @@ def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def measured_run(tok: CharTokenizer) -> tuple[list[list], list[float], list[tuple[int, int]]]:
+def measured_run(
+    tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
+) -> tuple[list[list], list[float], list[tuple[int, int]]]:
     """The workload through the real engine (tiny model with GPT-2's context): rows sampled
     every SAMPLE_EVERY steps, the waste after every step, and the workload."""
     lengths = workload()
     model = tiny_model(tok.vocab_size, max_seq_len=CONTEXT)
-    blocks = sum(-(-(p + o) // MEASURED_BLOCK_SIZE) for p, o in lengths)
-    llm = LLM(model, None, block_size=MEASURED_BLOCK_SIZE, num_blocks=blocks,
+    blocks = sum(-(-(p + o) // block_size) for p, o in lengths)
+    llm = LLM(model, None, block_size=block_size, num_blocks=blocks,
               max_num_seqs=WORKLOAD_SIZE, max_num_batched_tokens=4096)  # fmt: skip
     rng = random.Random(WORKLOAD_SEED + 1)
     for i, (p, o) in enumerate(lengths):
@@ -320,14 +328,14 @@ def measured_run(tok: CharTokenizer) -> tuple[list[list], list[float], list[tupl
     return rows, waste, lengths
 
 
-def _section_effective(tok: CharTokenizer) -> Section:
-    rows, waste, lengths = measured_run(tok)
+def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE) -> Section:
+    rows, waste, lengths = measured_run(tok, block_size)
     return Section(
         "Why it is so effective: the measured waste",
         [
             Step(
                 f"The {WORKLOAD_SIZE} requests of 'the problem' served by the real engine "
-                f"(block_size {MEASURED_BLOCK_SIZE}; a tiny random model with GPT-2's context "
+                f"(block_size {block_size}; a tiny random model with GPT-2's context "
                 "stands in for GPT-2, the block bookkeeping is the same), all submitted at "
                 "once. After every step the engine's stats() count slots holding K/V against "
                 "slots in allocated blocks. Only the last block of each sequence can be partly "
@@ -477,7 +485,7 @@ def _section_sharing(model: DecoderLM, tok: CharTokenizer) -> Section:
     )
 
 
-def build() -> Lesson:
+def build(block_size: int = MEASURED_BLOCK_SIZE) -> Lesson:
     tok = tiny_tokenizer()
     model = tiny_model(tok.vocab_size)
     return Lesson(
@@ -489,7 +497,7 @@ def build() -> Lesson:
             _section_problem(),
             _section_analogy(),
             _section_how_it_works(model, tok),
-            _section_effective(tok),
+            _section_effective(tok, block_size),
             _section_sharing(model, tok),
         ],
     )

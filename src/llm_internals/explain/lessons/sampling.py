@@ -13,6 +13,7 @@ import re
 
 import torch
 
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.lesson_corpus import lesson_corpus
 from llm_internals.explain.registry import LessonInfo
@@ -33,6 +34,17 @@ TOP_K = 3
 TOP_P = 0.85
 MIN_P = 0.1
 SEED = 0
+DRAW_TEMPERATURE = 0.8
+INPUTS = (
+    LessonInput("temperature", "temperature T", DRAW_TEMPERATURE, kind="float", minimum=0.05,
+                maximum=10.0, help="of the final draw; also added to the temperature table"),
+    LessonInput("top_k", "top-k k", TOP_K, minimum=1, maximum=100,
+                help="how many of the most likely tokens top-k keeps"),
+    LessonInput("top_p", "top-p p", TOP_P, kind="float", minimum=0.01, maximum=0.99,
+                help="the probability mass top-p keeps (also used by the final draw)"),
+    LessonInput("min_p", "min-p", MIN_P, kind="float", minimum=0.01, maximum=1.0,
+                help="keep tokens with p >= min_p x the largest p"),
+)  # fmt: skip
 
 
 def vocabulary(text: str) -> list[str]:
@@ -126,11 +138,14 @@ def _section_greedy(dist: _Distribution) -> Section:
     )
 
 
-def _section_temperature(dist: _Distribution) -> Section:
+def _section_temperature(dist: _Distribution, temperature: float) -> Section:
+    # a temperature the learner chose joins the table's three
+    changed = temperature != DRAW_TEMPERATURE
+    temperatures = sorted({*TEMPERATURES, temperature}) if changed else list(TEMPERATURES)
     columns = [
-        run_sampler(dist.logits, temperature=t)[1]["sampling.probs"][0] for t in TEMPERATURES
+        run_sampler(dist.logits, temperature=t)[1]["sampling.probs"][0] for t in temperatures
     ]
-    table = Table(["next character", *(f"T = {t}" for t in TEMPERATURES)], dist.rows(*columns))
+    table = Table(["next character", *(f"T = {t}" for t in temperatures)], dist.rows(*columns))
     return Section(
         "Temperature",
         [
@@ -160,16 +175,16 @@ def _kept_table(dist: _Distribution, probs: torch.Tensor, rec: dict, extra=()) -
     return Table(["next character", "probability", *names, "kept", "renormalized"], rows)
 
 
-def _section_top_k(dist: _Distribution) -> Section:
+def _section_top_k(dist: _Distribution, top_k: int) -> Section:
     probs = torch.softmax(dist.logits, -1)
-    _, rec = run_sampler(dist.logits, top_k=TOP_K)
+    _, rec = run_sampler(dist.logits, top_k=top_k)
     return Section(
         "Top-k",
         [
             Step(
                 f"Top-k keeps the k most likely tokens and sets every other logit to -inf, so "
                 f"the long tail can never be drawn; softmax then renormalizes over the "
-                f"survivors. Here k = {TOP_K}. The weakness: k is fixed, whether the model is "
+                f"survivors. Here k = {top_k}. The weakness: k is fixed, whether the model is "
                 f"sure (one good option) or unsure (dozens).",
                 formula="keep c if z_c >= (k-th largest logit); p'(c) = p(c) / sum_kept p",
                 values={
@@ -181,9 +196,9 @@ def _section_top_k(dist: _Distribution) -> Section:
     )
 
 
-def _section_top_p(dist: _Distribution) -> Section:
+def _section_top_p(dist: _Distribution, top_p: float) -> Section:
     probs = torch.softmax(dist.logits, -1)
-    _, rec = run_sampler(dist.logits, top_p=TOP_P)
+    _, rec = run_sampler(dist.logits, top_p=top_p)
     mass_before = rec["sampling.top_p_mass_before"][0]
     before = torch.zeros_like(probs)
     before[rec["sampling.top_p_order"][0]] = mass_before
@@ -193,7 +208,7 @@ def _section_top_p(dist: _Distribution) -> Section:
             Step(
                 f"Top-p keeps the smallest set of most likely tokens whose probabilities add up "
                 f"to at least p (Holtzman et al., 2019). Walk down the sorted list and keep a "
-                f"token while the mass already kept is below p = {TOP_P}. A confident "
+                f"token while the mass already kept is below p = {top_p}. A confident "
                 f"distribution keeps few tokens, a flat one many.",
                 formula="keep c if (sum of p over tokens ranked above c) < p",
                 values={"top-p": _kept_table(dist, probs, rec, [("mass before", before)])},
@@ -202,14 +217,16 @@ def _section_top_p(dist: _Distribution) -> Section:
     )
 
 
-def _section_min_p(dist: _Distribution, flat: _Distribution) -> Section:
+def _section_min_p(
+    dist: _Distribution, flat: _Distribution, top_k: int, top_p: float, min_p: float
+) -> Section:
     probs = torch.softmax(dist.logits, -1)
-    _, rec = run_sampler(dist.logits, min_p=MIN_P)
+    _, rec = run_sampler(dist.logits, min_p=min_p)
     comparison = []
     for d in (dist, flat):
         sizes = [
             int(run_sampler(d.logits, **setting)[1]["sampling.kept"][0].sum())
-            for setting in ({"top_k": TOP_K}, {"top_p": TOP_P}, {"min_p": MIN_P})
+            for setting in ({"top_k": top_k}, {"top_p": top_p}, {"min_p": min_p})
         ]
         comparison.append([repr(d.context), len(d.candidates), *sizes])
     return Section(
@@ -217,7 +234,7 @@ def _section_min_p(dist: _Distribution, flat: _Distribution) -> Section:
         [
             Step(
                 f"Min-p keeps tokens whose probability is at least min_p times that of the most "
-                f"likely token (here min_p = {MIN_P}). The bar rises when the model is "
+                f"likely token (here min_p = {min_p}). The bar rises when the model is "
                 f"confident and falls when it is not, without summing a sorted list.",
                 formula="keep c if p(c) >= min_p * max_j p(j)",
                 values={
@@ -227,16 +244,16 @@ def _section_min_p(dist: _Distribution, flat: _Distribution) -> Section:
             ),
             Step(
                 f"The same three settings on a flat distribution, the character after "
-                f"{FLAT_CONTEXT!r} (the first letter of a word): top-k still keeps {TOP_K}, "
+                f"{FLAT_CONTEXT!r} (the first letter of a word): top-k still keeps {top_k}, "
                 f"while top-p and min-p widen to fit the uncertainty.",
                 values={
                     "tokens kept": Table(
                         [
                             "context",
                             "candidates",
-                            f"top-k {TOP_K}",
-                            f"top-p {TOP_P}",
-                            f"min-p {MIN_P}",
+                            f"top-k {top_k}",
+                            f"top-p {top_p}",
+                            f"min-p {min_p}",
                         ],
                         comparison,
                     )
@@ -246,8 +263,8 @@ def _section_min_p(dist: _Distribution, flat: _Distribution) -> Section:
     )
 
 
-def _section_draw(dist: _Distribution) -> Section:
-    token, rec = run_sampler(dist.logits, temperature=0.8, top_p=TOP_P)
+def _section_draw(dist: _Distribution, temperature: float, top_p: float) -> Section:
+    token, rec = run_sampler(dist.logits, temperature=temperature, top_p=top_p)
     probs = rec["sampling.probs"][0]
     cumulative = rec["sampling.cdf"][0]
     rows = [
@@ -262,7 +279,8 @@ def _section_draw(dist: _Distribution) -> Section:
                 f"The sampler draws one number u uniformly from [0, 1) with the request's own "
                 f"generator (seed {SEED}: same seed, same text) and walks the cumulative "
                 f"probabilities in vocabulary order until they exceed u. Each token is hit "
-                f"with exactly its probability. Here: temperature 0.8, then top-p {TOP_P}.",
+                f"with exactly its probability. Here: temperature {temperature:g}, then top-p "
+                f"{top_p:g}.",
                 formula="token = first c with cumulative(c) > u",
                 values={
                     "u": float(rec["sampling.uniforms"][0]),
@@ -276,7 +294,12 @@ def _section_draw(dist: _Distribution) -> Section:
     )
 
 
-def build() -> Lesson:
+def build(
+    temperature: float = DRAW_TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    min_p: float = MIN_P,
+) -> Lesson:
     text = lesson_corpus(INFO.name)
     vocab = vocabulary(text)
     dist = _Distribution(text, vocab, CONTEXT)
@@ -288,10 +311,10 @@ def build() -> Lesson:
         sections=[
             _section_distribution(dist),
             _section_greedy(dist),
-            _section_temperature(dist),
-            _section_top_k(dist),
-            _section_top_p(dist),
-            _section_min_p(dist, flat),
-            _section_draw(dist),
+            _section_temperature(dist, temperature),
+            _section_top_k(dist, top_k),
+            _section_top_p(dist, top_p),
+            _section_min_p(dist, flat, top_k, top_p, min_p),
+            _section_draw(dist, temperature, top_p),
         ],
     )

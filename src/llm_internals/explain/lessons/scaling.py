@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from llm_internals.explain.figures import line_figure
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.attention import scaled_dot_product_attention
@@ -28,6 +30,17 @@ HEAD_SIZES = (4, 64, 512)
 ROWS = 1024  # independent queries
 KEYS = 16  # keys per query: a uniform row has entropy log2(16) = 4 bits
 SEED = 0
+MAX_D_K = 1024  # q, k, v of ROWS x KEYS x d_k floats: 64 MiB each at the maximum
+INPUTS = (
+    LessonInput(
+        "d_k",
+        "head size d_k",
+        64,
+        minimum=1,
+        maximum=MAX_D_K,
+        help="the query/key width of the worked example; the tables add it to 4, 64 and 512",
+    ),
+)
 
 
 def samples(d_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,16 +71,44 @@ def entropy_bits(weights: torch.Tensor) -> torch.Tensor:
     return -(weights * logs).sum(dim=-1)
 
 
-def statistics() -> dict[int, dict[str, dict[str, torch.Tensor]]]:
-    """For each d_k: the recordings with no scaling, 1/sqrt(d_k) and 1/d_k."""
+def statistics(
+    head_sizes: tuple[int, ...] = HEAD_SIZES,
+) -> dict[int, dict[str, dict[str, torch.Tensor]]]:
+    """For each d_k (ascending): the recordings with no scaling, 1/sqrt(d_k) and 1/d_k."""
     return {
         d: {
             "none": attend(d, 1.0),
             "sqrt": attend(d, 1.0 / math.sqrt(d)),
             "linear": attend(d, 1.0 / d),
         }
-        for d in HEAD_SIZES
+        for d in sorted(head_sizes)
     }
+
+
+FIGURE_HEAD_SIZES = (1, 4, 16, 64, 256)
+SCALINGS = {"unscaled": lambda d: 1.0, "1/sqrt(d_k)": lambda d: 1 / math.sqrt(d),
+            "1/d_k": lambda d: 1 / d}  # fmt: skip
+
+
+def saturation_curve() -> dict[str, list[float]]:
+    """Mean max softmax weight at each head size of FIGURE_HEAD_SIZES, for each scaling."""
+    return {
+        label: [float(attend(d, scale(d))["weights"].max(dim=-1).values.mean())
+                for d in FIGURE_HEAD_SIZES]
+        for label, scale in SCALINGS.items()
+    }  # fmt: skip
+
+
+def saturation_figure():
+    """The figure: how one-hot softmax gets as d_k grows, per scaling."""
+    curve = saturation_curve()
+    return line_figure(
+        "scaling", "saturation",
+        f"Mean max softmax weight over {ROWS} rows of {KEYS} keys: unscaled it climbs towards "
+        f"1 (one-hot) as d_k grows; 1/sqrt(d_k) keeps it flat; 1/d_k falls to uniform (1/{KEYS}).",
+        FIGURE_HEAD_SIZES, {**curve, f"uniform (1/{KEYS})": [1 / KEYS] * len(FIGURE_HEAD_SIZES)},
+        "head size d_k", "mean max softmax weight", title="Softmax saturation vs d_k", logx=True,
+    )  # fmt: skip
 
 
 def _row(d: int, runs: dict[str, dict[str, torch.Tensor]], kind: str) -> list:
@@ -156,7 +197,7 @@ def _section_checking_var_q(stats) -> Section:
                                 float(stats[d]["none"]["scores"].var()),
                                 float(stats[d]["none"]["scores"].var()) / d,
                             ]
-                            for d in HEAD_SIZES
+                            for d in stats
                         ],
                     )
                 },
@@ -176,12 +217,13 @@ def _section_large_scores_softmax(columns, stats) -> Section:
                 f"{math.log2(KEYS):.0f} bits; one-hot gives 1 and 0 bits. Unscaled, attention "
                 "becomes more one-hot the larger the head.",
                 values={
-                    "unscaled": Table(columns, [_row(d, stats[d], "none") for d in HEAD_SIZES]),
+                    "unscaled": Table(columns, [_row(d, stats[d], "none") for d in stats]),
                     "scaled by 1/sqrt(d_k)": Table(
-                        columns, [_row(d, stats[d], "sqrt") for d in HEAD_SIZES]
+                        columns, [_row(d, stats[d], "sqrt") for d in stats]
                     ),
                 },
                 decimals=3,
+                figures=[saturation_figure()],
             )
         ],
     )
@@ -200,7 +242,7 @@ def _section_sqrt_d_k(columns, stats) -> Section:
                 formula="Var(q . k / sqrt(d_k)) = d_k / d_k = 1;   Var(q . k / d_k) = 1 / d_k",
                 values={
                     "scaled by 1/d_k (too much)": Table(
-                        columns, [_row(d, stats[d], "linear") for d in HEAD_SIZES]
+                        columns, [_row(d, stats[d], "linear") for d in stats]
                     ),
                 },
                 decimals=3,
@@ -209,8 +251,7 @@ def _section_sqrt_d_k(columns, stats) -> Section:
     )
 
 
-def _section_putting_it_together(stats) -> Section:
-    d = HEAD_SIZES[1]
+def _section_putting_it_together(stats, d: int) -> Section:
     run = stats[d]["sqrt"]
     return Section(
         "Putting it all together",
@@ -236,8 +277,9 @@ def _section_putting_it_together(stats) -> Section:
     )
 
 
-def build() -> Lesson:
-    stats = statistics()
+def build(d_k: int = 64) -> Lesson:
+    """The lesson with the worked example at head size `d_k` (also added to the tables)."""
+    stats = statistics((*HEAD_SIZES, d_k) if d_k not in HEAD_SIZES else HEAD_SIZES)
     columns = ["d_k", "var(score)", "mean max weight", "mean entropy (bits)"]
     sections = [
         _section_formula(),
@@ -246,6 +288,6 @@ def build() -> Lesson:
         _section_checking_var_q(stats),
         _section_large_scores_softmax(columns, stats),
         _section_sqrt_d_k(columns, stats),
-        _section_putting_it_together(stats),
+        _section_putting_it_together(stats, d_k),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.softmax import softmax
@@ -23,6 +24,17 @@ LOGITS = [2.0, 1.0, 0.1]
 HUGE_LOGITS = [1000.0, 999.0, 998.0]
 MASKED_ROW = [2.0, 1.0, float("-inf"), float("-inf")]
 TEMPERATURES = [0.5, 1.0, 2.0]
+INPUTS = (
+    LessonInput(
+        "temperature",
+        "temperature T",
+        1.0,
+        kind="float",
+        minimum=0.01,
+        maximum=100.0,
+        help="divides the logits before softmax; added to the table's 0.5, 1 and 2",
+    ),
+)
 
 
 def entropy_bits(probs: torch.Tensor) -> float:
@@ -132,10 +144,10 @@ def _section_masking() -> Section:
     )
 
 
-def _section_temperature() -> Section:
+def _section_temperature(temperature: float = 1.0) -> Section:
     logits = torch.tensor(LOGITS)
     rows = []
-    for t in TEMPERATURES:
+    for t in sorted({*TEMPERATURES, temperature}):
         probs = softmax(logits, temperature=t)
         rows.append([t, *probs.tolist(), entropy_bits(probs)])
     return Section(
@@ -148,6 +160,8 @@ def _section_temperature() -> Section:
                 formula="softmax(x / T)",
                 values={
                     "logits": logits,
+                    "T": temperature,
+                    "softmax(logits / T)": softmax(logits, temperature=temperature),
                     "probabilities by temperature": Table(
                         ["T", "p0", "p1", "p2", "entropy (bits)"], rows
                     ),
@@ -157,7 +171,7 @@ def _section_temperature() -> Section:
     )
 
 
-def build() -> Lesson:
+def build(temperature: float = 1.0) -> Lesson:
     return Lesson(
         name=INFO.name,
         title=INFO.title,
@@ -166,6 +180,6 @@ def build() -> Lesson:
             _section_basics(),
             _section_overflow(),
             _section_masking(),
-            _section_temperature(),
+            _section_temperature(temperature),
         ],
     )
