@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_internals.models.published import parameter_counts
+
+BF16 = 2  # bytes per weight
 MOE_MODELS: dict[str, dict[str, Any]] = {
     "Mixtral-8x7B": {
         "model_type": "mixtral", "router": "topk_softmax", "vocab_size": 32000,
@@ -116,8 +119,40 @@ def moe_parameter_counts(f: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-def forward_flops_per_token(active: int, embeddings: int, tied: bool = False) -> int:
-    """About 2 FLOPs per weight a token is multiplied by: 2 x (active - the embedding lookup).
-    The output head is a matmul and counts (with tied embeddings it is the embedding matrix)."""
-    lookup = embeddings // (1 if tied else 2)
+def forward_flops_per_token(active: int, lookup: int) -> int:
+    """About 2 FLOPs (a multiply-add) per weight a token is multiplied by: 2 x (active - lookup),
+    where `lookup` is the embedding table (read, not multiplied; the output head is a matmul)."""
     return 2 * (active - lookup)
+
+
+PARAM_COLUMNS = ["model", "total params", "active params", "active %", "GFLOPs per token"]
+DENSE_MODELS = {"Mistral-7B": "mistral-7b", "Llama-3-70B": "llama-3-70b",
+                "Llama-3.1-405B": "llama-3.1-405b"}  # fmt: skip
+
+
+def dense_row(name: str) -> list:
+    """A PARAM_COLUMNS row of a dense published model (every parameter active)."""
+    counts = parameter_counts(DENSE_MODELS[name])
+    flops = forward_flops_per_token(counts["total"], counts["embeddings"])
+    return [name, counts["total"], counts["total"], 100.0, flops / 1e9]
+
+
+def moe_row(name: str) -> list:
+    """A PARAM_COLUMNS row of a MoE model of MOE_MODELS."""
+    c = moe_parameter_counts(MOE_MODELS[name])
+    flops = forward_flops_per_token(
+        c["active"], MOE_MODELS[name]["vocab_size"] * MOE_MODELS[name]["hidden_size"]
+    )
+    return [name, c["total"], c["active"], 100 * c["active"] / c["total"], flops / 1e9]
+
+
+def memory_rows(names: tuple[str, ...]) -> list[list]:
+    """bf16 bytes of all weights, of the weights one token reads, and of the all-to-all traffic
+    per token: its hidden vector (d values) to each of its k experts and back, every MoE layer."""
+    rows = []
+    for name in names:
+        f, c = MOE_MODELS[name], moe_parameter_counts(MOE_MODELS[name])
+        moe_layers = f["num_hidden_layers"] - f.get("first_k_dense_replace", 0)
+        traffic = 2 * f["num_experts_per_tok"] * f["hidden_size"] * BF16 * moe_layers
+        rows.append([name, BF16 * c["total"], BF16 * c["active"], traffic])
+    return rows

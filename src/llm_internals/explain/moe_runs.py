@@ -1,4 +1,5 @@
-"""The small seeded MoE runs of the `moe` lesson: tiny layers, one token, a balancing experiment.
+"""The small seeded MoE runs of the `moe` lesson: one token through the three routers, FLOPs
+counted, a balancing experiment and the tokens it drops at each capacity.
 
 Every run is the library's MoELayer (layers/moe.py) with its real router, dispatch and
 balancing functions (layers/moe_balance.py); only the sizes are tiny so that a lesson shows
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from llm_internals.layers.moe import MoEConfig, MoELayer
 from llm_internals.layers.moe_balance import (
@@ -19,6 +21,8 @@ from llm_internals.layers.moe_balance import (
     switch_aux_loss,
     update_selection_bias,
 )
+from llm_internals.layers.moe_dispatch import expert_capacity
+from llm_internals.trace import recording
 
 D_MODEL, D_EXPERT, N_EXPERTS, TOP_K = 8, 16, 8, 2
 SEED = 0
@@ -39,6 +43,9 @@ BATCH, STEPS, LR = 128, 40, 0.01
 SKEW = 0.6
 AUX_COEF = 0.1  # large for a 40-step run (HF Mixtral's default is 0.001, Switch's 0.01)
 GAMMA = 0.02  # DeepSeek-V3 uses 0.001 over far more steps
+CAPACITY_FACTORS = (0.5, 1.0, 1.25, 2.0)
+BAR = "▇"  # one per BAR_PAIRS (token, expert) pairs in the load histogram
+BAR_PAIRS = 8
 
 
 def moe_layer(router: str = "topk_softmax", **overrides) -> MoELayer:
@@ -125,3 +132,82 @@ def one_thread_runs() -> dict[str, BalanceRun]:
         return {method: balance_run(method) for method in ("none", "aux", "bias")}
     finally:
         torch.set_num_threads(threads)
+
+
+def routed(router: str, **overrides) -> dict[str, torch.Tensor]:
+    """one_token() through the layer with `router` (the DeepSeek router with SELECTION_BIAS):
+    the logits and weights the router recorded, and the chosen expert ids."""
+    layer = moe_layer(router, **overrides)
+    if router == "sigmoid_grouped":
+        with torch.no_grad():
+            layer.router.e_score_correction_bias.copy_(torch.tensor(SELECTION_BIAS))
+    with recording() as rec, torch.no_grad():
+        layer(one_token())
+    return {"logits": rec.get("router_logits")[0], "indices": layer.last_routing.indices[0],
+            "weights": rec.get("router_weights")[0]}  # fmt: skip
+
+
+def choice_rows(routing: dict[str, torch.Tensor], scores: torch.Tensor) -> list[list]:
+    """[slot, expert, its score, its weight] per chosen expert."""
+    pairs = zip(routing["indices"].tolist(), routing["weights"].tolist(), strict=True)
+    return [[slot, e, float(scores[e]), w] for slot, (e, w) in enumerate(pairs)]
+
+
+def group_breakdown(scores: torch.Tensor) -> tuple[list[list], torch.Tensor]:
+    """The DeepSeek router's view of sigmoid scores [E]: [expert, group, s, bias, s + bias] rows
+    and each group's score, the sum of its two best biased scores."""
+    bias = torch.tensor(SELECTION_BIAS)
+    biased = scores + bias
+    groups = ROUTER_SETTINGS["sigmoid_grouped"]["n_group"]
+    size = N_EXPERTS // groups
+    rows = [[e, e // size, float(scores[e]), float(bias[e]), float(biased[e])]
+            for e in range(N_EXPERTS)]  # fmt: skip
+    return rows, biased.view(groups, size).topk(2, dim=-1).values.sum(-1)
+
+
+def counted_flops(dispatch: str, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """FLOPs torch's FlopCounterMode counts in one forward of the layer, and its output."""
+    layer = moe_layer(dispatch=dispatch)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        out = layer(x)
+    return counter.get_total_flops(), out
+
+
+def flop_rows(x: torch.Tensor) -> tuple[list[list], list[torch.Tensor]]:
+    """[dispatch, experts run per token, FLOPs counted, per token, formula] for the sorted and
+    the dense dispatch (formula: router 2 T d E + T x experts x 3 matmuls of 2 d d_expert), and
+    the two outputs."""
+    tokens = x.shape[0]
+    router = 2 * tokens * D_MODEL * N_EXPERTS
+    expert = 3 * 2 * D_MODEL * D_EXPERT
+    rows, outputs = [], []
+    for dispatch, experts_run in (("sorted", TOP_K), ("dense", N_EXPERTS)):
+        flops, out = counted_flops(dispatch, x)
+        formula = router + tokens * experts_run * expert
+        rows.append([dispatch, experts_run, flops, flops // tokens, formula])
+        outputs.append(out)
+    return rows, outputs
+
+
+def histogram_rows(runs: dict[str, BalanceRun]) -> list[list]:
+    """Per expert, each run's load at its last step, with a bar of one BAR per BAR_PAIRS."""
+    rows = []
+    for e in range(N_EXPERTS):
+        cells = [int(run.loads[-1][e]) for run in runs.values()]
+        rows.append([e, *(f"{c:>3} {BAR * round(c / BAR_PAIRS)}" for c in cells)])
+    return rows
+
+
+def dropped_rows(runs: dict[str, BalanceRun]) -> list[list]:
+    """Per capacity factor: C, then dropped pairs and % of a fresh batch for the unbalanced and
+    the aux-balanced layers (MoELayer.last_dropped)."""
+    rows = []
+    for factor in CAPACITY_FACTORS:
+        row = [factor, expert_capacity(factor, BATCH, TOP_K, N_EXPERTS)]
+        for run in (runs["none"], runs["aux"]):
+            capped = with_capacity(run.layer, factor)
+            with torch.no_grad():
+                capped(run.batch)
+            row += [capped.last_dropped, 100 * capped.last_dropped / (BATCH * TOP_K)]
+        rows.append(row)
+    return rows

@@ -159,7 +159,9 @@ def naive_and_absorbed() -> dict[str, dict[str, torch.Tensor]]:
     for mode in ("naive", "absorbed"):
         with recording() as rec, torch.no_grad():
             logits = mla_model(mode)(token_ids())
-        runs[mode] = {"scores": rec.all("scaled_scores")[0][0, 0], "logits": logits[0]}
+        # block 0, head 0; the absorbed mode may fold the heads into the query axis
+        scores = rec.all("scaled_scores")[0][0].reshape(HEADS, TOKENS, TOKENS)[0]
+        runs[mode] = {"scores": scores, "logits": logits[0]}
     return runs
 
 

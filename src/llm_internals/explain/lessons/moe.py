@@ -10,36 +10,17 @@ models' total and active parameters come from their config.json fields (explain/
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from llm_internals.explain import moe_counts, moe_runs
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
-from llm_internals.explain.moe_counts import MOE_MODELS, expert_width, moe_parameter_counts
-from llm_internals.explain.moe_runs import (
-    AUX_COEF,
-    BATCH,
-    D_EXPERT,
-    D_MODEL,
-    GAMMA,
-    N_EXPERTS,
-    ROUTER_SETTINGS,
-    SELECTION_BIAS,
-    STEPS,
-    TOP_K,
-    BalanceRun,
-    moe_layer,
-    one_thread_runs,
-    one_token,
-    with_capacity,
-)  # fmt: skip
+from llm_internals.explain.moe_counts import MOE_MODELS, PARAM_COLUMNS, dense_row, moe_row
+from llm_internals.explain.moe_runs import BATCH, D_MODEL, N_EXPERTS, TOP_K, BalanceRun, routed
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.source import code_block
 from llm_internals.explain.tiny_models import tiny_decoder, tiny_tokenizer
 from llm_internals.layers.ffn import GatedMLP
 from llm_internals.layers.moe_balance import switch_aux_loss, update_selection_bias
-from llm_internals.layers.moe_dispatch import expert_capacity
 from llm_internals.layers.moe_router import Router, group_limited_topk
-from llm_internals.models.published import parameter_counts
-from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="moe",
@@ -50,27 +31,6 @@ INFO = LessonInfo(
 
 TEXT = "the cat sat"
 BLOCK_MOE = {"d_expert": 16, "n_experts": 4, "top_k": 2, "dense_layers": [0]}
-CAPACITY_FACTORS = (0.5, 1.0, 1.25, 2.0)
-DENSE = {"Mistral-7B": "mistral-7b", "Llama-3-70B": "llama-3-70b",
-         "Llama-3.1-405B": "llama-3.1-405b"}  # fmt: skip
-BAR = "▇"  # one per BAR_PAIRS (token, expert) pairs in the load histogram
-BAR_PAIRS = 8
-
-
-def dense_row(name: str) -> list:
-    total = parameter_counts(DENSE[name])["total"]
-    lookup = parameter_counts(DENSE[name])["embeddings"]
-    return [name, total, total, 100.0, 2 * (total - lookup) / 1e9]
-
-
-def moe_row(name: str) -> list:
-    c = moe_parameter_counts(MOE_MODELS[name])
-    lookup = c["embeddings"] // 2  # untied: the head is a matmul, the embedding a lookup
-    return [name, c["total"], c["active"], 100 * c["active"] / c["total"],
-            2 * (c["active"] - lookup) / 1e9]  # fmt: skip
-
-
-PARAM_COLUMNS = ["model", "total params", "active params", "active %", "GFLOPs per token"]
 
 
 def _section_why_needed() -> Section:
@@ -93,17 +53,18 @@ def _section_why_needed() -> Section:
 
 
 def _section_expert() -> Section:
-    layer = moe_layer()
+    layer = moe_runs.moe_layer()
     expert = layer.experts[0]
-    x = one_token()
+    x = moe_runs.one_token()
     with torch.no_grad():
         out = expert(x)
-    rows = [["this lesson", D_MODEL, D_EXPERT, sum(p.numel() for p in expert.parameters()),
-             N_EXPERTS]]  # fmt: skip
+    params = sum(p.numel() for p in expert.parameters())
+    rows = [["this lesson", D_MODEL, moe_runs.D_EXPERT, params, N_EXPERTS]]
     for name, f in MOE_MODELS.items():
-        e = f.get("num_local_experts") or f.get("num_experts") or f["n_routed_experts"]
-        rows.append([name, f["hidden_size"], expert_width(f),
-                     3 * f["hidden_size"] * expert_width(f), e])  # fmt: skip
+        width = moe_counts.expert_width(f)
+        rows.append([name, f["hidden_size"], width, 3 * f["hidden_size"] * width,
+                     moe_counts.n_experts(f)])  # fmt: skip
+    columns = ["model", "d_model", "expert width", "params per expert", "experts per layer"]
     return Section(
         "What an expert really is",
         [
@@ -116,39 +77,11 @@ def _section_expert() -> Section:
                 values={
                     "x": x[0],
                     "Expert_0(x)": out[0],
-                    "experts": Table(
-                        [
-                            "model",
-                            "d_model",
-                            "expert width",
-                            "params per expert",
-                            "experts per layer",
-                        ],
-                        rows,
-                    ),  # fmt: skip
+                    "experts": Table(columns, rows),
                 },
             )
         ],
     )
-
-
-def routed(router: str, **overrides) -> dict[str, torch.Tensor]:
-    """The token through the layer with `router`: what the router recorded and chose (the
-    DeepSeek router with SELECTION_BIAS as its bias)."""
-    layer = moe_layer(router, **overrides)
-    if router == "sigmoid_grouped":
-        with torch.no_grad():
-            layer.router.e_score_correction_bias.copy_(torch.tensor(SELECTION_BIAS))
-    with recording() as rec, torch.no_grad():
-        layer(one_token())
-    routing = layer.last_routing
-    return {"logits": rec.get("router_logits")[0], "indices": routing.indices[0],
-            "weights": rec.get("router_weights")[0]}  # fmt: skip
-
-
-def choice_rows(r: dict[str, torch.Tensor], shown: torch.Tensor) -> list[list]:
-    return [[j, int(e), float(shown[e]), float(w)]
-            for j, (e, w) in enumerate(zip(r["indices"], r["weights"], strict=True))]  # fmt: skip
 
 
 def _section_router() -> Section:
@@ -157,16 +90,12 @@ def _section_router() -> Section:
     qwen = routed("softmax_topk")
     qwen_norm = routed("softmax_topk", norm_topk_prob=True)
     deepseek = routed("sigmoid_grouped")
-    bias = torch.tensor(SELECTION_BIAS)
     scores = torch.sigmoid(logits)
-    settings = ROUTER_SETTINGS["sigmoid_grouped"]
+    settings = moe_runs.ROUTER_SETTINGS["sigmoid_grouped"]
     groups, kept = settings["n_group"], settings["topk_group"]
-    biased = scores + bias
-    group_scores = biased.view(groups, -1).topk(2, dim=-1).values.sum(-1)
+    per_expert, group_scores = moe_runs.group_breakdown(scores)
     plain = group_limited_topk(scores[None], TOP_K, 1, 1)[0].tolist()
     no_bias = group_limited_topk(scores[None], TOP_K, groups, kept)[0].tolist()
-    per_expert = [[e, e // (N_EXPERTS // groups), float(scores[e]), float(bias[e]),
-                   float(biased[e])] for e in range(N_EXPERTS)]  # fmt: skip
     return Section(
         "The router and how it picks",
         [
@@ -184,9 +113,9 @@ def _section_router() -> Section:
                 formula="idx = topk(logits, k);  w = softmax(logits[idx])",
                 values={
                     "Mixtral choice": Table(
-                        ["slot", "expert", "logit", "weight"], choice_rows(mixtral, logits)
+                        ["slot", "expert", "logit", "weight"], moe_runs.choice_rows(mixtral, logits)
                     )
-                },  # fmt: skip
+                },
             ),
             Step(
                 "softmax_topk (Qwen-MoE): softmax over all experts first, then the top-k "
@@ -198,10 +127,10 @@ def _section_router() -> Section:
                     "p": torch.softmax(logits, -1),
                     "Qwen choice, norm_topk_prob False": Table(
                         ["slot", "expert", "p", "weight"],
-                        choice_rows(qwen, torch.softmax(logits, -1)),
+                        moe_runs.choice_rows(qwen, torch.softmax(logits, -1)),
                     ),
                     "weights, norm_topk_prob True": qwen_norm["weights"],
-                },  # fmt: skip
+                },
             ),
             Step(
                 f"sigmoid_grouped (DeepSeek-V3): s = sigmoid(logits). Selection uses s + b, b "
@@ -216,8 +145,8 @@ def _section_router() -> Section:
                     "scores": Table(["expert", "group", "s", "bias b", "s + b"], per_expert),
                     "group scores": group_scores,
                     "DeepSeek choice": Table(
-                        ["slot", "expert", "s", "weight"], choice_rows(deepseek, scores)
-                    ),  # fmt: skip
+                        ["slot", "expert", "s", "weight"], moe_runs.choice_rows(deepseek, scores)
+                    ),
                 },
             ),
         ],
@@ -253,36 +182,17 @@ def _section_where_in_block() -> Section:
                     f"block 1 routing of {TEXT!r}": Table(
                         ["token", "expert 1", "expert 2", "weight 1", "weight 2"], tokens
                     ),
-                },  # fmt: skip
+                },
             )
         ],
     )
 
 
-def counted_flops(dispatch: str, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    layer = moe_layer(dispatch=dispatch)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        out = layer(x)
-    return counter.get_total_flops(), out
-
-
-def flop_rows(x: torch.Tensor) -> list[list]:
-    tokens = x.shape[0]
-    router = 2 * tokens * D_MODEL * N_EXPERTS
-    expert = 2 * 3 * D_MODEL * D_EXPERT  # per token, three matmuls
-    rows = []
-    for dispatch, experts_run in (("sorted", TOP_K), ("dense", N_EXPERTS)):
-        flops, _ = counted_flops(dispatch, x)
-        rows.append([dispatch, experts_run, flops, flops // tokens,
-                     router + tokens * experts_run * expert])  # fmt: skip
-    return rows
-
-
 def _section_sparse_compute() -> Section:
     x = torch.randn(BATCH, D_MODEL, generator=torch.Generator().manual_seed(5))
-    rows = flop_rows(x)
-    same = float((counted_flops("sorted", x)[1] - counted_flops("dense", x)[1]).abs().max())
-    mixtral = moe_parameter_counts(MOE_MODELS["Mixtral-8x7B"])
+    rows, (sorted_out, dense_out) = moe_runs.flop_rows(x)
+    same = float((sorted_out - dense_out).abs().max())
+    mixtral = moe_counts.moe_parameter_counts(MOE_MODELS["Mixtral-8x7B"])
     return Section(
         "Sparse activation and the compute it saves",
         [
@@ -301,21 +211,14 @@ def _section_sparse_compute() -> Section:
                     "max |sorted - dense|": f"{same:.1e}",
                     "Mixtral experts run per token, params": mixtral["experts_active"],
                     "Mixtral experts held, params": mixtral["experts"],
-                },  # fmt: skip
+                },
             )
         ],
     )
 
 
-def histogram_rows(runs: dict[str, BalanceRun]) -> list[list]:
-    rows = []
-    for e in range(N_EXPERTS):
-        cells = [int(r.loads[-1][e]) for r in runs.values()]
-        rows.append([e, *(f"{c:>3} {BAR * round(c / BAR_PAIRS)}" for c in cells)])
-    return rows
-
-
 def _section_load_balancing(runs: dict[str, BalanceRun]) -> Section:
+    even = float(switch_aux_loss(torch.zeros(4, N_EXPERTS), TOP_K))
     summary = [[name, r.variation[0], r.variation[-1], r.aux_losses[0], r.aux_losses[-1]]
                for name, r in (("no balancing", runs["none"]), ("aux loss", runs["aux"]),
                                ("bias update", runs["bias"]))]  # fmt: skip
@@ -333,57 +236,36 @@ def _section_load_balancing(runs: dict[str, BalanceRun]) -> Section:
                 + "\n\n"
                 + code_block(update_selection_bias),
                 formula="L_aux = E sum_i f_i P_i;   b_i <- b_i + gamma sign(mean load - load_i)",
-                values={
-                    "L_aux of a perfectly even router (k)": float(
-                        switch_aux_loss(torch.zeros(4, N_EXPERTS), TOP_K)
-                    )
-                },  # fmt: skip
+                values={"L_aux of a perfectly even router (k)": even},
             ),
             Step(
                 f"A seeded run: a router skewed toward experts 0 and 1, {BATCH} tokens a step, "
-                f"{STEPS} Adam steps on the same data with no balancing, with the aux loss "
-                f"(coefficient {AUX_COEF}) and with the bias update (gamma {GAMMA}, DeepSeek's "
-                "router). "
-                "The expert load (token slots per expert) of the last step, and the "
-                "coefficient of variation of the load (std / mean, 0 is even). The bias "
+                f"{moe_runs.STEPS} Adam steps on the same data with no balancing, with the "
+                f"aux loss (coefficient {moe_runs.AUX_COEF}) and with the bias update (gamma "
+                f"{moe_runs.GAMMA}, DeepSeek's router). The expert load (token slots per "
+                "expert) of the last step, and the coefficient of variation of the load "
+                "(std / mean, 0 is even). The bias "
                 "evens the load without touching the scores, so L_aux, which is computed from "
                 "the scores, stays high; the aux loss instead changes the scores themselves.",
                 values={
                     "load at the last step": Table(
-                        ["expert", "no balancing", "aux loss", "bias update"], histogram_rows(runs)
+                        ["expert", "no balancing", "aux loss", "bias update"],
+                        moe_runs.histogram_rows(runs),
                     ),
                     "summary": Table(
                         ["method", "CV first step", "CV last step", "L_aux first", "L_aux last"],
                         summary,
                     ),
                     "bias after the run": runs["bias"].layer.router.e_score_correction_bias,
-                },  # fmt: skip
+                },
                 decimals=3,
             ),
         ],
     )
 
 
-def dropped_rows(runs: dict[str, BalanceRun]) -> list[list]:
-    rows = []
-    for factor in CAPACITY_FACTORS:
-        row = [factor, expert_capacity(factor, BATCH, TOP_K, N_EXPERTS)]
-        for run in (runs["none"], runs["aux"]):
-            capped = with_capacity(run.layer, factor)
-            with torch.no_grad():
-                capped(run.batch)
-            row += [capped.last_dropped, 100 * capped.last_dropped / (BATCH * TOP_K)]
-        rows.append(row)
-    return rows
-
-
 def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
-    memory = []
-    for name in ("Mixtral-8x7B", "DeepSeek-V3"):
-        f, c = MOE_MODELS[name], moe_parameter_counts(MOE_MODELS[name])
-        moe_layers = f["num_hidden_layers"] - f.get("first_k_dense_replace", 0)
-        a2a = 2 * f["num_experts_per_tok"] * f["hidden_size"] * 2 * moe_layers
-        memory.append([name, 2 * c["total"], 2 * c["active"], a2a])
+    memory = moe_counts.memory_rows(("Mixtral-8x7B", "DeepSeek-V3"))
     return Section(
         "Advantages and challenges",
         [
@@ -404,7 +286,7 @@ def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
                         ],
                         memory,
                     )
-                },  # fmt: skip
+                },
             ),
             Step(
                 "Token dropping: with a capacity C = ceil(factor x T k / E), an expert takes at "
@@ -422,9 +304,9 @@ def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
                             "dropped, aux",
                             "% aux",
                         ],
-                        dropped_rows(runs),
+                        moe_runs.dropped_rows(runs),
                     )
-                },  # fmt: skip
+                },
                 decimals=2,
             ),
         ],
@@ -450,7 +332,7 @@ def _section_modern_llms() -> Section:
 
 
 def build() -> Lesson:
-    runs = one_thread_runs()
+    runs = moe_runs.one_thread_runs()
     sections = [
         _section_why_needed(),
         _section_expert(),
