@@ -181,7 +181,8 @@ def _section_absorbed() -> Section:
                 f"[k_nope ; k_rope] ({MLA['qk_nope_head_dim'] + d_r} wide) and values; the "
                 "absorbed mode multiplies each query by W_UK^T once and attends against the "
                 f"latents themselves ({d_c + d_r} wide), then applies W_UV to the attention "
-                "output. Prefill (many queries) is cheaper naive, decoding (one query, many "
+                "output: multi-query attention with one shared key (the latent) and one shared "
+                "value (c_kv). Prefill (many queries) is cheaper naive, decoding (one query, many "
                 "cached tokens) absorbed; the model's `auto` mode picks accordingly. Same "
                 "weights, same tokens:",
                 formula="o_i = W_UV_i (softmax(score_i) C_kv)",
