@@ -8,9 +8,11 @@
                                  (the page's sliders call this)
 
 The model is loaded once per app, on first use, from the app's model_path (any folder
-`load_model_and_tokenizer` accepts), and shared with the Engine view. One lock serializes
-everything that runs it: a recorded forward switches its attention to the from-scratch path
-for a moment. The last few prompts' forwards are kept, so moving a slider costs no forward.
+`load_model_and_tokenizer` accepts), and shared with the Engine view. Everything that runs it
+holds web/serial.py's RECORDING_LOCK: a recorded forward switches its attention to the
+from-scratch path for a moment, and `trace.recording()` is process-wide, so a lesson building in
+another thread must not see this model's records (nor an engine step's). The last few prompts'
+forwards are kept, so moving a slider costs no forward.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi import APIRouter, Query, Request
 from llm_internals.models.loading import load_model_and_tokenizer
 from llm_internals.web import model_inspect as mi
 from llm_internals.web.errors import ApiError
+from llm_internals.web.serial import RECORDING_LOCK
 
 router = APIRouter(prefix="/api/model")
 KEPT_RUNS = 4
@@ -39,7 +42,7 @@ class ExplorerModel:
     path: str
     model: Any
     tokenizer: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = RECORDING_LOCK
     runs: OrderedDict[tuple[int, ...], mi.PromptRun] = field(default_factory=OrderedDict)
 
     def run(self, ids: list[int]) -> mi.PromptRun:
