@@ -1,10 +1,13 @@
 """MoE models in the trainer: `train --set model.moe=...` end to end, the logged router figures,
-zero coefficients == plain cross-entropy, the bias update wired after the step, and the bias
-method evening out a collapsed router on a seeded toy task."""
+zero coefficients == plain cross-entropy, the bias update wired after the step, the bias
+method evening out a collapsed router on a seeded toy task, and DDP."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ import torch
 from llm_internals.cli import main
 from llm_internals.layers.moe import MoEConfig, MoELayer
 from llm_internals.layers.moe_balance import load_coefficient_of_variation
+from llm_internals.models import load_checkpoint
 from llm_internals.training.config import TrainConfig, parse_value
 from llm_internals.training.data import BatchSampler
 from llm_internals.training.loss import cross_entropy_fast
@@ -144,3 +148,31 @@ def test_bias_method_evens_out_a_collapsed_router():
     assert min(collapsed[-10:]) > 0.9 * most
     assert max(balanced[-10:]) < 0.3 * most
     assert load_coefficient_of_variation(torch.ones(8)) == 0.0
+
+
+def test_moe_under_ddp_equals_one_process(tmp_path, shakespeare_text):
+    """Two torchrun processes train a MoE model as one process does with the same global batch
+    (no aux/z term: those are per-process averages; the bias update uses the global load), and
+    an expert left without tokens on one process does not stop DDP."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20_000])
+    moe = "{d_expert = 16, n_experts = 8, top_k = 1}"  # 8 experts, 32 tokens a process: idle ones
+    flags = ["--corpus", str(corpus), "--batch-size", "4", "--block-size", "16",
+             "--max-steps", "3", "--warmup-steps", "1", "--eval-interval", "0", "--eval-iters",
+             "1", "--moe-aux-loss-coef", "0", "--moe-z-loss-coef", "0",
+             "--moe-bias-update-rate", "0.001", "--set", "model.d_model=32",
+             "--set", "model.n_layers=1", "--set", f"model.moe={moe}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "llm_internals.cli", "train",
+               "--out-dir", str(tmp_path / "ddp"), *flags]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert main(["train", "--out-dir", str(tmp_path / "one"), *flags]) == 0
+    ddp = load_checkpoint(tmp_path / "ddp" / "step-00000003")
+    one = load_checkpoint(tmp_path / "one" / "step-00000003")
+    bias = "blocks.0.ffn.router.e_score_correction_bias"
+    assert torch.equal(ddp.state_dict()[bias], one.state_dict()[bias])
+    assert ddp.state_dict()[bias].abs().sum() > 0
+    for name, tensor in one.state_dict().items():
+        torch.testing.assert_close(ddp.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

@@ -77,10 +77,18 @@ def init_from_env(backend: str = "gloo") -> DistributedContext:
 
 
 def wrap_model(model: torch.nn.Module, ctx: DistributedContext) -> torch.nn.Module:
-    """The model wrapped in DistributedDataParallel when there are several processes."""
+    """The model wrapped in DistributedDataParallel when there are several processes.
+
+    A MoE model may leave an expert without tokens on one process in a step: DDP then has to
+    look for parameters without gradients (find_unused_parameters) and reduce zeros for them.
+    """
     if not ctx.enabled:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model)
+    from llm_internals.training.moe_terms import moe_layers
+
+    return torch.nn.parallel.DistributedDataParallel(
+        model, find_unused_parameters=bool(moe_layers(model))
+    )
 
 
 def shutdown(ctx: DistributedContext) -> None:
