@@ -159,3 +159,19 @@ def test_bad_mla_configs_name_the_field(overrides, message):
         DecoderLM(ModelConfig(vocab_size=61, d_model=36, n_layers=1, n_heads=3,
                               **dict(mla=MLA) | overrides))  # fmt: skip
     assert message in str(error.value)
+
+
+def test_training_gradients_equal_in_both_modes():
+    """Both modes train: the same loss gives the same gradient for every parameter (fp64)."""
+    grads = {}
+    ids = torch.randint(0, 61, (2, 8))
+    for mode in ("naive", "absorbed"):
+        model = mla_model(attn_mode=mode).train()
+        loss = torch.nn.functional.cross_entropy(
+            model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()
+        )
+        loss.backward()
+        grads[mode] = {name: p.grad for name, p in model.named_parameters()}
+    for name, grad in grads["naive"].items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads["absorbed"][name], grad, atol=1e-10, rtol=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llm_internals.inference.generate import generate
 from llm_internals.inference.paged import LLM
 from llm_internals.inference.paged.paged_cache import bytes_per_block, num_blocks_for_budget
 from llm_internals.inference.params import SamplingParams
@@ -84,3 +85,19 @@ def test_recorded_decode_path_gives_the_same_tokens(mla_model, greedy_reference)
     with recording():  # decodes take layers/attention.py on gathered latent blocks
         out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4))[0]
     assert out.token_ids == greedy_reference(mla_model, prompt, 4)
+
+
+def test_seeded_sampling_and_the_context_limit_match_generate(mla_model):
+    """Sampled tokens depend on the exact probabilities: the latent pool's must be generate's."""
+    sampled = SamplingParams(temperature=0.9, top_k=30, top_p=0.9, repetition_penalty=1.3,
+                             presence_penalty=0.5, seed=7, max_tokens=20)  # fmt: skip
+    long_prompt = random_prompts(1, 60, 60, seed=13)[0]  # 4 tokens short of max_seq_len 64
+    cases = [(random_prompts(1, 5, 5, seed=14)[0], sampled),
+             (long_prompt, SamplingParams(temperature=0.0, max_tokens=20))]  # fmt: skip
+    llm = LLM(mla_model, block_size=4, num_blocks=40, eos_token_id=None)
+    outputs = llm.generate([p for p, _ in cases], [s for _, s in cases])
+    for (prompt, params), out in zip(cases, outputs, strict=True):
+        ours = generate(mla_model, None, prompt, max_new_tokens=params.max_tokens, params=params,
+                        eos_token_id=None)  # fmt: skip
+        assert (out.token_ids, out.finish_reason) == (ours.token_ids, ours.finish_reason)
+    assert [out.finish_reason for out in outputs] == ["length", "context"]

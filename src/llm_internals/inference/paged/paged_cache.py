@@ -200,19 +200,20 @@ class PagedKVCache:
         )
         return summed[:, : self.value_dim].reshape(*weights.shape[:-1], self.value_dim)
 
-    def _workspace(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _workspace(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Reused output buffers for gathers: a fresh multi-MB tensor per layer would cost a
         page fault per 4 KB on first touch (measured: most of the gather time). Made outside
-        inference mode, like the pool, so that gathers work both inside and outside it."""
+        inference mode, like the pool, so that gathers work both inside and outside it.
+        MLA pools gather no values (None)."""
         size = self.n_kv_heads * blocks * self.block_size * self.head_dim
+        value_size = size if self.latent_value_dim is None else 0
         if self._gather_buffers is None or self._gather_buffers[0].numel() < size:
             like = self.keys[0]
             with torch.inference_mode(False):
-                self._gather_buffers = (like.new_empty(size), like.new_empty(size))
+                self._gather_buffers = (like.new_empty(size), like.new_empty(value_size))
         shape = (self.n_kv_heads, blocks, self.block_size, self.head_dim)
-        return self._gather_buffers[0][:size].view(shape), self._gather_buffers[1][:size].view(
-            shape
-        )
+        keys, values = self._gather_buffers
+        return keys[:size].view(shape), values[:size].view(shape) if value_size else None
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy whole blocks source -> destination in every layer (copy-on-write)."""
