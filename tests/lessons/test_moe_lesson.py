@@ -201,6 +201,11 @@ def test_flops_recomputed_from_shapes(steps):
     assert float(values["max |sorted - dense|"]) < 1e-6
     assert values["Mixtral experts run per token, params"] == 32 * 2 * 3 * 4096 * 14336
     assert values["Mixtral experts held, params"] == 32 * 8 * 3 * 4096 * 14336
+    total, active, lookup = _hf_total_active(MOE_MODELS["Mixtral-8x7B"])
+    assert values["Mixtral GFLOPs per token, top-2"] == pytest.approx(2 * (active - lookup) / 1e9)
+    assert values["Mixtral GFLOPs per token if all 8 ran"] == pytest.approx(
+        2 * (total - lookup) / 1e9
+    )
 
 
 def test_load_balancing_histograms_and_losses(steps):

@@ -119,6 +119,11 @@ def moe_parameter_counts(f: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def embedding_lookup(f: dict[str, Any]) -> int:
+    """The input embedding table, vocab x d: read once per token, never multiplied."""
+    return f["vocab_size"] * f["hidden_size"]
+
+
 def forward_flops_per_token(active: int, lookup: int) -> int:
     """About 2 FLOPs (a multiply-add) per weight a token is multiplied by: 2 x (active - lookup),
     where `lookup` is the embedding table (read, not multiplied; the output head is a matmul)."""
@@ -140,9 +145,7 @@ def dense_row(name: str) -> list:
 def moe_row(name: str) -> list:
     """A PARAM_COLUMNS row of a MoE model of MOE_MODELS."""
     c = moe_parameter_counts(MOE_MODELS[name])
-    flops = forward_flops_per_token(
-        c["active"], MOE_MODELS[name]["vocab_size"] * MOE_MODELS[name]["hidden_size"]
-    )
+    flops = forward_flops_per_token(c["active"], embedding_lookup(MOE_MODELS[name]))
     return [name, c["total"], c["active"], 100 * c["active"] / c["total"], flops / 1e9]
 
 

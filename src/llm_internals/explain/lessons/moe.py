@@ -193,6 +193,10 @@ def _section_sparse_compute() -> Section:
     rows, (sorted_out, dense_out) = moe_runs.flop_rows(x)
     same = float((sorted_out - dense_out).abs().max())
     mixtral = moe_counts.moe_parameter_counts(MOE_MODELS["Mixtral-8x7B"])
+    lookup = moe_counts.embedding_lookup(MOE_MODELS["Mixtral-8x7B"])
+    active, total = (
+        moe_counts.forward_flops_per_token(mixtral[k], lookup) for k in ("active", "total")
+    )
     return Section(
         "Sparse activation and the compute it saves",
         [
@@ -202,7 +206,7 @@ def _section_sparse_compute() -> Section:
                 "expert on every token and zeroes the unchosen ones. Same output, "
                 f"{N_EXPERTS // TOP_K} times the expert FLOPs. torch's FlopCounterMode counted "
                 "the real forward passes; the formula column is the router plus 3 matmuls per "
-                "expert per token.",
+                "expert per token. At Mixtral's size, per token (2 FLOPs per weight used):",
                 formula="FLOPs = 2 T d E (router) + T x experts run x 2 x 3 d d_expert",
                 values={
                     "FLOPs counted": Table(
@@ -211,6 +215,8 @@ def _section_sparse_compute() -> Section:
                     "max |sorted - dense|": f"{same:.1e}",
                     "Mixtral experts run per token, params": mixtral["experts_active"],
                     "Mixtral experts held, params": mixtral["experts"],
+                    "Mixtral GFLOPs per token, top-2": active / 1e9,
+                    "Mixtral GFLOPs per token if all 8 ran": total / 1e9,
                 },
             )
         ],
