@@ -34,7 +34,8 @@ def test_defaults_are_derived():
         ({"norm_eps": 0}, "norm_eps must be > 0"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"sliding_window": 0}, "sliding_window must be a positive int"),
-        ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling type 'yarn' is not supported"),
+        ({"rope_scaling": {"rope_type": "dynamic"}}, "type 'dynamic' is not supported"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn rope_scaling lacks"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 rope_scaling lacks"),
     ],
 )

@@ -168,6 +168,41 @@ def test_fused_experts_and_extra_layers_are_read(checkpoints, tmp_path):
         load_pretrained(tmp_path)
 
 
+# YaRN as DeepSeek-V3 ships it, scaled down: factor 4 over an original context of 16 (the ramp
+# keeps one of the two rope frequencies and stretches the other), mscale != mscale_all_dim so
+# that both cos/sin (attention_factor) and the softmax scale (mscale_all_dim^2) change.
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+        "mscale": 0.8, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1}  # fmt: skip
+
+
+def test_yarn_matches_hf_in_both_config_spellings(tmp_path):
+    hf = make_hf(seed=4, rope_parameters={**YARN, "rope_theta": 321.0})
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_pretrained(tmp_path / "hf")
+    torch.testing.assert_close(ours.rope.inv_freq, hf.model.rotary_emb.inv_freq, atol=0, rtol=0)
+    assert ours.rope.attention_factor == pytest.approx(hf.model.rotary_emb.attention_scaling)
+    assert ours.rope.attention_factor != 1.0
+    assert ours.blocks[1].attn.scale == pytest.approx(hf.model.layers[1].self_attn.scaling)
+    assert ours.blocks[1].attn.scale != pytest.approx(12**-0.5)
+    ids = random_ids(batch=2, seq=40, seed=5)  # past the original context of 16
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert (ours(ids) - expected).abs().max().item() < TOL
+    # DeepSeek-V3's own config.json spelling: rope_theta at the top, YaRN under rope_scaling
+    published = json.loads((tmp_path / "hf" / "config.json").read_text())
+    published.pop("rope_parameters")
+    published |= {"rope_theta": 321.0, "rope_scaling": {**YARN, "type": YARN["rope_type"]}}
+    del published["rope_scaling"]["rope_type"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(published))
+    again = load_pretrained(tmp_path / "hf")
+    assert again.config.rope_scaling == ours.config.rope_scaling
+    save_pretrained(again, tmp_path / "out")
+    exported = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert (again(ids) - expected).abs().max().item() < TOL
+        assert (exported(ids).logits - expected).abs().max().item() < TOL
+
+
 def hf_greedy(hf, prompts, max_new_tokens, eos):
     """HF generate on a left-padded batch; per row the new tokens up to and including eos."""
     width = max(len(p) for p in prompts)
@@ -220,7 +255,10 @@ def test_paged_engine_serves_it(checkpoints):
         ({"attention_bias": True}, "attention_bias = True is not supported"),
         ({"num_key_value_heads": 1}, "num_key_value_heads = 1 must equal num_attention_heads"),
         ({"qk_rope_head_dim": 5}, "qk_rope_head_dim = 5 is odd"),
-        ({"rope_scaling": {"type": "yarn", "factor": 40.0}}, "rope_type = 'yarn' is not supported"),
+        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}},
+         "rope_parameters rope_type = 'dynamic' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
+         "original_max_position_embeddings"),
     ],
 )  # fmt: skip
 def test_bad_configs_are_refused_at_load_time(checkpoints, tmp_path, change, message):

@@ -45,7 +45,8 @@ space. Measured in docs/mla.md: absorbed decode 1.22x naive, naive prefill 1.47x
 RoPE layout: DeepSeek's checkpoints rotate interleaved pairs (x0, x1), (x2, x3), ...
 (`rope_interleave=True`, the transformers default). Like transformers we first reorder each rope
 vector to (evens, odds) and then rotate halves, so cached rope keys match HF's tensor for tensor.
-YaRN (rope_scaling and its mscale^2 factor on the softmax scale) is not implemented here.
+YaRN (`rope_scaling`) stretches the rope frequencies (layers/rope.py) and multiplies the softmax
+scale by mscale^2 (`softmax_scale`), as transformers does.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.layers.attention import scaled_dot_product_attention, sdpa_attention
 from llm_internals.layers.masks import causal_mask
 from llm_internals.layers.norm import RMSNorm
-from llm_internals.layers.rope import RotaryEmbedding, apply_rope
+from llm_internals.layers.rope import RotaryEmbedding, apply_rope, yarn_mscale
 from llm_internals.trace import record
 
 ATTENTION_MODES = ("auto", "naive", "absorbed")
@@ -80,6 +81,7 @@ class MLAConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_interleave: bool = True
+    rope_scaling: dict | None = None  # None or YaRN {"rope_type": "yarn", "factor", ...}
     attn_mode: str = "auto"  # ours, not HF's: see ATTENTION_MODES and the module docstring
 
     def __post_init__(self) -> None:
@@ -135,6 +137,17 @@ def kv_values_per_token(config: MLAConfig) -> int:
     return config.kv_lora_rank + config.qk_rope_head_dim
 
 
+def softmax_scale(config: MLAConfig) -> float:
+    """1 / sqrt(qk_nope_head_dim + qk_rope_head_dim), times mscale^2 under YaRN with
+    `mscale_all_dim` (mscale = 0.1 * mscale_all_dim * ln(factor) + 1; DeepSeek-V3: factor 40,
+    mscale_all_dim 1, so 1.369^2 = 1.874), as transformers and DeepSeek's code do."""
+    scale = 1.0 / math.sqrt(config.qk_head_dim)
+    scaling = config.rope_scaling or {}
+    if scaling.get("rope_type", "default") != "default" and scaling.get("mscale_all_dim"):
+        scale *= yarn_mscale(scaling["factor"], scaling["mscale_all_dim"]) ** 2
+    return scale
+
+
 def interleaved_to_halves(x: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...) on the last axis: the interleaved pairs
     become the (i, i + d/2) pairs that `apply_rope`'s "half" layout rotates (as HF does)."""
@@ -172,8 +185,8 @@ class MultiHeadLatentAttention(nn.Module):
             c.kv_lora_rank, heads * (c.qk_nope_head_dim + c.v_head_dim), bias=False
         )
         self.o_proj = nn.Linear(heads * c.v_head_dim, c.hidden_size, bias=False)
-        self.rotary = RotaryEmbedding(c.qk_rope_head_dim, theta=c.rope_theta, layout="half")
-        self.scale = 1.0 / math.sqrt(c.qk_head_dim)
+        self.rotary = RotaryEmbedding(c.qk_rope_head_dim, c.rope_theta, c.rope_scaling, "half")
+        self.scale = softmax_scale(c)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.config.rope_interleave:
@@ -285,6 +298,7 @@ class MultiHeadLatentAttention(nn.Module):
         out = self.o_proj(out.transpose(1, 2).reshape(batch, seq, heads * d_v))
         record("attention_output", out, note="heads concatenated, times W_o")
         return out
+
 
 def _fold_heads(mask: torch.Tensor, heads: int, seq: int, keys: int) -> torch.Tensor:
     """A mask broadcastable to (batch, heads, seq, keys) -> (batch, 1, heads * seq, keys): the

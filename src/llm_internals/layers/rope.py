@@ -14,7 +14,9 @@ permuting the rows of W_q and W_k at conversion time. `interleaved_to_half` is t
 
 Llama 3 stretches the low frequencies for long contexts ("llama3" scaling): wavelengths longer than
 original_max / low_freq_factor are divided by `factor`, shorter than original_max / high_freq_factor
-are kept, and the band between is interpolated smoothly.
+are kept, and the band between is interpolated smoothly. YaRN ("yarn", DeepSeek-V3) does the same
+with a ramp over frequency indices set by how often each frequency turns within the original
+context (beta_fast, beta_slow), and scales cos/sin by an attention factor.
 """
 
 from __future__ import annotations
@@ -57,6 +59,62 @@ def llama3_scaled_frequencies(
     return torch.where(is_medium, blended, scaled)
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature 0.1 * mscale * ln(factor) + 1 (1 when not stretched)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_scaled_frequencies(
+    head_dim: int,
+    theta: float,
+    factor: float,
+    original_max_position_embeddings: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    truncate: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """YaRN (Peng et al. 2023; DeepSeek-V3's long context) as transformers computes it.
+
+    Frequency i turns r_i = L / (2 pi / w_i) times over the original context L. Frequencies that
+    turn more than beta_fast times are kept (extrapolated), fewer than beta_slow times divided by
+    `factor` (interpolated), with a linear ramp in i between the two:
+        w'_i = w_i / factor * ramp_i + w_i * (1 - ramp_i)
+    The boundary indices solve r_i = beta for i (rounded outward when `truncate`).
+    """
+
+    def index_for(rotations: float) -> float:
+        wavelengths = original_max_position_embeddings / (rotations * 2 * math.pi)
+        return head_dim * math.log(wavelengths) / (2 * math.log(theta))
+
+    low, high = index_for(beta_fast), index_for(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # no division by zero when the ramp is one step
+    steps = torch.arange(head_dim // 2, dtype=torch.float32, device=device)
+    ramp = ((steps - low) / (high - low)).clamp(0, 1)  # 0: keep, 1: interpolate
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    periods = theta**exponents
+    return (1.0 / (factor * periods)) * ramp + (1.0 / periods) * (1 - ramp)
+
+
+def rope_attention_factor(scaling: dict | None) -> float:
+    """The factor cos and sin are multiplied by: 1, or YaRN's attention_factor (default
+    mscale(factor) / mscale(factor, mscale_all_dim) when both mscales are given, else
+    mscale(factor)), applied to q and k alike, so to the attention logits squared."""
+    if scaling is None or scaling.get("rope_type") != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, mscale, all_dim = (scaling["factor"], scaling.get("mscale"),
+                               scaling.get("mscale_all_dim"))  # fmt: skip
+    if mscale and all_dim:
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, all_dim)
+    return yarn_mscale(factor)
+
+
 class RotaryEmbedding(nn.Module):
     """Turns position ids into the cos/sin tables that `apply_rope` multiplies q and k with."""
 
@@ -73,7 +131,20 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"unknown RoPE layout {layout!r}")
         self.layout = layout
         inv_freq = rope_frequencies(head_dim, theta, device)
-        if scaling is not None and scaling.get("rope_type", "default") == "llama3":
+        rope_type = "default" if scaling is None else scaling.get("rope_type", "default")
+        self.attention_factor = rope_attention_factor(scaling)
+        if rope_type == "yarn":
+            inv_freq = yarn_scaled_frequencies(
+                head_dim,
+                theta,
+                factor=scaling["factor"],
+                original_max_position_embeddings=scaling["original_max_position_embeddings"],
+                beta_fast=scaling.get("beta_fast") or 32.0,
+                beta_slow=scaling.get("beta_slow") or 1.0,
+                truncate=scaling.get("truncate", True),
+                device=device,
+            )
+        if rope_type == "llama3":
             inv_freq = llama3_scaled_frequencies(
                 inv_freq,
                 factor=scaling["factor"],
@@ -107,7 +178,10 @@ class RotaryEmbedding(nn.Module):
             angles = torch.cat((angles, angles), dim=-1)
         else:
             angles = torch.repeat_interleave(angles, 2, dim=-1)
-        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:  # YaRN's temperature, on q and k alike
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        cos, sin = cos.to(dtype), sin.to(dtype)
         record("rope_cos", cos, note="cos(position * w_i)")
         record("rope_sin", sin, note="sin(position * w_i)")
         return cos, sin

@@ -28,8 +28,10 @@ NORM_POSITIONS = ("pre", "post")
 FFNS = ("mlp", "gated")
 ATTN_IMPLS = ("scratch", "sdpa", "flash")
 ROPE_LAYOUTS = ("half", "interleaved")
-ROPE_TYPES = ("default", "llama3")
+ROPE_TYPES = ("default", "llama3", "yarn")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+YARN_KEYS = ("factor", "original_max_position_embeddings")  # required; optional: YARN_OPTIONAL
+YARN_OPTIONAL = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor")
 
 
 @dataclass
@@ -38,11 +40,12 @@ class ModelConfig:
 
     head_dim defaults to d_model // n_heads, n_kv_heads to n_heads, d_ff to 4 * d_model.
     rope_scaling is None or {"rope_type": "llama3", "factor", "low_freq_factor",
-    "high_freq_factor", "original_max_position_embeddings"}. attn_impl "scratch" runs attention
-    as its recorded steps; "sdpa" calls torch's fused kernel; "flash" the tiled flash attention
-    (layers/flash_attention.py). fused_ops swaps the written-out norms and activations for
-    torch's single kernels. Scratch without fused_ops is what lessons
-    show; sdpa with fused_ops is the fast path.
+    "high_freq_factor", "original_max_position_embeddings"} or {"rope_type": "yarn", "factor",
+    "original_max_position_embeddings", optional YARN_OPTIONAL} (layers/rope.py).
+    attn_impl "scratch" runs attention as its recorded steps; "sdpa" calls torch's fused kernel;
+    "flash" the tiled flash attention (layers/flash_attention.py). fused_ops swaps the
+    written-out norms and activations for torch's single kernels. Scratch without fused_ops is
+    what lessons show; sdpa with fused_ops is the fast path.
 
     moe (None: every layer has a dense FFN of width d_ff) holds the fields of
     layers.moe.MoEConfig other than d_model (d_expert, n_experts, top_k, router, ...) plus
@@ -255,7 +258,7 @@ def mla_layer_config(config: ModelConfig) -> MLAConfig | None:
         return None
     if not isinstance(config.mla, dict):
         raise LLMInternalsError(f"model config: mla must be an object or null, got {config.mla!r}")
-    own = {"hidden_size", "num_attention_heads", "rms_norm_eps", "rope_theta"}
+    own = {"hidden_size", "num_attention_heads", "rms_norm_eps", "rope_theta", "rope_scaling"}
     known = {f.name for f in dataclasses.fields(MLAConfig)} - own
     unknown = sorted(set(config.mla) - known)
     if unknown:
@@ -271,6 +274,7 @@ def mla_layer_config(config: ModelConfig) -> MLAConfig | None:
             # transformers' DeepseekV3Attention and DeepSeek's inference code
             rms_norm_eps=1e-6,
             rope_theta=config.rope_theta,
+            rope_scaling=config.rope_scaling,
             **config.mla,
         )
     except LLMInternalsError as err:
@@ -310,12 +314,18 @@ def _validate_rope_scaling(scaling: Any) -> None:
             f"model config: rope_scaling type {rope_type!r} is not supported",
             hint=f"supported: {', '.join(ROPE_TYPES)}",
         )
-    if rope_type == "llama3":
-        missing = [key for key in LLAMA3_KEYS if key not in scaling]
+    if rope_type in ("llama3", "yarn"):
+        required = LLAMA3_KEYS if rope_type == "llama3" else YARN_KEYS
+        missing = [key for key in required if key not in scaling]
         if missing:
-            raise LLMInternalsError(f"model config: llama3 rope_scaling lacks {', '.join(missing)}")
+            raise LLMInternalsError(
+                f"model config: {rope_type} rope_scaling lacks {', '.join(missing)}"
+            )
+        optional = [key for key in YARN_OPTIONAL if scaling.get(key)]  # 0/null: not used
         wrong = [
-            key for key in LLAMA3_KEYS if not (_finite_number(scaling[key]) and scaling[key] > 0)
+            key
+            for key in (*required, *(optional if rope_type == "yarn" else ()))
+            if not (_finite_number(scaling[key]) and scaling[key] > 0)
         ]
         if wrong:
             raise LLMInternalsError(

@@ -14,8 +14,9 @@ ModelConfig:
 
 Absent fields take DeepseekV3Config's defaults (the published V3 shapes), as transformers does.
 Only what transformers' DeepseekV3 runs is accepted: sigmoid scores with the bias-corrected
-top-k ("scoring_func": "sigmoid", "topk_method": "noaux_tc"), no attention biases, no rope
-scaling (YaRN is not implemented in layers/mla.py); anything else is one error naming the field.
+top-k ("scoring_func": "sigmoid", "topk_method": "noaux_tc"), no attention biases, the default
+RoPE or YaRN (DeepSeek-V3's own `rope_scaling`: stretched rope frequencies, cos/sin times the
+attention factor, the softmax scale times mscale^2); anything else is one error naming the field.
 Tensor names live in hf_deepseek_v3_tensors.py.
 """
 
@@ -81,28 +82,43 @@ def _require(hf: dict[str, Any], name: str, allowed: tuple[Any, ...], source: st
         )
 
 
-def _rope_theta(hf: dict[str, Any], source: str) -> float:
-    """rope_theta from `rope_parameters` (transformers 5) or the top level (the published files);
-    any rope scaling (YaRN in DeepSeek-V3's own config.json) is refused."""
+YARN_FIELDS = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor")
+
+
+def _rope_settings(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
+    """rope_theta and rope_scaling from `rope_parameters` (transformers 5) or the top level and
+    `rope_scaling` (the published files): the default RoPE or YaRN, anything else refused."""
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
     for name, value in (("rope_parameters", params), ("rope_scaling", legacy)):
         if not isinstance(value, dict):
             raise LLMInternalsError(f"{source}: field {name!r} must be an object, got {value!r}")
-    for field, value in (("rope_scaling", legacy), ("rope_parameters", params)):
-        rope_type = value.get("rope_type", value.get("type", "default"))
-        if rope_type == "default":
-            continue
-        raise LLMInternalsError(
-            f"{source}: {field} rope_type = {rope_type!r} is not supported for deepseek_v3: "
-            "YaRN (and its mscale^2 factor on the softmax scale) is not implemented in "
-            "layers/mla.py",
-            hint="only the default RoPE is read (no rope_scaling); deleting the entry from a "
-            "model trained with YaRN would change its outputs, so it is refused instead",
-        )
     merged = {**legacy, **params}
     default = _field(hf, "rope_theta", source, DEFAULTS["rope_theta"], float)
-    return _field(merged, "rope_theta", f"{source}: rope parameters", default, float)
+    theta = _field(merged, "rope_theta", f"{source}: rope parameters", default, float)
+    field = "rope_parameters" if params else "rope_scaling"
+    rope_type = merged.get("rope_type", merged.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "yarn":
+        raise LLMInternalsError(
+            f"{source}: {field} rope_type = {rope_type!r} is not supported for deepseek_v3",
+            hint="supported: default, yarn (DeepSeek-V3's own)",
+        )
+    where = f"{source}: {field}"
+    scaling: dict[str, Any] = {"rope_type": "yarn", "factor": _field(merged, "factor", where,
+                                                                     kind=float)}  # fmt: skip
+    original = merged.get("original_max_position_embeddings",
+                          hf.get("original_max_position_embeddings"))  # fmt: skip
+    scaling["original_max_position_embeddings"] = _field(
+        {"original_max_position_embeddings": original}, "original_max_position_embeddings", where
+    )
+    for name in YARN_FIELDS:
+        if merged.get(name) is not None:
+            scaling[name] = _field(merged, name, where, kind=float)
+    if "truncate" in merged:
+        scaling["truncate"] = _field(merged, "truncate", where, kind=bool)
+    return theta, scaling
 
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
@@ -143,6 +159,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
             hint="fix qk_rope_head_dim in config.json",
         )
     activation = _activation(hf.get("hidden_act", "silu"), "hidden_act", source)
+    theta, scaling = _rope_settings(hf, source)
     return ModelConfig(
         family="deepseek_v3",
         vocab_size=_get(hf, "vocab_size", source),
@@ -157,7 +174,8 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         norm_eps=_get(hf, "rms_norm_eps", source, float),
         ffn="gated",
         activation=activation,
-        rope_theta=_rope_theta(hf, source),
+        rope_theta=theta,
+        rope_scaling=scaling,
         tie_embeddings=_get(hf, "tie_word_embeddings", source, bool),
         moe={
             "d_expert": _get(hf, "moe_intermediate_size", source),
@@ -196,8 +214,10 @@ def check_exportable(config: ModelConfig) -> None:
             problems.append(f"dense layers must be the first ones, got {dense}")
         if config.moe.get("d_shared") or config.moe.get("shared_expert_gate"):
             problems.append("shared experts are n_shared_experts plain experts")
-    if config.rope_scaling is not None or config.rope_layout != "half":
-        problems.append("no rope scaling, and RoPE layout is mla.rope_interleave")
+    if config.rope_scaling is not None and config.rope_scaling.get("rope_type") != "yarn":
+        problems.append("its rope scaling is YaRN or none")
+    if config.rope_layout != "half":
+        problems.append("its RoPE layout is mla.rope_interleave")
     if config.qkv_bias or config.attn_out_bias or config.mlp_bias or config.qk_norm:
         problems.append("no biases and no q/k norm")
     if config.norm != "rmsnorm" or config.norm_position != "pre" or config.ffn != "gated":
@@ -242,7 +262,10 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": {
+            **(config.rope_scaling or {"rope_type": "default"}),
+            "rope_theta": config.rope_theta,
+        },  # fmt: skip
         "attention_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
         "num_nextn_predict_layers": 0,  # no multi-token-prediction weights are written
