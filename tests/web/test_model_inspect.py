@@ -9,7 +9,12 @@ import torch
 import transformers
 
 from llm_internals.errors import LLMInternalsError
-from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
+from llm_internals.explain.tiny_models import (
+    ORIGINAL_TRANSFORMER,
+    TINY_ALPHABET,
+    tiny_decoder,
+    tiny_tokenizer,
+)
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler
 from llm_internals.models.loading import load_model_and_tokenizer
@@ -75,8 +80,9 @@ def test_prompt_limits_name_the_limit():
         mi.encode_prompt(tokenizer, "")
 
 
-def test_residual_norms_and_logit_lens_follow_the_residual_stream():
-    model, tokenizer = tiny_decoder(3), tiny_tokenizer()
+@pytest.mark.parametrize("layout", [{}, ORIGINAL_TRANSFORMER], ids=["pre-norm", "post-norm"])
+def test_residual_norms_and_logit_lens_follow_the_residual_stream(layout):
+    model, tokenizer = tiny_decoder(3, **layout), tiny_tokenizer()
     ids = tokenizer.encode(PROMPT)
     run = mi.run_prompt(model, ids)
     with recording() as rec, torch.no_grad():
@@ -95,7 +101,8 @@ def test_residual_norms_and_logit_lens_follow_the_residual_stream():
         assert [e["prob"] for e in top] == pytest.approx(values.tolist(), abs=1e-6)
     # layer 0: the embedding through the final norm and head, computed here by hand
     with torch.no_grad():
-        first = torch.softmax(model.lm_head(model.norm_f(stream[0])), dim=-1)
+        final_norm = model.norm_f if model.norm_f is not None else torch.nn.Identity()
+        first = torch.softmax(model.lm_head(final_norm(stream[0])), dim=-1)
     assert [e["id"] for e in lens[0][2]] == first[2].topk(3).indices.tolist()
 
 

@@ -156,14 +156,16 @@ def logit_lens(
     For l = L (the last block) this is the model's own next-token distribution. Post-norm models
     (no final norm) apply the head to the residual as it is, as their forward does.
     """
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        h = run.residuals.to(device=device, dtype=next(model.parameters()).dtype)
-        if model.norm_f is not None:
-            h = model.norm_f(h)
-        probs = torch.softmax(model.lm_head(h).float(), dim=-1).cpu()
-    return [[top_tokens(probs[layer, t], tokenizer, k) for t in range(probs.shape[1])]
-            for layer in range(probs.shape[0])]  # fmt: skip
+    weight = next(model.parameters())
+    lens = []
+    for h in run.residuals:  # one layer at a time: (T, vocab) logits, not (L + 1, T, vocab)
+        with torch.inference_mode():
+            h = h.to(device=weight.device, dtype=weight.dtype)
+            if model.norm_f is not None:
+                h = model.norm_f(h)
+            probs = torch.softmax(model.lm_head(h).float(), dim=-1).cpu()
+        lens.append([top_tokens(p, tokenizer, k) for p in probs])
+    return lens
 
 
 def sampling_params(temperature: float, top_p: float, top_k: int) -> SamplingParams:
