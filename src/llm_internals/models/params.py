@@ -7,6 +7,13 @@ Per layer, with d = d_model, h = head_dim, H = n_heads, G = n_kv_heads, f = d_ff
 embeddings = vocab*d (+ max_seq_len*d for learned positions); the output head adds vocab*d
 unless tied to the embedding.
 
+Mixture-of-experts layers (config.moe; the blocks of moe.dense_layers keep the FFN above), with
+E routed experts of width f_e, top-k routing and shared width f_s (the ffn component):
+    routed experts  E * 3 d f_e      router  E d      shared  3 d f_s (+ d for its sigmoid gate)
+Active parameters (`count_active_parameters`) are those one token is multiplied by or looks up:
+everything but the E - k routed experts it does not use, i.e. total - (E - k) 3 d f_e per MoE
+layer (embeddings, router and shared experts included, as published "A2.7B"-style figures do).
+
 Two families outside the decoder formula, with an "other" column for what fits no component:
 BERT (BertModel, with the pooler), per layer with d = hidden, f = intermediate:
     attention 4 (d^2 + d)  ffn 2 d f + f + d  norms 2 * 2d
@@ -26,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from llm_internals.models.config import ModelConfig
+from llm_internals.models.config import ModelConfig, moe_layer_config
 
 COMPONENTS = ("embeddings", "attention", "ffn", "norms", "lm_head")
 ALL_COMPONENTS = (*COMPONENTS, "other")
@@ -45,21 +52,42 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     if config.attn_out_bias:
         attention += d
     n_mats = 3 if config.ffn == "gated" else 2
-    ffn = n_mats * d * f
+    dense_ffn = n_mats * d * f
     if config.mlp_bias:
-        ffn += (n_mats - 1) * f + d
+        dense_ffn += (n_mats - 1) * f + d
+    ffn = sum(_moe_ffn(config, i)[0] or dense_ffn for i in range(config.n_layers))
     norm_size = 2 * d if config.norm == "layernorm" else d
     layer_norms = 2 * norm_size + (2 * h if config.qk_norm else 0)
     final_norm = norm_size if config.norm_position == "pre" else 0
     counts = {
         "embeddings": embeddings,
         "attention": attention * config.n_layers,
-        "ffn": ffn * config.n_layers,
+        "ffn": ffn,
         "norms": layer_norms * config.n_layers + final_norm,
         "lm_head": 0 if config.tie_embeddings else config.vocab_size * d,
     }
     counts["total"] = sum(counts.values())
     return counts
+
+
+def _moe_ffn(config: ModelConfig, layer_idx: int) -> tuple[int, int]:
+    """(all parameters, unused-per-token routed-expert parameters) of block `layer_idx`'s MoE
+    layer; (0, 0) where the block keeps its dense FFN."""
+    moe = moe_layer_config(config, layer_idx)
+    if moe is None:
+        return 0, 0
+    d = config.d_model
+    expert = 3 * d * moe.d_expert  # gate, up, down of one SwiGLU expert, no biases
+    shared = 3 * d * (moe.d_shared or moe.n_shared_experts * moe.d_expert)
+    gate = d if moe.shared_expert_gate else 0
+    return moe.n_experts * (expert + d) + shared + gate, (moe.n_experts - moe.top_k) * expert
+
+
+def count_active_parameters(config: ModelConfig) -> int:
+    """Parameters one token uses: the total less the routed experts its top-k leaves idle
+    (equal to the total for a dense model)."""
+    idle = sum(_moe_ffn(config, i)[1] for i in range(config.n_layers))
+    return count_parameters(config)["total"] - idle
 
 
 def with_all_components(counts: dict[str, int]) -> dict[str, int]:

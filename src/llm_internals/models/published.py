@@ -7,6 +7,7 @@ entry and a downloaded config.json go through the same path:
 
     model_config(name)      our ModelConfig, by the HF import converter (models/hf.py)
     parameter_counts(name)  by component, from models/params.py (BERT and T5 included)
+    active_parameters(name) what one token uses: all but the routed experts it skips (MoE)
     hf_config(name)         the fields themselves; inference/kv_memory.py reads KV shapes from them
 
 Short aliases ("gpt2", "llama-3-8b") name the same entries as the repo ids, case-insensitively.
@@ -23,6 +24,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.models.config import ModelConfig
 from llm_internals.models.hf import _converter_for_type
 from llm_internals.models.params import (
+    count_active_parameters,
     count_bert_parameters,
     count_parameters,
     count_t5_parameters,
@@ -106,6 +108,37 @@ PUBLISHED: dict[str, dict[str, Any]] = {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     },
+    # Mixture of experts: total parameters far above what one token uses (active_parameters).
+    "mistralai/Mixtral-8x7B-v0.1": {  # 8 full-width experts, top-2, every layer
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+        "num_experts_per_tok": 2, "max_position_embeddings": 32768, "hidden_act": "silu",
+        "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.02,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    },
+    # 60 fine-grained experts top-4 plus a gated shared one (the Chat release's config.json;
+    # the base model has the same shapes)
+    "Qwen/Qwen1.5-MoE-A2.7B-Chat": {
+        **_QWEN2, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+        "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+        "num_experts": 60, "num_experts_per_tok": 4, "norm_topk_prob": False,
+        "decoder_sparse_step": 1, "max_position_embeddings": 32768, "max_window_layers": 21,
+        "sliding_window": 32768, "tie_word_embeddings": False,
+    },
+    "Qwen/Qwen3-30B-A3B": {  # 128 experts top-8, renormalised, no shared expert
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+        "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1,
+        "mlp_only_layers": [], "max_position_embeddings": 40960, "hidden_act": "silu",
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "attention_bias": False,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": 48,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    },
     "google-bert/bert-base-uncased": {
         "architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": 30522,
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -136,6 +169,9 @@ ALIASES: dict[str, str] = {
     "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
     "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
     "llama-3.1-405b": "meta-llama/Llama-3.1-405B",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
+    "qwen1.5-moe-a2.7b": "Qwen/Qwen1.5-MoE-A2.7B-Chat",
+    "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
     "bert-base": "google-bert/bert-base-uncased",
     "bert-base-uncased": "google-bert/bert-base-uncased",
     "t5-base": "google-t5/t5-base",
@@ -207,3 +243,11 @@ def parameter_counts(name: str) -> dict[str, int]:
     if model_type == "bert":
         return count_bert_parameters(model_config(repo))
     return with_all_components(count_parameters(model_config(repo)))
+
+
+def active_parameters(name: str) -> int:
+    """Parameters one token uses (params.count_active_parameters); the total for dense models."""
+    repo = resolve(name)
+    if PUBLISHED[repo]["model_type"] in ("t5", "bert"):
+        return parameter_counts(repo)["total"]
+    return count_active_parameters(model_config(repo))
