@@ -44,7 +44,7 @@ SKEW = 0.6
 AUX_COEF = 0.1  # large for a 40-step run (HF Mixtral's default is 0.001, Switch's 0.01)
 GAMMA = 0.02  # DeepSeek-V3 uses 0.001 over far more steps
 CAPACITY_FACTORS = (0.5, 1.0, 1.25, 2.0)
-BAR = "▇"  # one per BAR_PAIRS (token, expert) pairs in the load histogram
+BAR, SPACE = "▇", "░"  # one BAR per BAR_PAIRS (token, expert) pairs in the load histogram
 BAR_PAIRS = 8
 
 
@@ -190,12 +190,16 @@ def flop_rows(x: torch.Tensor) -> tuple[list[list], list[torch.Tensor]]:
 
 
 def histogram_rows(runs: dict[str, BalanceRun]) -> list[list]:
-    """Per expert, each run's load at its last step, with a bar of one BAR per BAR_PAIRS."""
-    rows = []
-    for e in range(N_EXPERTS):
-        cells = [int(run.loads[-1][e]) for run in runs.values()]
-        rows.append([e, *(f"{c:>3} {BAR * round(c / BAR_PAIRS)}" for c in cells)])
-    return rows
+    """Per expert, each run's load at its last step and a bar of one BAR per BAR_PAIRS, padded
+    with SPACE to the longest bar so that right-aligned cells line up."""
+    loads = [[int(run.loads[-1][e]) for run in runs.values()] for e in range(N_EXPERTS)]
+    width = max(round(c / BAR_PAIRS) for row in loads for c in row)
+
+    def bar(count: int) -> str:
+        filled = round(count / BAR_PAIRS)
+        return BAR * filled + SPACE * (width - filled)
+
+    return [[e, *(f"{c:>3} {bar(c)}" for c in row)] for e, row in enumerate(loads)]
 
 
 def dropped_rows(runs: dict[str, BalanceRun]) -> list[list]:
