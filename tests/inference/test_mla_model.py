@@ -11,6 +11,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generate import generate
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_layout import kv_layout
+from llm_internals.inference.speculative.stats import SpeculativeStats
 from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.models import DecoderLM, ModelConfig
 from llm_internals.models.checkpoint import load_checkpoint, save_checkpoint
@@ -175,3 +176,16 @@ def test_training_gradients_equal_in_both_modes():
     for name, grad in grads["naive"].items():
         assert grad is not None and grad.abs().sum() > 0, name
         torch.testing.assert_close(grads["absorbed"][name], grad, atol=1e-10, rtol=0)
+
+
+def test_speculative_generate_rolls_the_latent_cache_back():
+    """Prompt-lookup speculation truncates and squeezes the latent cache (rows accept different
+    numbers of drafts); its greedy tokens are the plain ones."""
+    model = mla_model()
+    prompts = [[3, 4, 5, 6, 3, 4, 5, 6, 3, 4], [7, 8, 7, 8, 7], [9, 1, 2]]
+    plain = generate(model, None, prompts, max_new_tokens=12, eos_token_id=None)
+    stats = SpeculativeStats()
+    fast = generate(model, None, prompts, max_new_tokens=12, eos_token_id=None, ngram=True,
+                    speculative_stats=stats)  # fmt: skip
+    assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    assert stats.proposed > stats.accepted > 0  # drafts were kept and rejected
