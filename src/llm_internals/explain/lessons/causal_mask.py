@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_internals.explain.figures import heatmap_figure
 from llm_internals.explain.lesson import Lesson, Section, Step
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.masks import causal_mask, combine_masks, padding_mask
@@ -86,6 +87,22 @@ def _section_without_masking_token(attention, x, changed) -> Section:
     )
 
 
+def mask_figure(attention, x):
+    """causal_mask(4) beside the weights without and with it, one heatmap each."""
+    panels = {
+        "causal_mask(4) (1 = may attend)": causal_mask(len(WORDS)).int(),
+        "weights, no mask": attend(attention, x, False)["weights"],
+        "weights, causal": attend(attention, x, True)["weights"],
+    }
+    return heatmap_figure(
+        "causal_mask", "mask",
+        "Rows are queries, columns keys. The mask keeps the lower triangle; without it the "
+        "first tokens put weight on later ones, with it every weight above the diagonal is 0 "
+        "and each row still sums to 1.",
+        panels, WORDS, WORDS, vmin=0.0, vmax=1.0, annotate=True,
+    )  # fmt: skip
+
+
 def _section_masking(attention, x, changed) -> Section:
     masked_run, masked_changed = attend(attention, x, True), attend(attention, changed, True)
     return Section(
@@ -99,6 +116,7 @@ def _section_masking(attention, x, changed) -> Section:
                     "masked scores": masked_run["masked_scores"],
                     "weights (causal)": masked_run["weights"],
                 },
+                figures=[mask_figure(attention, x)],
             ),
             Step(
                 "The same experiment: changing the last token now changes only the last "

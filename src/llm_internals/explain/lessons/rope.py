@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from llm_internals.explain.figures import path_figure
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.multihead import MultiHeadAttention
@@ -132,6 +133,27 @@ def _section_2d_rotation() -> Section:
     )
 
 
+FIGURE_POSITIONS = 16  # the query at positions 0 .. 15 in the rotation figure
+FIGURE_THETA = 100.0  # w = (1, 0.1) for head_dim 4: both pairs visibly turn
+
+
+def rotation_figure():
+    """QUERY's two feature pairs, (q0, q2) and (q1, q3) in the 'half' layout, at positions
+    0 .. FIGURE_POSITIONS - 1 as apply_rope returned them (theta FIGURE_THETA): one circle each,
+    at w = 1 and 0.1 radian per position."""
+    moved = rotate(QUERY, list(range(FIGURE_POSITIONS)), theta=FIGURE_THETA)
+    return path_figure(
+        "rope", "rotation",
+        f"The query {QUERY} at positions 0..{FIGURE_POSITIONS - 1} (head_dim 4, theta "
+        f"{FIGURE_THETA:g}): pair 0 (features 0 and 2) turns 1 radian per position, pair 1 "
+        "(features 1 and 3) 0.1 radian; each point is labelled with its position. Both stay on "
+        "their circle: RoPE never changes a pair's length.",
+        {"pair 0 (q0, q2), w = 1": moved[:, [0, 2]], "pair 1 (q1, q3), w = 0.1": moved[:, [1, 3]]},
+        "first feature of the pair", "second feature of the pair",
+        title="RoPE rotation over positions",
+    )  # fmt: skip
+
+
 def _section_applying_q_k() -> Section:
     moved = rotate(QUERY, [0, 1, 2, 3])
     return Section(
@@ -148,6 +170,7 @@ def _section_applying_q_k() -> Section:
                     "query at positions 0..3": moved,
                     "lengths": moved.norm(dim=-1),
                 },
+                figures=[rotation_figure()],
             )
         ],
     )
