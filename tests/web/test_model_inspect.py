@@ -149,3 +149,16 @@ def test_expert_routing_matches_the_router_run_by_hand():
         expected = weights / weights.sum(-1, keepdim=True)
         torch.testing.assert_close(torch.tensor(entry["weights"]), expected, rtol=0, atol=1e-6)
     assert mi.run_prompt(tiny_decoder(2), ids).routing == []
+
+
+def test_mla_attention_is_per_head_in_both_modes():
+    """Absorbed MLA records its heads folded into the query axis; the view unfolds them, so
+    both modes show the same (heads, T, T) weights."""
+    mla = dict(kv_lora_rank=12, q_lora_rank=10, qk_nope_head_dim=6, qk_rope_head_dim=4,
+               v_head_dim=5)  # fmt: skip
+    ids = tiny_tokenizer().encode(PROMPT)
+    runs = [mi.run_prompt(tiny_decoder(4, n_heads=3, d_model=12, mla=mla | dict(attn_mode=mode)),
+                          ids) for mode in ("naive", "absorbed")]  # fmt: skip
+    for naive, absorbed in zip(runs[0].attention, runs[1].attention, strict=True):
+        assert naive.shape == (3, len(ids), len(ids))
+        torch.testing.assert_close(absorbed, naive, rtol=0, atol=1e-6)

@@ -110,10 +110,16 @@ def run_prompt(model: torch.nn.Module, ids: list[int]) -> PromptRun:
     return PromptRun(
         ids=list(ids),
         logits=logits[0].float().cpu(),
-        attention=[w[0].float().cpu() for w in weights],
+        attention=[_per_head(w[0], len(ids)).float().cpu() for w in weights],
         residuals=residuals.float(),
         routing=expert_routing(model),
     )
+
+
+def _per_head(weights: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """(heads, T, keys): absorbed MLA folds its heads into the query axis (one shared latent
+    key: row h * T + i is query i of head h, layers/mla.py), recorded as (1, heads * T, keys)."""
+    return weights.reshape(-1, n_queries, weights.shape[-1])
 
 
 def expert_routing(model: torch.nn.Module) -> list[dict[str, Any]]:
