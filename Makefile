@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean chromium
 
 demo: $(VENV)/.installed-base
 	$(BIN)/llm-internals tour
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -21,6 +21,13 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# The web explorer's browser tests (tests/web) drive Debian's chromium through Playwright; the
+# package comes from apt (as root, or with sudo), never a browser download.
+chromium:
+	@command -v chromium >/dev/null || ( \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium )
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_internals.explain.inputs import parse_inputs
-from llm_internals.explain.registry import get_lesson, lesson_inputs, list_lessons
+from llm_internals.explain.registry import LessonInfo, get_lesson, lesson_inputs, list_lessons
 from llm_internals.explain.render import lesson_to_dict
 from llm_internals.web.errors import ApiError
 from llm_internals.web.serial import RECORDING_LOCK
@@ -18,25 +18,29 @@ from llm_internals.web.serial import RECORDING_LOCK
 LESSON_CACHE_SIZE = 32
 
 
-def known_lesson(name: str) -> None:
-    """404 (not 400) for a lesson that does not exist, with the known names as the hint."""
-    names = [info.name for info in list_lessons()]
-    if name not in names:
-        raise ApiError(404, f"unknown lesson {name!r}", hint=f"known lessons: {', '.join(names)}")
-
-
 class LessonCache:
     """A small LRU of lesson JSON dicts keyed by (name, inputs), plus the figure files seen."""
 
     def __init__(self, size: int = LESSON_CACHE_SIZE) -> None:
+        # read once, here: list_lessons() parses the lesson sources, and CPython 3.11's
+        # ast.parse is not safe in two threads at once ("AST constructor recursion depth
+        # mismatch"), which the server's worker threads would otherwise risk
+        self.infos: tuple[LessonInfo, ...] = tuple(list_lessons())
         self.size = size
         self.entries: OrderedDict[tuple[str, tuple], dict[str, Any]] = OrderedDict()
         self.figures: dict[tuple[str, str], Path] = {}  # (lesson, file name) -> path
         self.builds = 0  # how many lessons were actually built (tests read it)
 
+    def known(self, name: str) -> None:
+        """404 (not 400) for a lesson that does not exist, with the known names as the hint."""
+        names = [info.name for info in self.infos]
+        if name not in names:
+            raise ApiError(404, f"unknown lesson {name!r}",
+                           hint=f"known lessons: {', '.join(names)}")  # fmt: skip
+
     def lesson(self, name: str, given: dict[str, str]) -> dict[str, Any]:
         """The JSON dict of lesson `name` built with `given` (raw strings, parsed here)."""
-        known_lesson(name)
+        self.known(name)
         declared = lesson_inputs(name)
         values = parse_inputs(declared, given, name)
         key = (name, tuple(sorted(values.items())))

@@ -14,8 +14,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from llm_internals.explain.registry import list_lessons
-from llm_internals.web.lesson_cache import LessonCache, known_lesson
+from llm_internals.web.lesson_cache import LessonCache
 
 router = APIRouter(prefix="/api/lessons")
 
@@ -25,12 +24,9 @@ def _cache(request: Request) -> LessonCache:
 
 
 @router.get("")
-def lessons_index() -> dict[str, Any]:
-    return {
-        "lessons": [
-            {"name": i.name, "title": i.title, "summary": i.summary} for i in list_lessons()
-        ]
-    }
+def lessons_index(request: Request) -> dict[str, Any]:
+    infos = _cache(request).infos
+    return {"lessons": [{"name": i.name, "title": i.title, "summary": i.summary} for i in infos]}
 
 
 @router.get("/{name}")
@@ -53,8 +49,8 @@ def lesson(name: str, request: Request) -> dict[str, Any]:
 
 @router.get("/{name}/figures/{file}")
 def lesson_figure(name: str, file: str, request: Request) -> FileResponse:
-    known_lesson(name)
     cache = _cache(request)
+    cache.known(name)
     if (name, file) not in cache.figures:  # e.g. after a restart: build the lesson once
         cache.lesson(name, dict(request.query_params))
     return FileResponse(cache.figure(name, file), media_type="image/png")

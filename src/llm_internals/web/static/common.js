@@ -364,6 +364,10 @@
         this.i++;
         return `<mrow><mo>−</mo>${this.atom()}</mrow>`;
       }
+      if (tok.t === "id") {  // a name, even max or sum: x_max is x with "max" below
+        this.i++;
+        return identifier(tok.v);
+      }
       return this.atom();
     }
     atom() {
@@ -488,7 +492,7 @@
 
   LI.figure = function (figure) {
     return el("figure", { "data-file": figure.file },
-      el("img", { src: figure.url, alt: figure.caption, loading: "lazy" }),
+      el("img", { src: figure.url, alt: figure.caption }),
       el("figcaption", { text: figure.caption }));
   };
 

@@ -111,12 +111,13 @@
       form.append(el("label", {}, `${input.label}${limits}`, field,
         input.help ? el("span", { class: "help", text: input.help }) : null));
     }
+    const update = el("button", { type: "submit", text: "update" });
     const reset = el("button", { type: "button", text: "defaults" });
     reset.addEventListener("click", () => {
       for (const input of inputs) form.elements[input.name].value = String(input.default);
       onChange(values());
     });
-    form.append(reset);
+    form.append(update, reset);
     const values = () => Object.fromEntries(inputs.map((i) => [i.name, form.elements[i.name].value]));
     form.addEventListener("change", () => onChange(values()));
     form.addEventListener("submit", (event) => {
@@ -158,7 +159,11 @@
         main.dataset.state = "ready";
       } catch (err) {
         if (ticket !== latest) return;
-        status.replaceChildren(LI.errorBox(err));
+        const box = LI.errorBox(err);
+        if (!form && query && err.status === 400) {  // a bad value in the address: offer defaults
+          box.append(el("div", {}, el("a", { href: location.pathname, text: "open this lesson with its default inputs" })));
+        }
+        status.replaceChildren(box);
         main.dataset.state = "error";
       }
       main.dataset.render = String(++renders);
