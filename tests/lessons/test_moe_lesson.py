@@ -4,6 +4,7 @@ shapes, token drops by counting capacity per expert by hand."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -52,8 +53,10 @@ def test_every_outline_bullet_is_a_section_in_order(lesson):
     assert [s.title for s in lesson.sections] == OUTLINE
 
 
-def _hf_total_active(fields):
+@functools.cache
+def _hf_total_active(name):
     """Total parameters of HF's model, and those one token uses: k/E of the routed experts."""
+    fields = MOE_MODELS[name]
     model_cls, config_cls = HF_CLASSES[fields["model_type"]]
     config = config_cls(**{k: v for k, v in fields.items() if k not in ("model_type", "router")})
     with torch.device("meta"):
@@ -91,8 +94,8 @@ def test_published_counts_match_hf_model_classes(steps):
     rows = steps["Why MoE powers modern LLMs"][0].values["published models"].rows
     rows += steps["Why MoE was needed"][0].values["Mistral-7B and Mixtral-8x7B"].rows[:1]
     by_name = {row[0]: row for row in rows}
-    for name, fields in MOE_MODELS.items():
-        total, active, embedding = _hf_total_active(fields)
+    for name in MOE_MODELS:
+        total, active, embedding = _hf_total_active(name)
         _, shown_total, shown_active, percent, gflops = by_name[name]
         assert (shown_total, shown_active) == (total, active), name
         assert math.isclose(percent, 100 * active / total)
@@ -201,7 +204,7 @@ def test_flops_recomputed_from_shapes(steps):
     assert float(values["max |sorted - dense|"]) < 1e-6
     assert values["Mixtral experts run per token, params"] == 32 * 2 * 3 * 4096 * 14336
     assert values["Mixtral experts held, params"] == 32 * 8 * 3 * 4096 * 14336
-    total, active, lookup = _hf_total_active(MOE_MODELS["Mixtral-8x7B"])
+    total, active, lookup = _hf_total_active("Mixtral-8x7B")
     assert values["Mixtral GFLOPs per token, top-2"] == pytest.approx(2 * (active - lookup) / 1e9)
     assert values["Mixtral GFLOPs per token if all 8 ran"] == pytest.approx(
         2 * (total - lookup) / 1e9
@@ -245,7 +248,7 @@ def test_challenges_memory_and_dropping(steps):
     rows = {row[0]: row[1:] for row in memory.values["bf16"].rows}
     for name in ("Mixtral-8x7B", "DeepSeek-V3"):
         f = MOE_MODELS[name]
-        total, active, _ = _hf_total_active(f)
+        total, active, _ = _hf_total_active(name)
         layers = f["num_hidden_layers"] - f.get("first_k_dense_replace", 0)
         assert rows[name] == [
             2 * total,

@@ -9,6 +9,7 @@ every number and builds in well under a second.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -124,8 +125,10 @@ def balance_run(method: str) -> BalanceRun:
     return BalanceRun(method, layer, loads, aux_losses, batch)
 
 
+@functools.cache
 def one_thread_runs() -> dict[str, BalanceRun]:
-    """The three runs on one torch thread (tiny matmuls only wait for each other on more)."""
+    """The three runs on one torch thread (tiny matmuls only wait for each other on more);
+    computed once per process (they are deterministic and read, never changed, afterwards)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
