@@ -122,3 +122,30 @@ def test_hf_config_is_a_copy():
     fields = hf_config("llama-3.1-405b")
     fields["rope_scaling"]["factor"] = 1.0
     assert PUBLISHED["meta-llama/Llama-3.1-405B"]["rope_scaling"]["factor"] == 8.0
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"])
+def test_moe_total_is_hfs_and_active_drops_the_idle_experts(name):
+    """Total: HF's model built from the fields. Active: that total less the E - k routed
+    experts (3 d f_e each) that a token skips in every layer, from the config fields."""
+    from llm_internals.models.published import active_parameters
+
+    fields = hf_config(name)
+    total = sum(p.numel() for p in hf_meta_model(name).parameters())
+    experts = fields.get("num_local_experts") or fields["num_experts"]
+    width = fields.get("moe_intermediate_size") or fields["intermediate_size"]
+    idle = (experts - fields["num_experts_per_tok"]) * 3 * fields["hidden_size"] * width
+    assert parameter_counts(name)["total"] == total
+    assert active_parameters(name) == total - fields["num_hidden_layers"] * idle
+    assert active_parameters("llama-3-8b") == parameter_counts("llama-3-8b")["total"]
+
+
+def test_kv_memory_table_shows_total_and_active_parameters(capsys):
+    from llm_internals.cli import main
+    from llm_internals.models.published import active_parameters
+
+    assert main(["kv-memory", "mixtral-8x7b"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    total, active = parameter_counts("mixtral-8x7b")["total"], active_parameters("mixtral-8x7b")
+    assert f"{total / 1e9:.3g}B ({active / 1e9:.3g}B)" in out
+    assert "active per token" in out

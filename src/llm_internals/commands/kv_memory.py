@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich import box
 from rich.table import Table
@@ -25,7 +26,8 @@ def add_parser(subparsers) -> None:
         "project or HF writes (a config.json, a checkpoint folder, a training run folder or one "
         "of its step-* folders), a published "
         f"model ({published.choices()}), or 'all' for every published decoder. Token counts "
-        "accept a k suffix (4k = 4096, 128k = 131072).",
+        "accept a k suffix (4k = 4096, 128k = 131072). Published models also show their "
+        "parameters: total (active per token) for mixture-of-experts models.",
     )
     p.add_argument(
         "config",
@@ -87,13 +89,17 @@ def run(args: argparse.Namespace) -> int:
         pad_edge=False,
     )
     table.add_column("model", no_wrap=True)
+    table.add_column("params", justify="right")  # the column that wraps when narrow
     for column in ("layers", "kv/heads", "d_head", "dtype", "/token"):
         table.add_column(column, justify="right", no_wrap=True)
     for tokens in token_counts:
         table.add_column(f"{compact_count(tokens)} tok", justify="right", no_wrap=True)
-    for shape in shapes:
-        table.add_row(*_row(shape, token_counts, args.batch))
+    for name, shape in zip(names, shapes, strict=True):
+        row = _row(shape, token_counts, args.batch)
+        table.add_row(row[0], params_cell(name), *row[1:])
     console.print(table)
+    if any("(" in params_cell(name) for name in names):
+        console.print("params: total (active per token: mixture of experts run k of E experts)")
     if len(shapes) == 1:
         shape, tokens = shapes[0], token_counts[-1]
         total = shape.cache_bytes(tokens, args.batch)
@@ -107,6 +113,26 @@ def run(args: argparse.Namespace) -> int:
             f"{shape.bytes_per_element} = {total:,} bytes = {format_bytes(total)}"
         )
     return 0
+
+
+def compact_params(n: int) -> str:
+    """46_702_792_704 -> '46.7B', 124_439_808 -> '124M'."""
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+def params_cell(name: str) -> str:
+    """A published model's parameters ('8.03B'; '46.7B (12.9B)' when fewer are active per token);
+    '-' for local configs and models without a ModelConfig (Falcon)."""
+    if Path(name).exists() or not published.is_published(name):
+        return "-"
+    try:
+        total = published.parameter_counts(name)["total"]
+        active = published.active_parameters(name)
+    except LLMInternalsError:
+        return "-"
+    if active == total:
+        return compact_params(total)
+    return f"{compact_params(total)} ({compact_params(active)})"
 
 
 def _row(shape: KVShape, token_counts: list[int], batch: int) -> list[str]:
