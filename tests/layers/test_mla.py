@@ -14,6 +14,7 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     apply_rotary_pos_emb_interleave,
 )
 
+from llm_internals.adapters.lora import LoraLinear, LoraSettings
 from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.layers.mla import MLAConfig, MultiHeadLatentAttention, kv_values_per_token
@@ -178,3 +179,19 @@ def test_config_errors_name_field_and_value(field, value):
         MLAConfig(**{**SHAPE, field: value})
     assert field in error.value.message and str(value) in error.value.message
     assert error.value.hint
+
+
+def test_absorbed_mode_uses_the_effective_weight_of_a_wrapped_kv_b_proj():
+    """A LoRA-wrapped (or quantised) kv_b_proj has no plain weight: the absorbed mode must fold
+    what the layer computes, base plus adapter, exactly as the naive mode applies it."""
+    ours, _, _ = ours_and_hf(10)
+    ours.kv_b_proj = LoraLinear(ours.kv_b_proj)
+    ours.kv_b_proj.add_adapter("a", LoraSettings(r=2, alpha=4))
+    torch.nn.init.normal_(ours.kv_b_proj.lora_B["a"].weight)  # B starts at 0: make it count
+    ours.double().eval()
+    x = torch.randn(2, 6, SHAPE["hidden_size"], dtype=torch.float64)
+    with torch.no_grad():
+        ours.mode = "naive"
+        naive = ours(x)
+        ours.mode = "absorbed"
+        torch.testing.assert_close(ours(x), naive, atol=1e-12, rtol=0)

@@ -275,22 +275,29 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat((k_nope, k_rope.expand(-1, c.num_attention_heads, -1, -1)), dim=-1)
         return self._attention(torch.cat((q_nope, q_rope), dim=-1), k, v, mask, causal)
 
-    def _up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _up_weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK (heads, d_nope, d_c) and W_UV (heads, d_v, d_c): kv_b_proj's rows per head are
-        [k_nope | v]."""
+        [k_nope | v]. A plain nn.Linear's weight is read; any other linear module (a LoRA
+        wrapper, a quantised or QAT layer) gives its effective weight as its output on the
+        identity, so the absorbed mode sees what the naive mode's kv_b_proj(c_kv) computes."""
         c = self.config
-        w = self.kv_b_proj.weight.view(c.num_attention_heads, -1, c.kv_lora_rank)
+        proj = self.kv_b_proj
+        if type(proj) is nn.Linear:
+            weight = proj.weight
+        else:
+            weight = proj(torch.eye(c.kv_lora_rank, dtype=like.dtype, device=like.device)).T
+        w = weight.reshape(c.num_attention_heads, -1, c.kv_lora_rank)
         w_uk, w_uv = w.split([c.qk_nope_head_dim, c.v_head_dim], dim=1)
         return w_uk, w_uv
 
     def _absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
         """q'_i = [W_UK_i^T q_nope_i ; q_rope_i]: (batch, heads, seq, d_c + d_r)."""
-        q_latent = torch.einsum("bhsd,hdc->bhsc", q_nope, self._up_weights()[0])
+        q_latent = torch.einsum("bhsd,hdc->bhsc", q_nope, self._up_weights(q_nope)[0])
         return torch.cat((q_latent, q_rope), dim=-1)
 
     def _from_latent(self, out_latent: torch.Tensor) -> torch.Tensor:
         """W_UV_i applied after the attention: (batch, heads, seq, d_c) -> (..., d_v)."""
-        return torch.einsum("bhsc,hdc->bhsd", out_latent, self._up_weights()[1])
+        return torch.einsum("bhsc,hdc->bhsd", out_latent, self._up_weights(out_latent)[1])
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:
         """(batch, heads, seq, d_v) -> merge the heads -> W_O -> (batch, seq, hidden)."""
