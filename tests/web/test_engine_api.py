@@ -45,7 +45,7 @@ def test_add_step_and_reset(client):
             assert view["sequences"][0]["filled"] == [2, 2, 2, 1]
     assert steps == 3  # prefill + first token, then two decodes
     assert (
-        view["requests"][0]["status"] == "finished" and len(view["requests"][0]["output_ids"]) == 3
+        view["requests"][0]["status"] == "finished" and len(view["requests"][0]["outputs"][0]) == 3
     )
     assert view["events"] == [dict(kind="finished", request="r1", reason="length")]
     assert view["memory"]["allocated_bytes"] == 0 and view["counters"]["blocks_cached"] == 4

@@ -50,7 +50,7 @@ def check_step(session: EngineSession, reference, seen: dict[str, set]) -> None:
         o.request_id for o in outputs if o.request_finished
     }
     assert bool(events["preempted"]) == (stats.preemptions > preemptions)
-    assert events["admitted"] == {k[0] for k in after - before}
+    assert events["admitted"] | events["forked"] == {k[0] for k in after - before}
     assert events["finished"] == {o.request_id for o in outputs if o.request_finished}
     for kind in seen:
         seen[kind] |= events[kind]
@@ -59,7 +59,8 @@ def check_step(session: EngineSession, reference, seen: dict[str, set]) -> None:
 def test_views_equal_the_engine_at_every_step():
     session, tokenizer = new_session(), tiny_tokenizer()
     reference = make_engine(tiny_decoder(0), tokenizer, SETTINGS)
-    seen: dict[str, set] = {"admitted": set(), "preempted": set(), "finished": set()}
+    seen: dict[str, set] = {"admitted": set(), "forked": set(), "preempted": set(),
+                            "finished": set()}  # fmt: skip
     for i, (prompt, max_tokens) in enumerate(SCRIPT):
         assert session.add_request(prompt, max_tokens) == f"r{i + 1}"
         reference.add_request(f"r{i + 1}", tokenizer.encode(prompt), request_params(max_tokens))
@@ -74,7 +75,7 @@ def test_views_equal_the_engine_at_every_step():
     expected = make_engine(tiny_decoder(0), tokenizer, SETTINGS).generate(
         [tokenizer.encode(p) for p, _ in SCRIPT], [request_params(n) for _, n in SCRIPT]
     )
-    assert [r["output_ids"] for r in view["requests"]] == [o.token_ids for o in expected]
+    assert [r["outputs"] for r in view["requests"]] == [[o.token_ids] for o in expected]
     assert [r["status"] for r in view["requests"]] == ["finished"] * 4
 
 
@@ -94,11 +95,36 @@ def test_shared_prefix_blocks_show_both_holders():
     assert view["counters"]["prefix_hit_tokens"] == 16
 
 
+def test_parallel_samples_fork_share_and_copy_on_write():
+    session, tokenizer = new_session(), tiny_tokenizer()
+    reference = make_engine(tiny_decoder(0), tokenizer, SETTINGS)
+    session.add_request("the cat sat", 3, n=2)  # 11 tokens: blocks of 4, 4 and 3
+    reference.add_request("r1", tokenizer.encode("the cat sat"), request_params(3, 2))
+    seen: dict[str, set] = {"admitted": set(), "forked": set(), "preempted": set(),
+                            "finished": set()}  # fmt: skip
+    check_step(session, reference, seen)  # prefill, first token, fork
+    view = session.view()
+    assert [e["kind"] for e in view["events"]] == ["admitted", "forked"]
+    first, second = view["sequences"]
+    assert first["block_table"] == second["block_table"]  # the fork shares every block
+    assert [b["ref_count"] for b in view["pool"] if b["ref_count"]] == [2, 2, 2]
+    check_step(session, reference, seen)  # each writes its token into the shared last block
+    first, second = session.view()["sequences"]
+    assert first["block_table"][:2] == second["block_table"][:2]
+    assert first["block_table"][2] != second["block_table"][2]  # copied on write
+    while session.view()["has_unfinished"]:
+        check_step(session, reference, seen)
+    outputs = session.view()["requests"][0]["outputs"]
+    assert len(outputs) == 2 and outputs[0] == outputs[1] and len(outputs[0]) == 3  # greedy
+
+
 def test_limits_give_clear_errors():
     limits = EngineLimits(max_requests=1, max_steps=1, max_new_tokens=4, max_prompt_tokens=5)
     session = EngineSession(tiny_decoder(0), tiny_tokenizer(), SETTINGS, limits)
     with pytest.raises(LLMInternalsError, match=r"max_tokens must be an integer in \[1, 4\]"):
         session.add_request("abc", 5)
+    with pytest.raises(LLMInternalsError, match=r"n must be an integer in \[1, 4\], got 5"):
+        session.add_request("abc", 2, n=5)
     with pytest.raises(LLMInternalsError, match="1 to 5"):
         session.add_request("abcdef", 2)
     with pytest.raises(LLMInternalsError, match="nothing to run"):

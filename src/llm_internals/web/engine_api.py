@@ -3,7 +3,7 @@
     POST /api/engine/sessions                  {block_size, num_blocks, max_num_seqs,
                                                max_num_batched_tokens} -> {id, view}
     GET  /api/engine/sessions/{id}             the view (web/engine_session.py)
-    POST /api/engine/sessions/{id}/requests    {prompt, max_tokens} -> the view
+    POST /api/engine/sessions/{id}/requests    {prompt, max_tokens, n} -> the view
     POST /api/engine/sessions/{id}/step        one engine step -> the view
     POST /api/engine/sessions/{id}/reset       a fresh engine, same or new settings -> the view
     POST /api/engine/sessions/{id}/close       drop the session (the page sends it on leaving)
@@ -42,6 +42,7 @@ class SettingsQuery(BaseModel):
 class RequestQuery(BaseModel):
     prompt: str = Field(max_length=100_000)
     max_tokens: int = 8
+    n: int = 1
 
 
 def _sessions(request: Request) -> OrderedDict[str, EngineSession]:
@@ -95,7 +96,7 @@ def show_session(session_id: str, request: Request) -> dict[str, Any]:
 def add_request(session_id: str, query: RequestQuery, request: Request) -> dict[str, Any]:
     session = _session(request, session_id)
     with explorer_model(request).lock:
-        request_id = session.add_request(query.prompt, query.max_tokens)
+        request_id = session.add_request(query.prompt, query.max_tokens, query.n)
     return {"request_id": request_id, **_view(session_id, session)}
 
 

@@ -7,11 +7,13 @@ After every step the session reads the engine only through its public views: `po
 (paged/snapshot.py: ref counts, free and evictable lists, block tables) and `stats()`
 (prefix-cache counters, preemptions, KV slots), and turns them into plain data for the page:
 
-    sequences   each sample: status, tokens so far, its block table (block id and filled slots)
+    sequences   each unfinished sample: tokens so far, its block table (block id, filled slots)
     pool        each physical block: state (free / in use / cached), ref count, the samples
                 that hold it (shared when more than one), whether it is in the prefix cache
     memory      KV bytes: held by tokens, allocated to blocks in use, the whole pool
-    events      requests that arrived (admitted), were preempted or finished in this step
+    events      samples admitted (given blocks), forked (n > 1: a sample split off at the first
+                token, sharing the prompt's blocks) or preempted, and requests finished, in
+                this step
 
 Requests are greedy (temperature 0) and ignore end-of-text, so a test engine given the same
 requests takes the same steps. Everything is bounded (requests, steps, tokens); a step that
@@ -38,6 +40,7 @@ class EngineLimits:
     max_requests: int = 12  # requests added over the session's life
     max_steps: int = 400
     max_new_tokens: int = 32  # per request
+    max_samples: int = 4  # n, parallel samples per request
     max_prompt_tokens: int = 48
     max_blocks: int = 64
     max_block_size: int = 16
@@ -67,9 +70,10 @@ def check_settings(settings: EngineSettings, limits: EngineLimits) -> EngineSett
     return settings
 
 
-def request_params(max_tokens: int) -> SamplingParams:
-    """Greedy and to a fixed length: the same request always takes the same steps."""
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+def request_params(max_tokens: int, n: int = 1) -> SamplingParams:
+    """Greedy and to a fixed length: the same request always takes the same steps (n > 1:
+    parallel samples, forked from the prompt's blocks, identical tokens, separate tables)."""
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, n=n)
 
 
 def make_engine(model: torch.nn.Module, tokenizer: Any, settings: EngineSettings) -> LLM:
@@ -96,29 +100,25 @@ class EngineSession:
         self.engine = make_engine(model, tokenizer, self.settings)
         self.tokenizer = tokenizer
         self.steps = 0
-        self.requests: dict[str, dict[str, Any]] = {}  # id -> prompt, ids, max_tokens, output
+        self.requests: dict[str, dict[str, Any]] = {}  # id -> prompt, ids, n, outputs per sample
         self.finished: dict[str, str] = {}  # request id -> finish reason ("failed" included)
         self.events: list[dict[str, Any]] = []  # what the last step did
         self.error: str | None = None
         self._holding: set[tuple[str, int]] = set()  # samples holding blocks after the last step
+        self._seen: set[tuple[str, int]] = set()  # samples that ever held blocks
 
     # --- requests and steps --------------------------------------------------------------
-    def add_request(self, prompt: str, max_tokens: int) -> str:
-        """Queue a greedy request; its id is r1, r2, ... An error changes nothing."""
+    def add_request(self, prompt: str, max_tokens: int, n: int = 1) -> str:
+        """Queue a greedy request of n samples; its id is r1, r2, ... An error changes
+        nothing."""
         if len(self.requests) >= self.limits.max_requests:
             raise LLMInternalsError(
                 f"this engine session already has {len(self.requests)} requests (the limit is "
                 f"{self.limits.max_requests})",
                 hint="press Reset to start a new session",
             )
-        high = self.limits.max_new_tokens
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not (
-            1 <= max_tokens <= high
-        ):  # fmt: skip
-            raise LLMInternalsError(
-                f"max_tokens must be an integer in [1, {high}], got {max_tokens!r}",
-                hint=f"ask for 1 to {high} new tokens",
-            )
+        _check_count("max_tokens", max_tokens, self.limits.max_new_tokens, "new tokens")
+        _check_count("n", n, self.limits.max_samples, "samples")
         if not isinstance(prompt, str) or not prompt:
             raise LLMInternalsError("prompt is empty", hint="type a prompt for the request")
         ids = list(self.tokenizer.encode(prompt[: 8 * self.limits.max_prompt_tokens + 1]))
@@ -129,9 +129,9 @@ class EngineSession:
                 hint=f"shorten the prompt to at most {self.limits.max_prompt_tokens} tokens",
             )
         request_id = f"r{len(self.requests) + 1}"
-        self.engine.add_request(request_id, ids, request_params(max_tokens))
+        self.engine.add_request(request_id, ids, request_params(max_tokens, n))
         self.requests[request_id] = dict(id=request_id, prompt=prompt, prompt_ids=ids,
-                                         max_tokens=max_tokens, output_ids=[],
+                                         max_tokens=max_tokens, n=n, outputs=[[]] * n,
                                          added_at_step=self.steps)  # fmt: skip
         return request_id
 
@@ -159,8 +159,8 @@ class EngineSession:
         self.steps += 1
         self.events = []
         for output in outputs:
-            self.requests[output.request_id]["output_ids"] = list(output.token_ids)
-            if output.request_finished:
+            self.requests[output.request_id]["outputs"][output.index] = list(output.token_ids)
+            if output.request_finished and output.request_id not in self.finished:
                 self.finished[output.request_id] = output.finish_reason
                 self.events.append(dict(kind="finished", request=output.request_id,
                                         reason=output.finish_reason))  # fmt: skip
@@ -168,7 +168,9 @@ class EngineSession:
         holding = {(s.request_id, s.index) for s in snapshot.sequences if s.block_table}
         unfinished = {(s.request_id, s.index) for s in snapshot.sequences}
         for request_id, index in sorted(holding - self._holding):
-            self.events.append(dict(kind="admitted", request=request_id, index=index))
+            kind = "forked" if index and (request_id, index) not in self._seen else "admitted"
+            self.events.append(dict(kind=kind, request=request_id, index=index))
+        self._seen |= holding
         for request_id, index in sorted((self._holding - holding) & unfinished):
             self.events.append(dict(kind="preempted", request=request_id, index=index))
         self._holding = holding
@@ -197,7 +199,7 @@ class EngineSession:
         bytes_per_slot = bytes_per_block // snapshot.block_size
         requests = [
             r | dict(status=self.status(r["id"]), finish_reason=self.finished.get(r["id"]),
-                     text=self.tokenizer.decode(r["output_ids"]))
+                     texts=[self.tokenizer.decode(ids) for ids in r["outputs"]])
             for r in self.requests.values()
         ]  # fmt: skip
         return dict(
@@ -229,6 +231,14 @@ class EngineSession:
             events=self.events,
             error=self.error,
             has_unfinished=self.engine.has_unfinished(),
+        )
+
+
+def _check_count(name: str, value: Any, high: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise LLMInternalsError(
+            f"{name} must be an integer in [1, {high}], got {value!r}",
+            hint=f"ask for 1 to {high} {what}",
         )
 
 

@@ -5,7 +5,7 @@
  *                  shared, outlined when in the prefix cache, grey when free
  *   memory         KV bytes held by tokens vs allocated to blocks in use vs the whole pool
  *   counters       prefix-cache hits, evictions, preemptions, running / waiting / finished
- *   events         what the last step admitted, preempted and finished
+ *   events         what the last step admitted, forked (n > 1), preempted and finished
  * The session id lives in sessionStorage (a reload keeps the session); leaving the page closes
  * it. <main> carries data-state and data-render (finished draws) for tests. */
 "use strict";
@@ -61,6 +61,7 @@
     const prompt = el("input", { id: "engine-prompt", type: "text", value: "to be, or not to be",
       "aria-label": "request prompt" });
     const maxTokens = numberInput("engine-max-tokens", "max tokens", 8, 1, view.limits.max_new_tokens);
+    const samples = numberInput("engine-n", "samples (n)", 1, 1, view.limits.max_samples);
     const addButton = el("button", { id: "add", type: "submit", text: "Add request" });
     const stepButton = el("button", { id: "step", type: "button", text: "Step" });
     const runButton = el("button", { id: "run-all", type: "button", text: "Run to the end" });
@@ -75,7 +76,7 @@
     const events = el("ul", { id: "events", class: "events" });
 
     const addForm = el("form", { class: "inputs" },
-      el("label", { class: "wide" }, "prompt", prompt), maxTokens.node, addButton,
+      el("label", { class: "wide" }, "prompt", prompt), maxTokens.node, samples.node, addButton,
       stepButton, runButton);
     main.replaceChildren(
       el("h1", { text: "Engine" }),
@@ -167,10 +168,11 @@
     }
 
     function drawRequests(v) {
-      const rows = v.requests.map((r) => [r.id, r.prompt, r.status, r.added_at_step,
-        r.output_ids.length, r.text]);
+      const rows = v.requests.map((r) => [r.id, r.prompt, r.status, r.added_at_step, r.n,
+        r.outputs.reduce((sum, ids) => sum + ids.length, 0), r.texts.join(" | ")]);
       requests.replaceChildren(v.requests.length
-        ? LI.sortableTable(["request", "prompt", "status", "added at step", "tokens out", "output"], rows, 0, "requests")
+        ? LI.sortableTable(["request", "prompt", "status", "added at step", "samples", "tokens out",
+          "output"], rows, 0, "requests")
         : el("p", { class: "muted", text: "no requests yet: add one above" }));
     }
 
@@ -197,7 +199,8 @@
 
     addForm.addEventListener("submit", (event) => {
       event.preventDefault();
-      act(() => LI.api(`${base}/requests`, { prompt: prompt.value, max_tokens: Number(maxTokens.input.value) }));
+      act(() => LI.api(`${base}/requests`, { prompt: prompt.value,
+        max_tokens: Number(maxTokens.input.value), n: Number(samples.input.value) }));
     });
     stepButton.addEventListener("click", () => act(() => LI.api(`${base}/step`, {})));
     runButton.addEventListener("click", () => act(async () => {
