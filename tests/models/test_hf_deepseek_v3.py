@@ -96,6 +96,12 @@ def test_config_fields_map_both_ways(checkpoints):
     assert back.num_mtp_layers == 0  # no multi-token-prediction weights are written
 
 
+def test_absent_fields_take_transformers_defaults():
+    """A config.json that leaves every field out means DeepseekV3Config()'s values."""
+    defaults = transformers.DeepseekV3Config().to_dict()
+    assert config_from_hf({"model_type": "deepseek_v3"}, "c") == config_from_hf(defaults, "c")
+
+
 @pytest.mark.parametrize("impl", ["scratch", "sdpa"])
 @pytest.mark.parametrize("q_lora_rank", [24, None])
 def test_logits_match_hf(checkpoints, q_lora_rank, impl):

@@ -186,7 +186,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
             "n_group": _get(hf, "n_group", source),
             "topk_group": _get(hf, "topk_group", source),
             "routed_scaling_factor": _get(hf, "routed_scaling_factor", source, float),
-            "n_shared_experts": _field(hf, "n_shared_experts", source, 0),  # null: none
+            "n_shared_experts": _get(hf, "n_shared_experts", source),
             "activation": activation,
             "dense_layers": list(range(min(first_dense, n_layers))),
         },
