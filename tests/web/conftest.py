@@ -133,3 +133,24 @@ def _lesson_page(browser_context, explorer) -> LessonPage:
 def lesson_page(_lesson_page) -> LessonPage:
     _lesson_page.errors.clear()
     return _lesson_page
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """`serve`, for tests that run an app of their own (the Model and Engine views on their
+    test models): `with serve_app(create_app(path)) as url: ...`."""
+    return serve
+
+
+@pytest.fixture(scope="session")
+def new_page(browser_context):
+    """A factory: `new_page(base_url)` gives a LessonPage (open, redraw, errors) of its own."""
+    pages: list[LessonPage] = []
+
+    def make(base: str) -> LessonPage:
+        pages.append(LessonPage(browser_context.new_page(), base))
+        return pages[-1]
+
+    yield make
+    for page in pages:
+        page.page.close()

@@ -6,10 +6,6 @@ logits; no console errors. Screenshots go to the test's tmp_path."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 import torch
 import transformers
@@ -19,9 +15,7 @@ from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler
 from llm_internals.web.app import create_app
 
-playwright = pytest.importorskip("playwright.sync_api")
 PROMPT = "to be, or not to be"
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -42,60 +36,40 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page_at(llama):
-    """Serve the explorer on the Llama folder; yield a function opening a path in chromium,
-    and the list of console errors seen."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(str(llama[0])), host="127.0.0.1",
-                                           port=port, log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    errors: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-
-        def open_path(path: str):
-            page.goto(f"http://127.0.0.1:{port}{path}")
-            page.wait_for_selector("main[data-state=ready]")
-            return page
-
-        yield open_path, errors
-        browser.close()
-    server.should_exit = True
-    thread.join(timeout=5)
+def view(llama, serve_app, new_page):
+    """The explorer on the Llama folder, and a page of its own (conftest.py's LessonPage)."""
+    with serve_app(create_app(str(llama[0]))) as url:
+        yield new_page(url)
 
 
-def redraw(page, selector: str, action) -> None:
-    """Run action() and wait until `selector`'s data-render count changes."""
-    before = page.get_attribute(selector, "data-render")
+@pytest.fixture
+def page(view):
+    view.errors.clear()
+    return view
+
+
+def redraw_table(page, action) -> None:
+    """Run action() and wait until the next-token table has redrawn (its data-render)."""
+    before = page.page.get_attribute("#next-token", "data-render")
     action()
-    page.wait_for_function(
-        "([s, b]) => document.querySelector(s).dataset.render !== b", arg=[selector, before]
+    page.page.wait_for_function(
+        "b => document.querySelector('#next-token').dataset.render !== b", arg=before
     )
 
 
-def test_tokens_and_attention_heatmap_equal_transformers(page_at, llama, tmp_path):
-    open_path, errors = page_at
-    page = open_path(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+def test_tokens_and_attention_heatmap_equal_transformers(page, llama, tmp_path):
+    page.open(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+    browser = page.page
     ids = tiny_tokenizer().encode(PROMPT)
-    chips = page.locator("#tokens .chip")
+    chips = browser.locator("#tokens .chip")
     assert [int(v) for v in chips.evaluate_all("cs => cs.map(c => c.dataset.id)")] == ids
     assert chips.evaluate_all("cs => cs.map(c => c.dataset.piece)") == list(PROMPT)
     with torch.no_grad():
         attentions = llama[1](torch.tensor([ids]), output_attentions=True).attentions
     for layer, head in [(0, 0), (1, 3)]:
-        redraw(page, "main", lambda layer=layer: page.select_option("#layer", str(layer)))
-        redraw(page, "main", lambda head=head: page.select_option("#head", str(head)))
-        cells = page.locator("#attention td[data-value]").evaluate_all(
+        page.redraw(lambda layer=layer: browser.select_option("#layer", str(layer)))
+        page.redraw(lambda head=head: browser.select_option("#head", str(head)))
+        cells = browser.locator("#attention td[data-value]").evaluate_all(
             "cs => cs.map(c => [+c.dataset.row, +c.dataset.col, +c.dataset.value, c.textContent])"
         )
         expected = attentions[layer][0, head]
@@ -104,41 +78,39 @@ def test_tokens_and_attention_heatmap_equal_transformers(page_at, llama, tmp_pat
             assert value == pytest.approx(float(expected[row, col]), abs=1e-6)
             assert float(text) == pytest.approx(float(expected[row, col]), abs=5e-5)  # as shown
             assert text in ("0", "1") or len(text.split(".")[1]) == 4
-    page.screenshot(path=tmp_path / "model-view.png", full_page=True)
-    assert errors == []
+    browser.screenshot(path=tmp_path / "model-view.png", full_page=True)
+    assert page.errors == []
 
 
-def test_temperature_slider_gives_the_samplers_probabilities(page_at, llama, tmp_path):
-    open_path, errors = page_at
-    page = open_path(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+def test_temperature_slider_gives_the_samplers_probabilities(page, llama, tmp_path):
+    page.open(f"/model?prompt={PROMPT.replace(' ', '%20')}")
+    browser = page.page
     with torch.no_grad():
         logits = llama[1](torch.tensor([tiny_tokenizer().encode(PROMPT)])).logits[0, -1:]
     for temperature, top_p in [(0.3, 1.0), (1.7, 0.8)]:
-        redraw(page, "#next-token", lambda t=temperature: page.fill("#temperature", str(t)))
+        redraw_table(page, lambda t=temperature: browser.fill("#temperature", str(t)))
         if top_p < 1.0:
-            redraw(page, "#next-token", lambda p=top_p: page.fill("#top-p", str(p)))
+            redraw_table(page, lambda p=top_p: browser.fill("#top-p", str(p)))
         probs = Sampler().distribution(logits, [SamplingParams(temperature=temperature,
                                                               top_p=top_p)])[1][0]  # fmt: skip
-        rows = page.locator("#next-token tbody tr").evaluate_all(
+        rows = browser.locator("#next-token tbody tr").evaluate_all(
             "rs => rs.map(r => [+r.children[1].dataset.value, +r.children[2].dataset.value])"
         )
         assert len(rows) == 5
         for token_id, prob in rows:
             assert prob == pytest.approx(float(probs[token_id]), abs=1e-6)
         assert [r[0] for r in rows] == probs.topk(5).indices.tolist()
-        meta = page.locator("#next-token .meta").text_content()
+        meta = browser.locator("#next-token .meta").text_content()
         assert f"temperature {temperature}" in meta and f"{int((probs > 0).sum())} of" in meta
-    page.screenshot(path=tmp_path / "model-view-sampling.png", full_page=True)
-    assert errors == []
+    browser.screenshot(path=tmp_path / "model-view-sampling.png", full_page=True)
+    assert page.errors == []
 
 
-def test_a_long_prompt_shows_the_limit(page_at):
-    open_path, errors = page_at
-    page = open_path("/model")
-    page.fill("#prompt", "a" * 100)
-    redraw(page, "main", lambda: page.click("#run"))
-    assert page.get_attribute("main", "data-state") == "error"
-    assert "at most 64" in page.locator("#model-error .message").text_content()
+def test_a_long_prompt_shows_the_limit(page):
+    page.open("/model")
+    page.page.fill("#prompt", "a" * 100)
+    page.redraw(lambda: page.page.click("#run"))
+    assert page.page.get_attribute("#app", "data-state") == "error"
+    assert "at most 64" in page.page.locator("#model-error .message").text_content()
     # the browser reports the 413 response itself as a console error; nothing else may appear
-    assert all("413" in e for e in errors)
-    errors.clear()
+    assert page.errors and all("413" in e for e in page.errors)
