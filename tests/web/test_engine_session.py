@@ -139,6 +139,17 @@ def test_limits_give_clear_errors():
         EngineSession(tiny_decoder(0), tiny_tokenizer(), EngineSettings(num_blocks=65))
 
 
+def test_a_request_that_can_never_fit_changes_nothing():
+    small = EngineSettings(block_size=2, num_blocks=3, max_num_seqs=2, max_num_batched_tokens=4)
+    session = EngineSession(tiny_decoder(0), tiny_tokenizer(), small)
+    with pytest.raises(LLMInternalsError, match="need 6 KV blocks, but the whole pool has 3"):
+        session.add_request("abcdefgh", 4)
+    with pytest.raises(LLMInternalsError, match="n=3 samples exceed max_num_seqs=2"):
+        session.add_request("ab", 4, n=3)
+    assert session.view()["requests"] == [] and session.view()["counters"]["blocks_free"] == 3
+    assert session.add_request("ab", 2) == "r1"
+
+
 def test_a_failed_step_frees_every_block():
     session = new_session()
     session.add_request("the cat sat on a mat", 8)
