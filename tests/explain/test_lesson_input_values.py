@@ -145,3 +145,34 @@ def test_paged_attention_with_block_size_8():
         assert blocks == expected_blocks and allocated == expected_blocks * bs
         assert waste == pytest.approx(1 - used / allocated)
     assert "block_size 8" in step.text
+
+
+def test_rope_at_another_position_and_theta():
+    position, theta = 37, 500000.0
+    values = steps(get_lesson("rope", {"position": str(position), "theta": str(theta)}))[
+        "A small numeric example"
+    ][0].values
+    w = [theta ** (-2 * i / 4) for i in range(2)]
+    assert torch.allclose(values["w"], torch.tensor(w))
+    angles = [position * f for f in w] * 2  # 'half' layout: each frequency twice
+    assert torch.allclose(values["cos"], torch.tensor([math.cos(a) for a in angles]), atol=1e-5)
+    q = [1.0, 2.0, 3.0, 4.0]  # the lesson's query, rotated as complex numbers q_i + j q_{i+2}
+    z = [complex(q[i], q[i + 2]) * complex(math.cos(angles[i]), math.sin(angles[i]))
+         for i in range(2)]  # fmt: skip
+    expected = [z[0].real, z[1].real, z[0].imag, z[1].imag]
+    assert torch.allclose(values["q'"], torch.tensor(expected), atol=1e-4)
+
+
+def test_flash_online_softmax_with_blocks_of_2():
+    lesson = get_lesson("flash-attention", {"block": "2"})
+    section = steps(lesson)["Online softmax: one row, block by block"]
+    scores = [0.5, 2.0, -1.0, 3.0, 1.0, 0.0, 2.5, -0.5]
+    table = section[0].values["after each block (flash.m, flash.l)"]
+    assert len(table.rows) == 4
+    for j, (block, shown_scores, m, l_sum) in enumerate(table.rows):
+        seen = scores[: 2 * (j + 1)]
+        assert block == j and shown_scores == ", ".join(f"{s:g}" for s in scores[2 * j : 2 * j + 2])
+        assert m == max(seen)
+        assert l_sum == pytest.approx(sum(math.exp(s - max(seen)) for s in seen), rel=1e-12)
+    lse = math.log(sum(math.exp(s) for s in scores))
+    assert section[1].values["L (flash)"] == pytest.approx(lse, rel=1e-12)

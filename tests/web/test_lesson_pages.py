@@ -78,6 +78,8 @@ CHANGES = [
     ("bpe", {"text": " newest lowers"}, "BPE pieces"),
     ("kv-cache", {"context": "1000"}, "KV cache at the chosen context"),
     ("paged-attention", {"block_size": "8"}, "mean waste over all steps"),
+    ("rope", {"position": "37"}, "q'"),
+    ("flash-attention", {"block": "2"}, "after each block (flash.m, flash.l)"),
 ]
 
 

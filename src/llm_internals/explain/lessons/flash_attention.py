@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.attention import scaled_dot_product_attention
@@ -46,6 +47,10 @@ TIMED_N, TIMED_D, TIMED_REPEATS = 512, 64, 5
 GRID_N, GRID_BLOCK = 10, 4
 ROW_SCORES = (0.5, 2.0, -1.0, 3.0, 1.0, 0.0, 2.5, -0.5)  # one query's 8 scores
 ROW_BLOCK = 3  # key blocks of 3, 3 and 2 scores
+INPUTS = (
+    LessonInput("block", "key block size (online softmax)", ROW_BLOCK, minimum=1,
+                maximum=len(ROW_SCORES), help="keys per block in the one-row example"),
+)  # fmt: skip
 ROW_VALUES = (1.0, -2.0, 0.5, 4.0, -1.0, 3.0, 2.0, 0.0)
 SMALL = dict(n=128, d=16, heads=2, block=32)  # recomputation and loop-order examples
 IO_SIZES = (1024, 4096, 16384)
@@ -282,15 +287,15 @@ def _section_tiling() -> Section:
     )
 
 
-def _section_online_softmax() -> Section:
+def _section_online_softmax(block_size: int = ROW_BLOCK) -> Section:
     scores = torch.tensor(ROW_SCORES, dtype=torch.float64)
     q = torch.ones(1, 1, dtype=torch.float64)
     k, v = scores[:, None], torch.tensor(ROW_VALUES, dtype=torch.float64)[:, None]
     with recording() as rec:
-        out, lse = flash_attention_forward(q, k, v, scale=1.0, block_q=1, block_k=ROW_BLOCK)
+        out, lse = flash_attention_forward(q, k, v, scale=1.0, block_q=1, block_k=block_size)
     rows = []
     for j, (m, l_sum) in enumerate(zip(rec.all("flash.m"), rec.all("flash.l"), strict=True)):
-        block = ROW_SCORES[j * ROW_BLOCK : (j + 1) * ROW_BLOCK]
+        block = ROW_SCORES[j * block_size : (j + 1) * block_size]
         rows.append([j, ", ".join(f"{s:g}" for s in block), float(m[0]), float(l_sum[0])])
     full = torch.softmax(scores, 0)
     from_lse = torch.exp(scores - lse[0])
@@ -299,7 +304,7 @@ def _section_online_softmax() -> Section:
         [
             Step(
                 f"One query with the {len(ROW_SCORES)} scores {list(ROW_SCORES)} (d = 1, scale "
-                f"1, so S = K), keys in blocks of {ROW_BLOCK}. After each block the real "
+                f"1, so S = K), keys in blocks of {block_size}. After each block the real "
                 "forward pass keeps only the running max m and the running sum l of exp(s - m); "
                 "when a larger score arrives, the old sum is rescaled by exp(m_old - m_new).",
                 formula="m' = max(m, max_j s_j);  l' = exp(m - m') l + sum_j exp(s_j - m')",
@@ -499,7 +504,7 @@ def _section_impact() -> Section:
     )
 
 
-def build() -> Lesson:
+def build(block: int = ROW_BLOCK) -> Lesson:
     return Lesson(
         name=INFO.name,
         title=INFO.title,
@@ -510,7 +515,7 @@ def build() -> Lesson:
             _section_gpu_memory(),
             _section_core_idea(),
             _section_tiling(),
-            _section_online_softmax(),
+            _section_online_softmax(block),
             _section_recomputation(),
             _section_flash2(),
             _section_flash3(),

@@ -13,6 +13,7 @@ import math
 import torch
 
 from llm_internals.explain.figures import path_figure
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.multihead import MultiHeadAttention
@@ -32,6 +33,12 @@ QUERY = [1.0, 2.0, 3.0, 4.0]
 KEY = [0.5, -1.0, 2.0, 1.0]
 EXAMPLE_POSITION = 2
 THETA = 10000.0
+INPUTS = (
+    LessonInput("position", "position of the example query", EXAMPLE_POSITION, minimum=0,
+                maximum=1_000_000, help="the numeric example rotates the query to this position"),
+    LessonInput("theta", "RoPE base theta", THETA, kind="float", minimum=1.0, maximum=1e8,
+                help="frequencies w_i = theta^(-2i/d): 10,000 in Llama 2, 500,000 in Llama 3"),
+)  # fmt: skip
 PAIRS = [(3, 0), (5, 2), (10, 7), (50, 47), (3, 1), (10, 2)]  # (query position, key position)
 # meta-llama/Llama-3.1-8B config.json rope_scaling (theta 500000, head_dim 128)
 LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -197,17 +204,19 @@ def _section_relative_position() -> Section:
     )
 
 
-def _section_small_numeric_example() -> Section:
-    rope = RotaryEmbedding(4, THETA)
+def _section_small_numeric_example(
+    position: int = EXAMPLE_POSITION, theta: float = THETA
+) -> Section:
+    rope = RotaryEmbedding(4, theta)
     with recording() as rec:
-        cos, sin = rope(torch.tensor([[EXAMPLE_POSITION]]))
+        cos, sin = rope(torch.tensor([[position]]))
     q_rot = apply_rope(torch.tensor(QUERY).view(1, 1, 1, 4), cos, sin)[0, 0, 0]
     return Section(
         "A small numeric example",
         [
             Step(
-                f"head_dim 4, theta {THETA:g}: frequencies w = (1, 0.01). The query "
-                f"{QUERY} at position {EXAMPLE_POSITION}: angles {EXAMPLE_POSITION} * w; "
+                f"head_dim 4, theta {theta:g}: frequencies w = (1, {theta**-0.5:g}). The query "
+                f"{QUERY} at position {position}: angles {position} * w; "
                 "cos and sin are laid out per feature (each frequency twice, 'half' layout), "
                 "and q' = q * cos + rotate_half(q) * sin with rotate_half(q) = (-q2, -q3, "
                 "q0, q1).",
@@ -285,14 +294,14 @@ def _section_summary() -> Section:
     )
 
 
-def build() -> Lesson:
+def build(position: int = EXAMPLE_POSITION, theta: float = THETA) -> Lesson:
     sections = [
         _section_positions(),
         _section_older_approaches(),
         _section_2d_rotation(),
         _section_applying_q_k(),
         _section_relative_position(),
-        _section_small_numeric_example(),
+        _section_small_numeric_example(position, theta),
         _section_real_models_theta(),
         _section_summary(),
     ]
