@@ -40,6 +40,7 @@ def shape(node: ET.Element) -> str:
         ("x_{t+1}", "(mrow (msub (mi x) (mrow (mi t) (mo +) (mn 1))))"),
         ("10000^(2i/d)", "(mrow (msup (mn 10000) (mrow (mn 2) (mi i) (mo /) (mi d))))"),
         ("sum_j", "(mrow (munder (mo ∑) (mi j)))"),
+        ("sum of p", "(mrow (mi sum) (mspace) (mi of) (mspace) (mi p))"),
         ("alpha -> beta", "(mrow (mi α) (mspace) (mo →) (mspace) (mi β))"),
         (
             "a <= b != c",

@@ -268,9 +268,14 @@
     return tokens;
   }
 
+  const FENCES = new Set(["(", ")", "[", "]", "{", "}", "|", "||"]);
+
+  /** An operator; brackets keep their text height (a stretched pair around a whole formula
+   * reads as a misprint). */
   function mo(ascii) {
     const op = OPERATORS.find(([a]) => a === ascii);
-    return `<mo>${escapeXml(op ? op[1] : ascii)}</mo>`;
+    const attrs = FENCES.has(ascii) ? ' stretchy="false"' : "";
+    return `<mo${attrs}>${escapeXml(op ? op[1] : ascii)}</mo>`;
   }
 
   function identifier(name) {
@@ -380,7 +385,11 @@
           this.i++;
           return `<msqrt>${this.sequence(")")}</msqrt>`;
         }
-        if (tok.v in BIG) return `<mo largeop="true">${BIG[tok.v]}</mo>`;
+        const after = this.peek(1);
+        if (tok.v in BIG && !(next && next.t === "space" && after && after.t === "id" &&
+            /^(of|over)$/.test(after.v))) {  // "sum of counts" stays words
+          return `<mo largeop="true">${BIG[tok.v]}</mo>`;
+        }
         if (LIMIT_LIKE.has(tok.v)) return `<mo movablelimits="true">${tok.v}</mo>`;
         return identifier(tok.v);
       }
