@@ -28,6 +28,10 @@ module serves training (no cache), simple generation (a contiguous KV cache) and
 A contiguous cache appends along the key axis and returns None; a paged cache gathers each
 sequence's blocks and returns its own mask.
 
+Values may be narrower than keys: Multi-head Latent Attention (layers/mla.py) passes its latent
+[c_kv ; k_rope] as the keys of one KV head and c_kv, a view of the keys' first d_c features, as
+the values; caches built with `latent_value_dim` store the keys only (inference/kv_layout.py).
+
 Optional hook: a cache may instead compute attention itself, for a packed batch in which one row
 holds the tokens of several sequences (the serving engine, inference/paged/paged_attention.py):
 
