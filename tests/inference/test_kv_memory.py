@@ -75,7 +75,10 @@ def test_published_decoders_read_the_same_shape_hf_derives_from_the_config(name)
     assert shape.layers == hf.num_hidden_layers
     assert shape.heads == hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    assert shape.head_dim == head_dim
+    if getattr(hf, "kv_lora_rank", None):  # MLA (DeepSeek-V3): the latent is cached, no heads
+        assert shape.latent_dim == hf.kv_lora_rank + hf.qk_rope_head_dim
+    else:
+        assert shape.head_dim == head_dim
     if getattr(hf, "multi_query", False):
         assert shape.kv_heads == 1  # HF's Falcon attention uses one KV head with multi_query
     else:

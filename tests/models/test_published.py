@@ -94,6 +94,8 @@ def test_kv_bytes_equal_an_independent_formula_on_the_hf_config(repo):
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     element = (hf.dtype or torch.float32).itemsize  # no dtype in config.json: float32
     expected = 2 * hf.num_hidden_layers * kv_heads * head_dim * element
+    if getattr(hf, "kv_lora_rank", None):  # MLA caches the latent and the shared rope key
+        expected = hf.num_hidden_layers * (hf.kv_lora_rank + hf.qk_rope_head_dim) * element
     for name in [repo, *(alias for alias, target in ALIASES.items() if target == repo)]:
         assert load_shape(name).bytes_per_token == expected
 
@@ -124,7 +126,7 @@ def test_hf_config_is_a_copy():
     assert PUBLISHED["meta-llama/Llama-3.1-405B"]["rope_scaling"]["factor"] == 8.0
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"])
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"])  # GQA ones
 def test_moe_total_is_hfs_and_active_drops_the_idle_experts(name):
     """Total: HF's model built from the fields. Active: that total less the E - k routed
     experts (3 d f_e each) that a token skips in every layer, from the config fields."""
@@ -140,12 +142,14 @@ def test_moe_total_is_hfs_and_active_drops_the_idle_experts(name):
     assert active_parameters("llama-3-8b") == parameter_counts("llama-3-8b")["total"]
 
 
-def test_kv_memory_table_shows_total_and_active_parameters(capsys):
+def test_kv_memory_prints_total_and_active_parameters(capsys):
     from llm_internals.cli import main
     from llm_internals.models.published import active_parameters
 
     assert main(["kv-memory", "mixtral-8x7b"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    out = capsys.readouterr().out
     total, active = parameter_counts("mixtral-8x7b")["total"], active_parameters("mixtral-8x7b")
-    assert f"{total / 1e9:.3g}B ({active / 1e9:.3g}B)" in out
-    assert "active per token" in out
+    assert f"parameters: {total:,} total, {active:,} active per token" in out
+    assert main(["kv-memory", "all"]) == 0
+    table = capsys.readouterr().out.split("Parameters")[1]
+    assert all(name in table for name in ("mixtral-8x7b", "qwen3-30b-a3b", "llama-3-8b"))

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
         "of its step-* folders), a published "
         f"model ({published.choices()}), or 'all' for every published decoder. Token counts "
         "accept a k suffix (4k = 4096, 128k = 131072). Published models also show their "
-        "parameters: total (active per token) for mixture-of-experts models.",
+        "parameters, total and active per token (fewer for mixture-of-experts models).",
     )
     p.add_argument(
         "config",
@@ -89,17 +89,13 @@ def run(args: argparse.Namespace) -> int:
         pad_edge=False,
     )
     table.add_column("model", no_wrap=True)
-    table.add_column("params", justify="right")  # the column that wraps when narrow
     for column in ("layers", "kv/heads", "d_head", "dtype", "/token"):
         table.add_column(column, justify="right", no_wrap=True)
     for tokens in token_counts:
         table.add_column(f"{compact_count(tokens)} tok", justify="right", no_wrap=True)
-    for name, shape in zip(names, shapes, strict=True):
-        row = _row(shape, token_counts, args.batch)
-        table.add_row(row[0], params_cell(name), *row[1:])
+    for shape in shapes:
+        table.add_row(*_row(shape, token_counts, args.batch))
     console.print(table)
-    if any("(" in params_cell(name) for name in names):
-        console.print("params: total (active per token: mixture of experts run k of E experts)")
     if len(shapes) == 1:
         shape, tokens = shapes[0], token_counts[-1]
         total = shape.cache_bytes(tokens, args.batch)
@@ -112,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"{shape.layers} x {per_layer} x {tokens:,} x {args.batch} x "
             f"{shape.bytes_per_element} = {total:,} bytes = {format_bytes(total)}"
         )
+    print_parameters(names)
     return 0
 
 
@@ -120,19 +117,36 @@ def compact_params(n: int) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
 
 
-def params_cell(name: str) -> str:
-    """A published model's parameters ('8.03B'; '46.7B (12.9B)' when fewer are active per token);
-    '-' for local configs and models without a ModelConfig (Falcon)."""
+def parameter_totals(name: str) -> tuple[int, int] | None:
+    """(total, active per token) of a published model; None for local configs and models
+    without a ModelConfig (Falcon)."""
     if Path(name).exists() or not published.is_published(name):
-        return "-"
+        return None
     try:
-        total = published.parameter_counts(name)["total"]
-        active = published.active_parameters(name)
+        return published.parameter_counts(name)["total"], published.active_parameters(name)
     except LLMInternalsError:
-        return "-"
-    if active == total:
-        return compact_params(total)
-    return f"{compact_params(total)} ({compact_params(active)})"
+        return None
+
+
+def print_parameters(names: list[str]) -> None:
+    """The weights beside the cache: total and active parameters (fewer for mixture-of-experts
+    models, whose tokens each run k of E experts), one line for one model, a table for more."""
+    rows = [(name, totals) for name in names if (totals := parameter_totals(name)) is not None]
+    if len(rows) == 1:
+        total, active = rows[0][1]
+        console.print(f"parameters: {total:,} total, {active:,} active per token "
+                      f"({100 * active / total:.1f}%)")  # fmt: skip
+    elif rows:
+        table = Table(title="Parameters (active: what one token uses; a mixture of experts runs "
+                      "k of its E experts)", title_justify="left", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False)  # fmt: skip
+        table.add_column("model", no_wrap=True)
+        for column in ("total", "active", "active %"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for name, (total, active) in rows:
+            table.add_row(published.short_name(name), compact_params(total),
+                          compact_params(active), f"{100 * active / total:.1f}")  # fmt: skip
+        console.print(table)
 
 
 def _row(shape: KVShape, token_counts: list[int], batch: int) -> list[str]:

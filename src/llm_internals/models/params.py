@@ -7,6 +7,11 @@ Per layer, with d = d_model, h = head_dim, H = n_heads, G = n_kv_heads, f = d_ff
 embeddings = vocab*d (+ max_seq_len*d for learned positions); the output head adds vocab*d
 unless tied to the embedding.
 
+Multi-head latent attention (config.mla; H heads, ranks r_q and r_kv, per-head widths n (nope),
+r (rope) and v), its two latent RMSNorms counted with the attention as our modules hold them:
+    d r_q + r_q + r_q H (n + r)   (W_DQ, its norm, W_UQ; d H (n + r) for W_Q without r_q)
+    + d (r_kv + r) + r_kv + r_kv H (n + v) + H v d   (W_DKV and the rope key, its norm, W_UKV, W_O)
+
 Mixture-of-experts layers (config.moe; the blocks of moe.dense_layers keep the FFN above), with
 E routed experts of width f_e, top-k routing and shared width f_s (the ffn component):
     routed experts  E * 3 d f_e      router  E d      shared  3 d f_s (+ d for its sigmoid gate)
@@ -33,7 +38,7 @@ from typing import Any
 
 from torch import nn
 
-from llm_internals.models.config import ModelConfig, moe_layer_config
+from llm_internals.models.config import ModelConfig, mla_layer_config, moe_layer_config
 
 COMPONENTS = ("embeddings", "attention", "ffn", "norms", "lm_head")
 ALL_COMPONENTS = (*COMPONENTS, "other")
@@ -47,6 +52,9 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     if config.position == "learned":
         embeddings += config.max_seq_len * d
     attention = d * q_width + 2 * d * kv_width + q_width * d
+    mla = mla_layer_config(config)
+    if mla is not None:
+        attention = _mla_attention(mla)
     if config.qkv_bias:
         attention += q_width + 2 * kv_width
     if config.attn_out_bias:
@@ -68,6 +76,18 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     }
     counts["total"] = sum(counts.values())
     return counts
+
+
+def _mla_attention(c) -> int:
+    """One Multi-head Latent Attention layer's weights (layers/mla.py), latent norms included."""
+    heads, qk = c.num_attention_heads, c.qk_nope_head_dim + c.qk_rope_head_dim
+    if c.q_lora_rank is None:
+        query = c.hidden_size * heads * qk
+    else:
+        query = c.hidden_size * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * heads * qk
+    kv = c.hidden_size * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank
+    kv += c.kv_lora_rank * heads * (c.qk_nope_head_dim + c.v_head_dim)
+    return query + kv + heads * c.v_head_dim * c.hidden_size
 
 
 def _moe_ffn(config: ModelConfig, layer_idx: int) -> tuple[int, int]:

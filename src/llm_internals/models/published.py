@@ -139,6 +139,24 @@ PUBLISHED: dict[str, dict[str, Any]] = {
         "use_sliding_window": False, "sliding_window": None, "max_window_layers": 48,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16",
     },
+    # 256 fine-grained experts top-8 of 4 kept groups of 32, one shared; MLA; 3 dense layers.
+    # The multi-token-prediction layer (num_nextn_predict_layers) is not part of the HF model.
+    "deepseek-ai/DeepSeek-V3": {
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+        "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+        "moe_intermediate_size": 2048, "num_hidden_layers": 61, "first_k_dense_replace": 3,
+        "moe_layer_freq": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+        "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
+        "n_group": 8, "topk_group": 4, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+        "norm_topk_prob": True, "routed_scaling_factor": 2.5, "q_lora_rank": 1536,
+        "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "v_head_dim": 128, "max_position_embeddings": 163840, "hidden_act": "silu",
+        "rms_norm_eps": 1e-06, "rope_theta": 10000, "attention_bias": False,
+        "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1,
+                         "mscale": 1.0, "mscale_all_dim": 1.0,
+                         "original_max_position_embeddings": 4096},
+        "num_nextn_predict_layers": 1, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    },
     "google-bert/bert-base-uncased": {
         "architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": 30522,
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -172,6 +190,7 @@ ALIASES: dict[str, str] = {
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
     "qwen1.5-moe-a2.7b": "Qwen/Qwen1.5-MoE-A2.7B-Chat",
     "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+    "deepseek-v3": "deepseek-ai/DeepSeek-V3",
     "bert-base": "google-bert/bert-base-uncased",
     "bert-base-uncased": "google-bert/bert-base-uncased",
     "t5-base": "google-t5/t5-base",
