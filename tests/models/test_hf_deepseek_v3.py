@@ -18,8 +18,9 @@ from llm_internals.inference.paged.engine import LLM
 from llm_internals.inference.params import SamplingParams
 from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.layers.moe import MoELayer
-from llm_internals.models import load_pretrained, save_pretrained
+from llm_internals.models import load_pretrained, published, save_pretrained
 from llm_internals.models.hf_deepseek_v3 import config_from_hf, config_to_hf
+from llm_internals.models.params import count_active_parameters, count_parameters
 
 TOL = 1e-4
 VOCAB = 97
@@ -275,3 +276,32 @@ def test_bad_configs_are_refused_at_load_time(checkpoints, tmp_path, change, mes
     with pytest.raises(LLMInternalsError, match="config.json") as err:
         load_pretrained(tmp_path)
     assert message in err.value.message
+
+
+@pytest.mark.parametrize("q_lora_rank", [24, None])
+def test_parameter_counts_equal_transformers_model(q_lora_rank):
+    """count_parameters == the parameters of transformers' model; count_active_parameters == that
+    less the routed experts a token's top-k leaves idle, from HF's expert tensors."""
+    with torch.device("meta"):
+        hf = transformers.DeepseekV3ForCausalLM(
+            transformers.DeepseekV3Config(**SHAPE | {"q_lora_rank": q_lora_rank})
+        )
+    config = config_from_hf(hf.config.to_dict(), "config.json")
+    assert count_parameters(config)["total"] == sum(p.numel() for p in hf.parameters())
+    idle = sum(
+        (8 - 2)
+        * (layer.mlp.experts.gate_up_proj[0].numel() + layer.mlp.experts.down_proj[0].numel())
+        for layer in hf.model.layers[1:]
+    )
+    assert count_active_parameters(config) == count_parameters(config)["total"] - idle
+
+
+def test_published_deepseek_v3_has_its_published_size():
+    """DeepSeek-V3's config.json in the one table of published shapes goes through the import
+    path (YaRN included) and counts DeepSeek's published figures: 671B parameters in the main
+    model (the 14B multi-token-prediction module is extra) and 37B activated per token."""
+    config = published.model_config("deepseek-v3")
+    assert config.family == "deepseek_v3" and config.rope_scaling["factor"] == 40
+    assert config.moe["dense_layers"] == [0, 1, 2] and config.mla["kv_lora_rank"] == 512
+    assert int(published.parameter_counts("deepseek-v3")["total"] / 1e9) == 671
+    assert int(published.active_parameters("deepseek-v3") / 1e9) == 37
