@@ -102,9 +102,10 @@
       const labels = data.tokens.map((t, i) => `${i} ${shown(t.piece)}`);
       attention.replaceChildren(
         el("div", { class: "meta", text: `layer ${data.layer}, head ${data.head}: ` +
-          "rows are queries, columns keys; each row sums to 1 (future keys get 0)" }),
+          "rows are queries, columns keys; each row sums to 1 (future keys get 0)" +
+          (data.tokens.length > 24 ? "; hover a cell for its weight" : "") }),
         LI.heatmap(data.attention, { name: `attention[${data.layer}, ${data.head}]`,
-          rowLabels: labels, colLabels: labels, decimals: 4, dense: false }));
+          rowLabels: labels, colLabels: labels, decimals: 4 }));
     }
 
     function drawNorms(data) {
