@@ -262,6 +262,7 @@ def test_paged_engine_serves_it(checkpoints):
         ({"attention_bias": True}, "attention_bias = True is not supported"),
         ({"num_key_value_heads": 1}, "num_key_value_heads = 1 must equal num_attention_heads"),
         ({"qk_rope_head_dim": 5}, "qk_rope_head_dim = 5 is odd"),
+        ({"n_shared_experts": 0}, "n_shared_experts = 0 is not supported"),
         ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}},
          "rope_parameters rope_type = 'dynamic' is not supported"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},

@@ -146,6 +146,12 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
             f"n_routed_experts = {n_experts}",
             hint="each token picks num_experts_per_tok of the n_routed_experts experts",
         )
+    if _get(hf, "n_shared_experts", source) < 1:  # transformers builds a zero-width one then
+        raise LLMInternalsError(
+            f"{source}: n_shared_experts = {hf['n_shared_experts']} is not supported "
+            "(DeepSeek-V3 has at least one shared expert)",
+            hint=HINT,
+        )
     first_dense = _get(hf, "first_k_dense_replace", source)
     if first_dense < 0:
         raise LLMInternalsError(f"{source}: first_k_dense_replace = {first_dense} must be >= 0")
