@@ -6,16 +6,18 @@ train     Dense vs MoE with equal active parameters on the default corpus (Shake
           tokens), same batches, same steps; and three MoE runs differing only in balancing:
           none, the Switch aux loss (0.01, the trainer's default), the bias update (gamma).
           The four trainers step in turn (dense, none, aux, bias, dense, ...), so machine load
-          hits all alike. Validation loss vs training FLOPs and vs wall time
+          hits all alike. Validation loss vs training FLOPs and vs training time (CPU time of
+          the one thread: what a free core's wall clock would show)
           (docs/figures/moe_vs_dense.png); coefficient of variation of expert load per step and
           the final per-expert shares (docs/figures/moe_load_balance.png).
           FLOPs per token = 3 x forward, forward = 2 x (weights a token is multiplied by:
           attention, k of E experts, router, head) + 2 x L x T x d (causal scores and values).
 dispatch  One MoE layer, forward and forward+backward: sorted (default) vs per-token loop vs
           dense, and vs HF's MixtralSparseMoeBlock holding the same weights, at 8/16/64 experts
-          (alternating rounds, median; outputs compared).
+          (alternating rounds, median CPU time; outputs compared).
 mla       KV values per token and decode tokens/s of three random DecoderLMs of the same width:
-          MHA, GQA and MLA (latent cache), greedy generate, (t(N) - t(1)) / (N - 1) per token.
+          MHA, GQA and MLA (latent cache), greedy generate, (t(N) - t(1)) / (N - 1) per token
+          in CPU time (benchmarks/mla_modes.py splits MLA's naive and absorbed modes).
 """
 
 from __future__ import annotations
@@ -60,15 +62,16 @@ def load_note() -> str:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median ms per call of each fn, measured in alternating rounds after one warm-up call."""
+    """Median ms per call of each fn in this process's CPU time (one thread: on a shared CPU
+    what a dedicated core would take), alternating rounds after one warm-up call each."""
     for fn in fns.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(time.process_time() - start)
     return {name: 1000 * statistics.median(s) for name, s in samples.items()}
 
 
@@ -94,7 +97,7 @@ class Run:
 
     trainer: Trainer
     flops_per_token: float
-    seconds: float = 0.0  # in train_step only
+    seconds: float = 0.0  # CPU time in train_step only
     curve: list[tuple[int, float, float, float]] = field(
         default_factory=list
     )  # step, FLOPs, s, val
@@ -102,9 +105,9 @@ class Run:
     loads: list[torch.Tensor] = field(default_factory=list)  # [layers, E] per step
 
     def step(self, number: int, args: argparse.Namespace) -> None:
-        start = time.perf_counter()
+        start = time.process_time()  # one thread: the wall time of a free core
         self.trainer.train_step()
-        self.seconds += time.perf_counter() - start
+        self.seconds += time.process_time() - start
         if self.trainer.last_moe_stats is not None:
             self.cvs.append(self.trainer.last_moe_stats.load_cv)
             self.loads.append(torch.stack(self.trainer.last_moe_stats.loads))
@@ -157,7 +160,7 @@ def run_training(args: argparse.Namespace) -> None:
 
 def report_training(args: argparse.Namespace, runs: dict[str, Run]) -> None:
     table = Table(title=f"{args.steps} steps of 12 x {args.block_size} char tokens, same batches")
-    for column in ("run", "params", "GFLOP/step", "s/step", "val loss", "load CV",
+    for column in ("run", "params", "GFLOP/step", "CPU s/step", "val loss", "load CV",
                    "share min-max", "aux"):  # fmt: skip
         table.add_column(column, justify="right")
     tail = max(args.steps // 10, 1)
@@ -195,7 +198,7 @@ def draw_training_figures(args: argparse.Namespace, runs: dict[str, Run], tail: 
         left.plot([p[1] / 1e12 for p in run.curve], [p[3] for p in run.curve], ".-", label=name)
         right.plot([p[2] for p in run.curve], [p[3] for p in run.curve], ".-", label=name)
     left.set(xlabel="training TFLOPs (active weights + attention)", ylabel="validation loss")
-    right.set(xlabel="training wall time (s, this machine, " + load_note() + ")")
+    right.set(xlabel="training time (s of CPU time, 1 thread; " + load_note() + ")")
     left.legend()
     fig.suptitle(f"dense vs MoE ({EXPERTS} experts, top-{TOP_K}) at equal active parameters")
     fig.tight_layout()
