@@ -132,7 +132,9 @@ class MoETerms:
         """After optimizer.step(): the step's stats, and the bias update when bias_rate > 0.
 
         `reduce` averages a tensor over processes (DDP), so every process applies the same
-        update from the global load; sign(mean - load) does not depend on the scale.
+        update from the global load; sign(mean - load) and the CV do not depend on the scale.
+        Under DDP the reported loads are that per-process mean, while the loss values and the
+        dropped count are this process's own.
         """
         if not self.enabled or self._loads[0] is None:
             return None
