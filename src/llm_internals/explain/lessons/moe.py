@@ -4,7 +4,7 @@ Every number comes from the library: the tiny MoELayer and its three routers run
 under a recorder (explain/moe_runs.py), a tiny DecoderLM with `moe=...` shows where the layer
 sits, torch's FlopCounterMode counts the sorted and dense dispatch, a seeded 40-step run measures
 the expert load with no balancing, the auxiliary loss and the bias update, and the published
-models' total and active parameters come from their config.json fields (explain/moe_counts.py).
+models' total and active parameters from the table of published shapes (explain/moe_counts.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from llm_internals.explain import moe_counts, moe_runs
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
-from llm_internals.explain.moe_counts import MOE_MODELS, PARAM_COLUMNS, dense_row, moe_row
+from llm_internals.explain.moe_counts import MOE_MODELS, PARAM_COLUMNS, param_row
 from llm_internals.explain.moe_runs import BATCH, D_MODEL, N_EXPERTS, TOP_K, BalanceRun, routed
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.source import code_block
@@ -34,7 +34,7 @@ BLOCK_MOE = {"d_expert": 16, "n_experts": 4, "top_k": 2, "dense_layers": [0]}
 
 
 def _section_why_needed() -> Section:
-    dense, moe = dense_row("Mistral-7B"), moe_row("Mixtral-8x7B")
+    dense, moe = param_row("Mistral-7B"), param_row("Mixtral-8x7B")
     return Section(
         "Why MoE was needed",
         [
@@ -60,10 +60,10 @@ def _section_expert() -> Section:
         out = expert(x)
     params = sum(p.numel() for p in expert.parameters())
     rows = [["this lesson", D_MODEL, moe_runs.D_EXPERT, params, N_EXPERTS]]
-    for name, f in MOE_MODELS.items():
-        width = moe_counts.expert_width(f)
-        rows.append([name, f["hidden_size"], width, 3 * f["hidden_size"] * width,
-                     moe_counts.n_experts(f)])  # fmt: skip
+    for name in MOE_MODELS:
+        shape = moe_counts.moe_shape(name)
+        rows.append([name, shape.d_model, shape.d_expert, shape.expert_parameters,
+                     shape.n_experts])  # fmt: skip
     columns = ["model", "d_model", "expert width", "params per expert", "experts per layer"]
     return Section(
         "What an expert really is",
@@ -192,8 +192,8 @@ def _section_sparse_compute() -> Section:
     x = torch.randn(BATCH, D_MODEL, generator=torch.Generator().manual_seed(5))
     rows, (sorted_out, dense_out) = moe_runs.flop_rows(x)
     same = float((sorted_out - dense_out).abs().max())
-    mixtral = moe_counts.moe_parameter_counts(MOE_MODELS["Mixtral-8x7B"])
-    lookup = moe_counts.embedding_lookup(MOE_MODELS["Mixtral-8x7B"])
+    mixtral = moe_counts.counts("Mixtral-8x7B")
+    lookup = mixtral["lookup"]
     active, total = (
         moe_counts.forward_flops_per_token(mixtral[k], lookup) for k in ("active", "total")
     )
@@ -320,8 +320,7 @@ def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
 
 
 def _section_modern_llms() -> Section:
-    rows = [moe_row(name) for name in MOE_MODELS]
-    rows += [dense_row("Llama-3-70B"), dense_row("Llama-3.1-405B")]
+    rows = [param_row(name) for name in (*MOE_MODELS, "Llama-3-70B", "Llama-3.1-405B")]
     return Section(
         "Why MoE powers modern LLMs",
         [
