@@ -119,6 +119,17 @@ def test_logits_match_hf(checkpoints, q_lora_rank, impl):
     assert (got - expected).abs().max().item() < TOL
 
 
+def test_rope_without_interleave_matches_hf(tmp_path):
+    """rope_interleave false: the rope features rotate as halves, with no reordering."""
+    hf = make_hf(seed=6, rope_interleave=False)
+    hf.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert ours.config.mla["rope_interleave"] is False
+    ids = random_ids(seed=6)
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < TOL
+
+
 @pytest.mark.parametrize("q_lora_rank", [24, None])
 def test_padded_batch_matches_hf(checkpoints, q_lora_rank):
     hf, path = checkpoints[q_lora_rank]
