@@ -3,7 +3,7 @@
 Tiny DecoderLMs with `mla=...` (tiny_models) run the library's MultiHeadLatentAttention under a
 recorder: the cached latent, naive vs absorbed scores and outputs, and the bytes of the real
 contiguous cache next to an MHA and a GQA model of the same width. RoPE comes from layers/rope.py;
-DeepSeek-V3's cache size from `kv_values_per_token` on its published attention shape.
+DeepSeek-V3's cache size from `kv_values_per_token` on its row of models/published.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.inference.kv_cache import ContiguousKVCache
-from llm_internals.layers.mla import MLAConfig, kv_values_per_token
+from llm_internals.layers.mla import kv_values_per_token
 from llm_internals.layers.rope import RotaryEmbedding, apply_rope
+from llm_internals.models.config import mla_layer_config
+from llm_internals.models.published import model_config
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -30,9 +32,7 @@ D_MODEL, HEADS, HEAD_DIM, GQA_KV_HEADS = 64, 8, 8, 2
 MLA = dict(kv_lora_rank=32, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
 TOKENS = 12
 SEED = 0
-V3 = MLAConfig(hidden_size=7168, num_attention_heads=128, kv_lora_rank=512, q_lora_rank=1536,
-               qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)  # fmt: skip
-V3_LAYERS, BF16 = 61, 2
+BF16 = 2  # bytes per cached value
 
 
 def mla_model(mode: str = "auto"):
@@ -44,12 +44,15 @@ def token_ids() -> torch.Tensor:
 
 
 def v3_rows() -> list[list]:
-    head = V3.qk_nope_head_dim  # 128, the head width of V3's values
-    rows = [[name, values, values * V3_LAYERS * BF16]
-            for name, values in (("MHA, 128 heads", 2 * V3.num_attention_heads * head),
-                                 ("GQA, 8 KV heads", 2 * 8 * head), ("MQA", 2 * head),
-                                 ("MLA", kv_values_per_token(V3)))]  # fmt: skip
-    return [row + [row[1] / kv_values_per_token(V3)] for row in rows]
+    """DeepSeek-V3 (the table of published shapes): values cached per token per layer and bf16
+    bytes per token over all layers, for MLA and for other attentions of its 128 heads."""
+    config = model_config("deepseek-v3")
+    v3 = mla_layer_config(config)
+    head, latent = v3.qk_nope_head_dim, kv_values_per_token(v3)  # 128: V3's key/value head width
+    kinds = (("MHA, 128 heads", 2 * v3.num_attention_heads * head),
+             ("GQA, 8 KV heads", 2 * 8 * head), ("MQA", 2 * head), ("MLA", latent))  # fmt: skip
+    return [[name, values, values * config.n_layers * BF16, values / latent]
+            for name, values in kinds]  # fmt: skip
 
 
 def _section_why() -> Section:
