@@ -110,7 +110,13 @@ class LessonPage:
     def open(self, path: str, state: str = "ready") -> None:
         """Go to `path` and wait until its view finished drawing in `state` (ready or error)."""
         self.page.goto(self.base + path)
-        self.page.wait_for_selector(f"#app[data-state={state}]", timeout=120_000)
+        self.page.wait_for_selector("#app[data-state=ready], #app[data-state=error]",
+                                    timeout=120_000)  # fmt: skip
+        shown = self.page.get_attribute("#app", "data-state")
+        if shown != state:
+            alert = self.page.locator('[role="alert"]')
+            message = alert.first.inner_text() if alert.count() else "(no message)"
+            pytest.fail(f"{path} ended {shown}, not {state}: {message}")
 
     def redraw(self, action) -> None:
         """Run `action` (a form change) and wait until the lesson has redrawn."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llm_internals.explain.lesson import Table
-from llm_internals.explain.registry import get_lesson, list_lessons
+from llm_internals.explain.registry import get_lesson, lesson_inputs, list_lessons
 from llm_internals.explain.render import lesson_to_dict
 
 LESSONS = [info.name for info in list_lessons()]
@@ -27,6 +27,11 @@ def test_index_lists_every_lesson_in_curriculum_order(lesson_page, tmp_path):
     assert shown == LESSONS
     first = lesson_page.page.locator("li[data-lesson] a.title").first
     assert first.inner_text() == list_lessons()[0].title
+    badges = lesson_page.page.eval_on_selector_all(
+        "li[data-lesson]", "e => e.map(x => x.querySelector('.editable')?.textContent || '')"
+    )
+    expected = [", ".join(i.name for i in lesson_inputs(name)) for name in LESSONS]
+    assert badges == [f"inputs: {names}" if names else "" for names in expected]
     lesson_page.page.screenshot(path=tmp_path / "index.png")
     assert lesson_page.errors == []
 
@@ -50,6 +55,12 @@ def test_lesson_page_loads_without_console_errors(lesson_page, explorer, name, t
     assert broken == 0
     if data["inputs"]:
         assert page.locator("form.inputs input, form.inputs select").count() == len(data["inputs"])
+    at = LESSONS.index(name)
+    if at + 1 < len(LESSONS):  # the link to the next lesson in curriculum order
+        page.wait_for_selector("nav.neighbours a[rel=next]")
+        assert page.get_attribute("nav.neighbours a[rel=next]", "href") == (
+            f"/lessons/{LESSONS[at + 1]}"
+        )
     page.screenshot(path=tmp_path / f"{name}.png")
     assert lesson_page.errors == []
 

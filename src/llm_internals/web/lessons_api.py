@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from llm_internals.explain.registry import lesson_inputs
 from llm_internals.web.lesson_cache import LessonCache
 
 router = APIRouter(prefix="/api/lessons")
@@ -25,8 +26,14 @@ def _cache(request: Request) -> LessonCache:
 
 @router.get("")
 def lessons_index(request: Request) -> dict[str, Any]:
-    infos = _cache(request).infos
-    return {"lessons": [{"name": i.name, "title": i.title, "summary": i.summary} for i in infos]}
+    """Every lesson with the names of its inputs (the first call imports the lesson modules)."""
+    return {
+        "lessons": [
+            {"name": i.name, "title": i.title, "summary": i.summary,
+             "inputs": [x.name for x in lesson_inputs(i.name)]}
+            for i in _cache(request).infos
+        ]
+    }  # fmt: skip
 
 
 @router.get("/{name}")

@@ -21,6 +21,8 @@
       el("ol", { class: "lessons" }, data.lessons.map((lesson) => el("li", { "data-lesson": lesson.name },
         el("a", { class: "title", href: `/lessons/${encodeURIComponent(lesson.name)}`, text: lesson.title }),
         el("span", { class: "name", text: lesson.name }),
+        lesson.inputs.length ? el("span", { class: "editable", title: "inputs you can change",
+          text: "inputs: " + lesson.inputs.join(", ") }) : null,
         el("div", { class: "summary", text: lesson.summary })))));
     main.dataset.state = "ready";
   });
@@ -127,6 +129,21 @@
     return form;
   }
 
+  /** "← previous · all lessons · next →" in curriculum order (filled in when the list arrives). */
+  function neighbours(name) {
+    const nav = el("nav", { class: "neighbours", "aria-label": "other lessons" });
+    LI.api("/api/lessons").then((data) => {
+      const names = data.lessons.map((l) => l.name);
+      const at = names.indexOf(name);
+      const link = (i, label) => (i >= 0 && i < names.length
+        ? el("a", { href: `/lessons/${encodeURIComponent(names[i])}`, rel: i < at ? "prev" : "next",
+          text: label.replace("NAME", data.lessons[i].title) }) : null);
+      nav.replaceChildren(...[link(at - 1, "← NAME"), el("a", { href: "/", text: "all lessons" }),
+        link(at + 1, "NAME →")].filter(Boolean));
+    }).catch(() => nav.remove());
+    return nav;
+  }
+
   LI.registerView("lesson", async (main, params) => {
     const name = params.name;
     const header = el("div", { class: "lesson-header" });
@@ -144,7 +161,7 @@
         if (ticket !== latest) return;
         document.title = `${lesson.title} · llm-internals`;
         if (!form) {
-          header.replaceChildren(el("h1", { text: lesson.title }),
+          header.replaceChildren(neighbours(name), el("h1", { text: lesson.title }),
             el("p", { class: "summary", text: lesson.summary }));
           if (lesson.inputs.length) {
             form = inputsForm(lesson.inputs, (next) => {
