@@ -66,7 +66,13 @@ def sdpa_attention(
     q (..., H, T, d) may have more heads than k, v (..., H_kv, S, d) (grouped-query attention);
     any number of leading batch dimensions works, as in `scaled_dot_product_attention`.
     `is_causal` (only without `mask`, and only for T == S) lets the kernel skip the mask tensor.
+    Values narrower than the keys (MLA, layers/mla.py) are zero-padded to the key width and the
+    output cut back: torch's CPU flash kernel needs equal widths, and its math fallback was 8x
+    slower (MLA's naive prefill, 768 tokens, 8 heads, widths 48/32: 55 vs 7 ms).
     """
+    width = v.shape[-1]
+    if width < k.shape[-1]:
+        v = F.pad(v, (0, k.shape[-1] - width))
     enable_gqa = q.dim() >= 3 and q.shape[-3] != k.shape[-3]
     if mask is None:
         output = F.scaled_dot_product_attention(
@@ -83,5 +89,6 @@ def sdpa_attention(
         )
         if not every_row_has_key:
             output = output * has_key
+    output = output[..., :width]
     record("output", output, note="fused scaled_dot_product_attention")
     return output

@@ -40,7 +40,7 @@ key is new (training, a prefill without a cache: FLOPs per query-key pair and he
 2 (d_nope + d_r) + 2 d_v instead of 2 (d_c + d_r) + 2 d_c, 640 vs 2,176 for DeepSeek-V3) and
 attends in the latent space when keys come from a cache (decode: the naive mode would re-expand
 every cached latent through W_UKV at every step). The paged engine always attends in the latent
-space. Measured in docs/mla.md: absorbed decode 1.22x naive, naive prefill 1.47x absorbed.
+space. Measured in docs/mla.md: absorbed decode 1.4-3.1x naive, naive prefill 1.4x absorbed.
 
 RoPE layout: DeepSeek's checkpoints rotate interleaved pairs (x0, x1), (x2, x3), ...
 (`rope_interleave=True`, the transformers default). Like transformers we first reorder each rope
@@ -151,7 +151,7 @@ def softmax_scale(config: MLAConfig) -> float:
 def interleaved_to_halves(x: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...) on the last axis: the interleaved pairs
     become the (i, i + d/2) pairs that `apply_rope`'s "half" layout rotates (as HF does)."""
-    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
+    return x
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -253,11 +253,15 @@ class MultiHeadLatentAttention(nn.Module):
             return self._output(self._naive(q_nope, q_rope, keys, mask, causal))
         # One shared key and value: fold the heads into the query axis, (batch, 1, heads * seq,
         # d_c + d_r) against (batch, 1, keys, d_c + d_r), one matmul, no key repeated per head.
+        # torch's fused kernel wants values as wide as keys: give it the whole latent and keep the
+        # first d_c output features (no padded copy of the values).
         query = self._absorbed_query(q_nope, q_rope)
         heads = c.num_attention_heads
-        out = self._attention(query.flatten(1, 2)[:, None], keys, values,
+        out = self._attention(query.flatten(1, 2)[:, None], keys,
+                              keys if self.use_sdpa else values,
                               _fold_heads(mask, heads, seq, total), causal=False)  # fmt: skip
-        return self._output(self._from_latent(out.unflatten(2, (heads, seq))[:, 0]))
+        out = out.unflatten(2, (heads, seq))[:, 0, ..., : c.kv_lora_rank]
+        return self._output(self._from_latent(out))
 
     def _attention(self, q, k, v, mask, causal) -> torch.Tensor:
         """softmax(q k^T * scale, masked) v: the library's written-out steps or torch's kernel."""
