@@ -20,6 +20,7 @@ from llm_internals.explain.source import code_block
 from llm_internals.explain.tiny_models import tiny_decoder, tiny_tokenizer
 from llm_internals.layers.ffn import GatedMLP
 from llm_internals.layers.moe_balance import switch_aux_loss, update_selection_bias
+from llm_internals.layers.moe_dispatch import dispatch_sorted
 from llm_internals.layers.moe_router import Router, group_limited_topk
 
 INFO = LessonInfo(
@@ -206,7 +207,10 @@ def _section_sparse_compute() -> Section:
                 "expert on every token and zeroes the unchosen ones. Same output, "
                 f"{N_EXPERTS // TOP_K} times the expert FLOPs. torch's FlopCounterMode counted "
                 "the real forward passes; the formula column is the router plus 3 matmuls per "
-                "expert per token. At Mixtral's size, per token (2 FLOPs per weight used):",
+                "expert per token.\n\n"
+                + code_block(dispatch_sorted)
+                + "\n\nAt Mixtral's size the same arithmetic (2 FLOPs per weight used) gives "
+                "the last two values: what top-2 routing saves per token.",
                 formula="FLOPs = 2 T d E (router) + T x experts run x 2 x 3 d d_expert",
                 values={
                     "FLOPs counted": Table(
