@@ -16,8 +16,9 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generate import generate
 from llm_internals.inference.paged.engine import LLM
 from llm_internals.inference.params import SamplingParams
-from llm_internals.layers.mla import MultiHeadLatentAttention
+from llm_internals.layers.mla import MultiHeadLatentAttention, interleaved_to_halves
 from llm_internals.layers.moe import MoELayer
+from llm_internals.layers.rope import RotaryEmbedding, apply_rope
 from llm_internals.models import load_pretrained, published, save_pretrained
 from llm_internals.models.hf_deepseek_v3 import config_from_hf, config_to_hf
 from llm_internals.models.params import count_active_parameters, count_parameters
@@ -117,6 +118,32 @@ def test_logits_match_hf(checkpoints, q_lora_rank, impl):
         got = ours(ids)
     assert expected.std() > 0.3  # logits that a mapping mistake moves by far more than TOL
     assert (got - expected).abs().max().item() < TOL
+
+
+def official_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """DeepSeek's inference/model.py: interleaved pairs (x0, x1), ... as complex numbers times
+    e^{i p w_k}, w_k = theta^(-2k/d) (transcribed from the spec, shared/specs/mla.md)."""
+    d = x.shape[-1]
+    w = (1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).double()  # fp32, as there
+    rotation = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64),
+                           positions[:, None].double() * w)  # fmt: skip
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(pairs * rotation).flatten(-2)
+
+
+def test_rope_layout_equals_deepseeks_complex_rotation():
+    """Our (transformers') layout: reorder to (evens, odds), rotate halves. It equals DeepSeek's
+    complex rotation of interleaved pairs up to that same reordering, so q . k is unchanged."""
+    torch.manual_seed(7)
+    positions = torch.arange(11)
+    q, k = torch.randn(2, 11, 8, dtype=torch.float64).unbind(0)
+    cos, sin = RotaryEmbedding(8, 321.0)(positions, dtype=torch.float64)
+    ours_q = apply_rope(interleaved_to_halves(q), cos, sin)
+    ours_k = apply_rope(interleaved_to_halves(k), cos, sin)
+    official_q, official_k = official_rope(q, positions, 321.0), official_rope(k, positions, 321.0)
+    torch.testing.assert_close(ours_q, interleaved_to_halves(official_q), atol=1e-12, rtol=0)
+    assert (ours_q - official_q).abs().max() > 0.1  # the layouts themselves differ
+    torch.testing.assert_close(ours_q @ ours_k.T, official_q @ official_k.T, atol=1e-12, rtol=0)
 
 
 def test_rope_without_interleave_matches_hf(tmp_path):
