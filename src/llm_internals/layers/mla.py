@@ -151,7 +151,7 @@ def softmax_scale(config: MLAConfig) -> float:
 def interleaved_to_halves(x: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...) on the last axis: the interleaved pairs
     become the (i, i + d/2) pairs that `apply_rope`'s "half" layout rotates (as HF does)."""
-    return x
+    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
 
 
 class MultiHeadLatentAttention(nn.Module):
