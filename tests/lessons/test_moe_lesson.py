@@ -286,3 +286,18 @@ def test_renders_in_80_columns_markdown_and_json(lesson):
     headings = [line for line in render_markdown(lesson).splitlines() if line.startswith("## ")]
     assert headings == [f"## {i}. {t}" for i, t in enumerate(OUTLINE, 1)]
     assert [s["title"] for s in json.loads(render_json(lesson))["sections"]] == OUTLINE
+
+
+def test_shown_code_is_the_library_source(lesson):
+    import inspect
+    import textwrap
+
+    from llm_internals.layers.ffn import GatedMLP
+    from llm_internals.layers.moe_balance import switch_aux_loss, update_selection_bias
+    from llm_internals.layers.moe_dispatch import dispatch_sorted
+    from llm_internals.layers.moe_router import Router
+
+    text = "\n".join(step.text for section in lesson.sections for step in section.steps)
+    for function in (GatedMLP.forward, Router.forward, dispatch_sorted, switch_aux_loss,
+                     update_selection_bias):  # fmt: skip
+        assert textwrap.dedent(inspect.getsource(function)).rstrip("\n") in text
