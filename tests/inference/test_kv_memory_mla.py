@@ -10,7 +10,11 @@ import transformers
 
 from llm_internals.cli import main
 from llm_internals.inference.kv_layout import kv_layout
-from llm_internals.inference.kv_memory import shape_from_hf_config, shape_from_model_config
+from llm_internals.inference.kv_memory import (
+    load_shape,
+    shape_from_hf_config,
+    shape_from_model_config,
+)
 from llm_internals.models.config import ModelConfig
 
 V3_MLA = dict(kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64,
@@ -47,3 +51,10 @@ def test_cli_prints_the_latent_formula(tmp_path, capsys):
     out = capsys.readouterr().out
     total = 61 * 576 * 4096 * 2
     assert "576 (MLA latent)" in out and f"{total:,} bytes" in out
+
+
+def test_published_deepseek_v3_against_llama_3_70b():
+    v3, llama = load_shape("deepseek-v3"), load_shape("llama-3-70b")
+    assert v3.values_per_token_per_layer == 576 and v3.bytes_per_token == 70_272
+    assert llama.bytes_per_token == 80 * 2 * 8 * 128 * 2  # GQA-8: 320 KiB per token
+    assert llama.bytes_per_token / v3.bytes_per_token > 4.6  # a 671B model caches 4.7x less
