@@ -42,7 +42,7 @@ MEMORY_TOKENS = (4096, 131072)
 MAX_FLOP_TOKENS = 256  # the timing model's context; a step over n tokens takes ~n^2 work
 INPUTS = (
     LessonInput("tokens", "tokens the step sees (FLOPs)", 64, minimum=1, maximum=MAX_FLOP_TOKENS,
-                help="adds a row to the FLOPs table: the step that predicts token n+1"),
+                help="a row of the FLOPs table; at most 256, the timing model's context"),
     LessonInput("context", "context length (memory)", 32768, minimum=1, maximum=10_000_000,
                 help="tokens held in the KV cache of one sequence, for the memory table"),
 )  # fmt: skip
