@@ -210,11 +210,14 @@ def materialize_buffers(model: nn.Module, config: ModelConfig) -> None:
     meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
     if not meta_buffers:
         return
-    small = {"n_layers": 1, "vocab_size": 1}
+    # FFN and expert widths of 1: the buffers do not depend on them, and a full-width copy of one
+    # Mixtral-8x7B layer would be 1.4 B random parameters (DeepSeek-V3: 11 B)
+    small = {"n_layers": 1, "vocab_size": 1, "d_ff": 1}
     if getattr(config, "moe", None):  # the copy's one layer: sparse if any layer is (its router
         # bias, absent from Mixtral/Qwen-MoE files, is then the zeros of a new router)
         dense = [0] if len(config.moe.get("dense_layers", [])) == config.n_layers else []
-        small["moe"] = {**config.moe, "dense_layers": dense}
+        narrow = {"d_expert": 1, "d_shared": 1 if config.moe.get("d_shared") else None}
+        small["moe"] = {**config.moe, "dense_layers": dense, **narrow}
     with torch.device("cpu"):  # a one-layer, one-token copy computes the same tables cheaply
         fresh = dict(type(model)(config.replace(**small)).named_buffers())
     for name in meta_buffers:
