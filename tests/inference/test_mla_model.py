@@ -11,6 +11,7 @@ from llm_internals.errors import LLMInternalsError
 from llm_internals.inference.generate import generate
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_layout import kv_layout
+from llm_internals.inference.paged.paged_cache import PagedKVCache
 from llm_internals.inference.speculative.stats import SpeculativeStats
 from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.models import DecoderLM, ModelConfig
@@ -123,6 +124,9 @@ def test_modes_and_kernels_agree():
         absorbed.set_attn_impl("sdpa")
         assert all(block.attn.use_sdpa for block in absorbed.blocks)
         torch.testing.assert_close(absorbed(ids), expected, atol=1e-10, rtol=0)
+        absorbed.set_attn_impl("flash")  # no tiled MLA kernel: the written-out steps run
+        assert not any(block.attn.use_sdpa for block in absorbed.blocks)
+        torch.testing.assert_close(absorbed(ids), expected, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("impl", ["scratch", "sdpa"])
@@ -189,3 +193,11 @@ def test_speculative_generate_rolls_the_latent_cache_back():
                     speculative_stats=stats)  # fmt: skip
     assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
     assert stats.proposed > stats.accepted > 0  # drafts were kept and rejected
+
+
+@pytest.mark.parametrize("value_dim", [0, 17, 2.5])
+def test_latent_caches_check_the_value_width(value_dim):
+    for make in (lambda: ContiguousKVCache(1, 1, 1, 4, 16, latent_value_dim=value_dim),
+                 lambda: PagedKVCache(1, 4, 2, 1, 16, latent_value_dim=value_dim)):  # fmt: skip
+        with pytest.raises(LLMInternalsError, match=f"latent_value_dim .* got {value_dim}"):
+            make()
