@@ -128,7 +128,6 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     _require(hf, "scoring_func", ("sigmoid",), source)
     _require(hf, "topk_method", ("noaux_tc",), source)
     _require(hf, "attention_bias", (False,), source)
-    _require(hf, "mlp_bias", (False,), source)
     n_heads = _get(hf, "num_attention_heads", source)
     n_kv = hf.get("num_key_value_heads")
     if n_kv is not None and n_kv != n_heads:  # MLA has one latent, not key/value head groups
@@ -220,6 +219,10 @@ def check_exportable(config: ModelConfig) -> None:
             problems.append(f"dense layers must be the first ones, got {dense}")
         if config.moe.get("d_shared") or config.moe.get("shared_expert_gate"):
             problems.append("shared experts are n_shared_experts plain experts")
+        if not config.moe.get("n_shared_experts"):
+            problems.append("it has at least one shared expert (moe.n_shared_experts)")
+        if config.moe.get("activation", "silu") != config.activation:
+            problems.append("experts and dense layers share one activation (hidden_act)")
     if config.rope_scaling is not None and config.rope_scaling.get("rope_type") != "yarn":
         problems.append("its rope scaling is YaRN or none")
     if config.rope_layout != "half":
