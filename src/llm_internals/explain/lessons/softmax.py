@@ -160,7 +160,6 @@ def _section_temperature(temperature: float = 1.0) -> Section:
                 formula="softmax(x / T)",
                 values={
                     "logits": logits,
-                    "T": temperature,
                     "softmax(logits / T)": softmax(logits, temperature=temperature),
                     "probabilities by temperature": Table(
                         ["T", "p0", "p1", "p2", "entropy (bits)"], rows
