@@ -40,9 +40,8 @@ MLA = dict(kv_lora_rank=128, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_di
 
 
 def set_mla_mode(model: DecoderLM, mode: str) -> DecoderLM:
-    """Switch every MLA block of `model` to "auto", "naive" or "absorbed" (same weights)."""
-    for block in model.blocks:
-        block.attn.mode = mode
+    """`model` with every MLA block switched to "auto", "naive" or "absorbed" (same weights)."""
+    model.set_mla_mode(mode)
     return model
 
 

@@ -116,7 +116,10 @@ def test_fp32_cached_decoding_within_1e_5():
 
 
 def test_modes_and_kernels_agree():
-    naive, absorbed = mla_model(attn_mode="naive"), mla_model(attn_mode="absorbed")
+    naive, absorbed = mla_model(attn_mode="naive"), mla_model()
+    absorbed.set_mla_mode("absorbed")
+    assert absorbed.config.mla["attn_mode"] == "absorbed"
+    assert all(block.attn.mode == "absorbed" for block in absorbed.blocks)
     ids = torch.randint(0, 61, (2, 10))
     with torch.no_grad():
         expected = naive(ids)
