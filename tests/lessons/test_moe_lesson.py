@@ -301,3 +301,22 @@ def test_shown_code_is_the_library_source(lesson):
     for function in (GatedMLP.forward, Router.forward, dispatch_sorted, switch_aux_loss,
                      update_selection_bias):  # fmt: skip
         assert textwrap.dedent(inspect.getsource(function)).rstrip("\n") in text
+
+
+def test_balancing_inputs_change_the_run():
+    from llm_internals.errors import LLMInternalsError
+    from llm_internals.explain.registry import get_lesson
+
+    weak = get_lesson("moe", {"aux_coef": "0.001", "gamma": "0"})
+    assert weak.inputs == {"aux_coef": 0.001, "gamma": 0.0}
+    run = {s.title: s.steps for s in weak.sections}["Load balancing"][1]
+    assert "coefficient 0.001" in run.text and "gamma 0," in run.text
+    summary = {row[0]: row[1:] for row in run.values["summary"].rows}
+    table = run.values["load at the last step"]
+    for method in ("aux loss", "bias update"):
+        load = [int(c.split()[0]) for c in _column(table, method)]
+        assert summary[method][1] == pytest.approx(np.std(load) / np.mean(load), rel=1e-6)
+        assert summary[method][1] > 0.5  # HF's 0.001 and no bias update leave the collapse
+    assert torch.equal(run.values["bias after the run"], torch.zeros(8))  # gamma 0: no update
+    with pytest.raises(LLMInternalsError, match="gamma"):
+        get_lesson("moe", {"gamma": "-1"})

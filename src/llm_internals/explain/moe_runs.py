@@ -96,9 +96,9 @@ def skewed_layer(router: str) -> tuple[MoELayer, torch.Tensor]:
     return layer, mu
 
 
-def balance_run(method: str) -> BalanceRun:
+def balance_run(method: str, aux_coef: float = AUX_COEF, gamma: float = GAMMA) -> BalanceRun:
     """STEPS Adam steps on the mean squared error to a fixed random linear map, with
-    method "none", "aux" (+ AUX_COEF x switch_aux_loss) or "bias" (the DeepSeek router and
+    method "none", "aux" (+ aux_coef x switch_aux_loss) or "bias" (the DeepSeek router and
     update_selection_bias after each step). Same data, same start for all three."""
     router = "sigmoid_grouped" if method == "bias" else "topk_softmax"
     layer, mu = skewed_layer(router)
@@ -113,26 +113,26 @@ def balance_run(method: str) -> BalanceRun:
         routing = layer.last_routing
         aux = switch_aux_loss(routing.logits, TOP_K)
         if method == "aux":
-            loss = loss + AUX_COEF * aux
+            loss = loss + aux_coef * aux
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loads.append(expert_load(routing.indices, N_EXPERTS))
         aux_losses.append(float(aux.detach()))
         if method == "bias":
-            update_selection_bias(layer.router.e_score_correction_bias, loads[-1], GAMMA)
+            update_selection_bias(layer.router.e_score_correction_bias, loads[-1], gamma)
     batch = torch.randn(BATCH, D_MODEL, generator=data) + mu
     return BalanceRun(method, layer, loads, aux_losses, batch)
 
 
 @functools.cache
-def one_thread_runs() -> dict[str, BalanceRun]:
+def one_thread_runs(aux_coef: float = AUX_COEF, gamma: float = GAMMA) -> dict[str, BalanceRun]:
     """The three runs on one torch thread (tiny matmuls only wait for each other on more);
     computed once per process (they are deterministic and read, never changed, afterwards)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {method: balance_run(method) for method in ("none", "aux", "bias")}
+        return {m: balance_run(m, aux_coef, gamma) for m in ("none", "aux", "bias")}
     finally:
         torch.set_num_threads(threads)
 

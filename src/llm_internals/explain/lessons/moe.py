@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from llm_internals.explain import moe_counts, moe_runs
+from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.moe_counts import MOE_MODELS, PARAM_COLUMNS, param_row
 from llm_internals.explain.moe_runs import BATCH, D_MODEL, N_EXPERTS, TOP_K, BalanceRun, routed
@@ -31,6 +32,13 @@ INFO = LessonInfo(
 )
 
 TEXT = "the cat sat"
+INPUTS = (
+    LessonInput("aux_coef", "aux loss coefficient", moe_runs.AUX_COEF, kind="float",
+                minimum=0.0, maximum=10.0,
+                help="weight of the Switch loss in the balancing run (HF Mixtral: 0.001)"),
+    LessonInput("gamma", "bias update rate gamma", moe_runs.GAMMA, kind="float", minimum=0.0,
+                maximum=1.0, help="step of the selection-bias update (DeepSeek-V3: 0.001)"),
+)  # fmt: skip
 BLOCK_MOE = {"d_expert": 16, "n_experts": 4, "top_k": 2, "dense_layers": [0]}
 
 
@@ -227,7 +235,7 @@ def _section_sparse_compute() -> Section:
     )
 
 
-def _section_load_balancing(runs: dict[str, BalanceRun]) -> Section:
+def _section_load_balancing(runs: dict[str, BalanceRun], aux_coef: float, gamma: float) -> Section:
     even = float(switch_aux_loss(torch.zeros(4, N_EXPERTS), TOP_K))
     summary = [[name, r.variation[0], r.variation[-1], r.aux_losses[0], r.aux_losses[-1]]
                for name, r in (("no balancing", runs["none"]), ("aux loss", runs["aux"]),
@@ -251,8 +259,8 @@ def _section_load_balancing(runs: dict[str, BalanceRun]) -> Section:
             Step(
                 f"A seeded run: a router skewed toward experts 0 and 1, {BATCH} tokens a step, "
                 f"{moe_runs.STEPS} Adam steps on the same data with no balancing, with the "
-                f"aux loss (coefficient {moe_runs.AUX_COEF}) and with the bias update (gamma "
-                f"{moe_runs.GAMMA}, DeepSeek's router). The expert load (token slots per "
+                f"aux loss (coefficient {aux_coef:g}) and with the bias update (gamma "
+                f"{gamma:g}, DeepSeek's router). The expert load (token slots per "
                 "expert) of the last step, and the coefficient of variation of the load "
                 "(std / mean, 0 is even). The bias "
                 "evens the load without touching the scores, so L_aux, which is computed from "
@@ -340,15 +348,15 @@ def _section_modern_llms() -> Section:
     )
 
 
-def build() -> Lesson:
-    runs = moe_runs.one_thread_runs()
+def build(aux_coef: float = moe_runs.AUX_COEF, gamma: float = moe_runs.GAMMA) -> Lesson:
+    runs = moe_runs.one_thread_runs(aux_coef, gamma)
     sections = [
         _section_why_needed(),
         _section_expert(),
         _section_router(),
         _section_where_in_block(),
         _section_sparse_compute(),
-        _section_load_balancing(runs),
+        _section_load_balancing(runs, aux_coef, gamma),
         _section_challenges(runs),
         _section_modern_llms(),
     ]
