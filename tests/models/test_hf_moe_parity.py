@@ -155,6 +155,26 @@ def test_mixtral_sliding_window_matches_hf(tmp_path):
         assert (ours(ids) - hf(ids).logits).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize(
+    ("family", "overrides"),
+    [
+        ("qwen2_moe", {"qkv_bias": False, "norm_topk_prob": True}),
+        ("qwen3_moe", {"tie_word_embeddings": True, "num_experts_per_tok": 1}),
+        ("mixtral", {"hidden_act": "gelu_pytorch_tanh", "num_experts_per_tok": 6}),
+    ],
+)
+def test_config_variants_match_hf_both_ways(family, overrides, tmp_path):
+    hf = make_hf_moe(family, seed=3, **overrides)
+    hf.save_pretrained(tmp_path / "in")
+    ours = load_pretrained(tmp_path / "in")
+    save_pretrained(ours, tmp_path / "out")
+    ids = random_ids(batch=2, seed=7)
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert (ours(ids) - expected).abs().max().item() < TOL
+        assert (hf_load(tmp_path / "out")(ids).logits - expected).abs().max().item() < TOL
+
+
 BAD_FIELDS = [
     ("mixtral", {"num_experts_per_tok": 7}, "num_experts_per_tok = 7 is larger than "
      "num_local_experts = 6"),

@@ -161,6 +161,9 @@ def _llama_config(hf: dict[str, Any], source: str) -> ModelConfig:
     elif hf.get("use_sliding_window", False):
         raise LLMInternalsError(f"{source}: use_sliding_window=true is not supported for {family}")
     attention_bias = _field(hf, "attention_bias", source, False, bool)
+    qkv_bias = attention_bias
+    if attention == "qwen2":  # q/k/v biases (transformers 5 names the switch qkv_bias)
+        qkv_bias = _field(hf, "qkv_bias", source, True, bool)
     moe, d_ff = None, None
     if family in MOE_ARCHITECTURES:
         moe, d_ff = moe_from_hf(hf, n_layers, source)
@@ -179,9 +182,7 @@ def _llama_config(hf: dict[str, Any], source: str) -> ModelConfig:
         norm_eps=_field(hf, "rms_norm_eps", source, 1e-6, float),
         ffn="gated",
         activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", source),
-        qkv_bias=_field(hf, "qkv_bias", source, True, bool)
-        if attention == "qwen2"
-        else attention_bias,
+        qkv_bias=qkv_bias,
         attn_out_bias=False if attention == "qwen2" else attention_bias,
         mlp_bias=_field(hf, "mlp_bias", source, False, bool),
         qk_norm=attention == "qwen3",

@@ -157,8 +157,8 @@ def moe_export_problems(config: ModelConfig, family: str) -> list[str]:
         problems.append(f"{family} has no group-limited routing or routed scaling")
     if moe.get("capacity_factor") is not None:
         problems.append(f"{family} drops no tokens (capacity_factor must be null)")
-    if config.activation != "silu" or moe.get("activation", "silu") != "silu":
-        problems.append(f"{family} experts use silu")
+    if moe.get("activation", "silu") != config.activation:
+        problems.append(f"{family} experts use hidden_act, the activation of the dense FFNs")
     if config.mlp_bias:
         problems.append(f"{family} FFNs have no biases")
     shared = (moe.get("n_shared_experts", 0), moe.get("d_shared"), moe.get("shared_expert_gate"))
