@@ -10,7 +10,9 @@ import math
 
 import torch
 
+from llm_internals.explain.figures import line_figure
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_model import curve_series, lesson_model_training
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.trace import Recording, recording
 from llm_internals.training.loss import (
@@ -212,6 +214,39 @@ def _bigram_logits() -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tenso
     return vocab, ids, torch.log(counts[ids[:-1]]), ids[1:]
 
 
+def training_curve_step() -> Step:
+    """The loss curve of the lessons' shipped model (recorded in its training.json)."""
+    record = lesson_model_training()
+    series = curve_series(record["curve"])
+    steps = [s for s, _ in series.values()]
+    figure = line_figure(
+        "cross_entropy", "training",
+        f"Cross-entropy while training the lessons' model ({record['parameters']:,} parameters, "
+        f"{record['vocab_size']:,} BPE tokens, seed {record['seed']}): from ln(V) = "
+        f"{record['uniform_loss']:.2f} nats, a uniform guess, down to "
+        f"{series['validation (evaluation)'][1][-1]:.2f} on random validation batches.",
+        steps[0],
+        {label: losses for label, (_, losses) in series.items()},
+        "optimizer step", "cross-entropy (nats/token)", title="Training the lessons' model",
+        xs={label: points for label, points in zip(series, steps, strict=True)},
+    )  # fmt: skip
+    return Step(
+        "Training is minimizing exactly this mean cross-entropy, batch after batch. The "
+        "lessons' small trained model started at ln(V), the loss of a uniform guess over its "
+        f"{record['vocab_size']:,} tokens, and ended at the validation loss below (measured on "
+        "held-out text it never trained on; scripts/train_lesson_model.py, "
+        f"`{record['command']}`).",
+        formula="loss = -(1/N) sum_t log p(x_t+1 | x_1..x_t)",
+        values={
+            "uniform guess ln(V)": record["uniform_loss"],
+            "validation loss after training": record["val_loss"],
+            "validation perplexity": math.exp(record["val_loss"]),
+            "optimizer steps": record["steps"],
+        },
+        figures=[figure],
+    )
+
+
 def _section_language_models() -> Section:
     vocab, ids, logits, targets = _bigram_logits()
     with recording() as rec:
@@ -245,6 +280,7 @@ def _section_language_models() -> Section:
                     "bits per byte (bigram)": bits_per_byte(loss, len(targets), len(targets)),
                 },
             ),
+            training_curve_step(),
         ],
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_model import load_lesson_model
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
@@ -134,6 +135,32 @@ def top_unit_rows(mlp: MLP, plain: dict[str, torch.Tensor]) -> list[list]:
              float(contributions[i].norm())] for i in order]  # fmt: skip
 
 
+TRAINED_TEXT = (
+    "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n"
+    "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n"
+)
+TRAINED_LAYER, TRAINED_UNITS, TRAINED_TOKENS = 1, 3, 4  # layer 2; its 3 strongest units
+
+
+def trained_unit_rows() -> list[list]:
+    """For the TRAINED_UNITS units of the trained model's layer TRAINED_LAYER FFN with the
+    largest activation anywhere in TRAINED_TEXT: the tokens (with the two before them) where
+    each fires most, and the activation act(gate) * up there."""
+    model, tokenizer = load_lesson_model()
+    ids = tokenizer.encode_ordinary(TRAINED_TEXT)
+    with recording() as rec, torch.no_grad():
+        model(torch.tensor([ids]))
+    acts = rec.all("ffn_activated")[TRAINED_LAYER][0]  # (tokens, d_ff)
+    units = acts.max(dim=0).values.argsort(descending=True)[:TRAINED_UNITS]
+    rows = []
+    for unit in units.tolist():
+        for position in acts[:, unit].argsort(descending=True)[:TRAINED_TOKENS].tolist():
+            before = tokenizer.decode(ids[max(position - 2, 0) : position])
+            shown = f"{before}[{tokenizer.decode([ids[position]])}]".replace("\n", "\\n")
+            rows.append([unit, shown, float(acts[position, unit])])
+    return rows
+
+
 def _section_what_it_learns(mlp, plain) -> Section:
     contributions = unit_contributions(mlp, plain)
     return Section(
@@ -157,7 +184,22 @@ def _section_what_it_learns(mlp, plain) -> Section:
                     "sum_i act_i v_i + b_down": contributions.sum(0) + mlp.down_proj.bias.detach(),
                     "FFN output (recorded)": plain["ffn_output"],
                 },
-            )
+            ),
+            Step(
+                "In a trained model the keys mean something. The lessons' small model "
+                "(trained on Shakespeare, SwiGLU FFN of 352 units per layer) reads four lines of "
+                f"Richard III; for the {TRAINED_UNITS} units of layer {TRAINED_LAYER + 1} that "
+                f"fire hardest, the {TRAINED_TOKENS} tokens (in brackets, after the two before "
+                "them) where each fires most: a unit responds to a family of contexts, not to "
+                "one position.",
+                formula="act_i = silu(gate_i . x) * (up_i . x)",
+                values={
+                    "strongest units of the trained model": Table(
+                        ["unit", "token in context", "activation"], trained_unit_rows()
+                    ),
+                },
+                decimals=3,
+            ),
         ],
     )
 

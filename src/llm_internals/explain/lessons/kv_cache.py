@@ -14,6 +14,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from llm_internals.explain.figures import line_figure
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
@@ -301,6 +302,24 @@ def _section_speed() -> Section:
     )
 
 
+FIGURE_CONTEXTS = tuple(2**i for i in range(10, 18))  # 1k .. 128k tokens
+
+
+def memory_figure():
+    """KV cache GiB of one sequence against its length, for each of MEMORY_MODELS."""
+    gib = {name: [load_shape(name).cache_bytes(t) / 2**30 for t in FIGURE_CONTEXTS]
+           for name in MEMORY_MODELS}  # fmt: skip
+    at_end = ", ".join(f"{name} {values[-1]:g} GiB" for name, values in gib.items())
+    return line_figure(
+        "kv_cache", "memory",
+        "The KV cache of one sequence (inference.kv_memory on the published configs, dtype as "
+        f"published) grows linearly with its length; at {FIGURE_CONTEXTS[-1]:,} tokens: {at_end}.",
+        FIGURE_CONTEXTS, gib,
+        "tokens in the cache", "KV cache (GiB)", title="KV cache memory vs context",
+        logx=True, logy=True,
+    )  # fmt: skip
+
+
 def _section_memory(context: int = 32768) -> Section:
     rows = []
     for name in MEMORY_MODELS:
@@ -343,6 +362,7 @@ def _section_memory(context: int = 32768) -> Section:
                         ["model", "tokens", "bytes", "GiB"], chosen
                     ),
                 },
+                figures=[memory_figure()],
             ),
             Step(
                 "Grouped-query attention is what keeps large models usable: Llama-3-70B has 64 "

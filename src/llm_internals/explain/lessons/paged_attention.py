@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 
+from llm_internals.explain.figures import line_figure
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
@@ -302,9 +303,11 @@ def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
 
 def measured_run(
     tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
-) -> tuple[list[list], list[float], list[tuple[int, int]]]:
+) -> tuple[list[list], list[float], list[tuple[int, int]], list[float]]:
     """The workload through the real engine (tiny model with GPT-2's context): rows sampled
-    every SAMPLE_EVERY steps, the waste after every step, and the workload."""
+    every SAMPLE_EVERY steps, the waste after every step, the workload, and after every step
+    the waste contiguous reservations (prompt + MAX_TOKENS_CAP per unfinished request) would
+    have for the same slots holding K/V."""
     lengths = workload()
     model = tiny_model(tok.vocab_size, max_seq_len=CONTEXT)
     blocks = sum(-(-(p + o) // block_size) for p, o in lengths)
@@ -315,21 +318,36 @@ def measured_run(
         prompt = [rng.randrange(tok.vocab_size) for _ in range(p)]
         llm.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=o,
                                                        ignore_eos=True))  # fmt: skip
-    rows, waste = [], []
+    rows, waste, contiguous = [], [], []
     while llm.has_unfinished():
         llm.step()
         stats = llm.stats()
         if stats.kv_slots_allocated == 0:
             continue
         waste.append(stats.kv_waste)
+        reserved = sum(lengths[int(request)][0] + MAX_TOKENS_CAP for request in llm.requests)
+        contiguous.append(1 - stats.kv_slots_used / reserved)
         if stats.num_steps % SAMPLE_EVERY == 1:
             rows.append([stats.num_steps, stats.num_running, stats.kv_slots_used,
                          stats.blocks_used, stats.kv_slots_allocated, stats.kv_waste])  # fmt: skip
-    return rows, waste, lengths
+    return rows, waste, lengths, contiguous
+
+
+def waste_figure(waste: list[float], contiguous: list[float], block_size: int):
+    """The engine's measured waste after every step beside contiguous reservations'."""
+    return line_figure(
+        "paged_attention", "waste",
+        f"Share of reserved KV slots holding nothing, after every engine step of the measured "
+        f"run: paged (block_size {block_size}, the engine's stats()) against contiguous "
+        f"reservations of prompt + {MAX_TOKENS_CAP} slots for the same unfinished requests.",
+        range(1, len(waste) + 1), {f"paged, block_size {block_size}": waste,
+                                   "contiguous reservations": contiguous},
+        "engine step", "share of reserved slots wasted", title="Paged vs contiguous KV waste",
+    )  # fmt: skip
 
 
 def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE) -> Section:
-    rows, waste, lengths = measured_run(tok, block_size)
+    rows, waste, lengths, contiguous = measured_run(tok, block_size)
     return Section(
         "Why it is so effective: the measured waste",
         [
@@ -357,6 +375,7 @@ def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
                     "mean waste over all steps": sum(waste) / len(waste),
                     "peak waste": max(waste),
                 },
+                figures=[waste_figure(waste, contiguous, block_size)],
             ),
             Step(
                 "The same requests with contiguous reservations waste most of what they hold "

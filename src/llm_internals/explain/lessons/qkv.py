@@ -12,7 +12,9 @@ import math
 
 import torch
 
-from llm_internals.explain.lesson import Lesson, Section, Step
+from llm_internals.explain.figures import heatmap_figure
+from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_model import load_lesson_model, token_labels, trained_attention
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.layers.embedding import TokenEmbedding
 from llm_internals.layers.multihead import MultiHeadAttention
@@ -192,6 +194,48 @@ def _section_all_together(r) -> Section:
     )
 
 
+TRAINED_TEXT = "To be, or not to be, that is the question."
+TRAINED_LAYER, TRAINED_HEAD = 3, 0  # layer 4, head 1: mostly the previous token (see the test)
+
+
+def _section_trained_model() -> Section:
+    ids, weights = trained_attention(TRAINED_TEXT)
+    _, tokenizer = load_lesson_model()
+    labels = token_labels(tokenizer, ids)
+    head = weights[TRAINED_LAYER, TRAINED_HEAD]
+    rows = [[label, labels[int(row.argmax())], float(row.max()), 1 / (i + 1)]
+            for i, (label, row) in enumerate(zip(labels, head, strict=True))]  # fmt: skip
+    figure = heatmap_figure(
+        "qkv", "trained",
+        f"Attention weights of layer {TRAINED_LAYER + 1}, head {TRAINED_HEAD + 1} of the lessons' "
+        f"trained model on '{TRAINED_TEXT}': rows are queries, columns keys (zero above the "
+        "diagonal: the model is causal).",
+        {f"layer {TRAINED_LAYER + 1}, head {TRAINED_HEAD + 1}": head}, labels, labels,
+        vmin=0.0, vmax=1.0,
+    )  # fmt: skip
+    return Section(
+        "In a trained model",
+        [
+            Step(
+                "The same computation in a model that learned its W_q, W_k, W_v: the lessons' "
+                "small Llama-style model (4 layers of 4 heads, d_k = 32, trained on Shakespeare "
+                "and shipped with the package) reading one line. Each token is one row; a "
+                "learned head concentrates its weight where the readable random weights above "
+                "could not: compare the largest weight of each row with 1/(tokens visible), "
+                f"what a uniform row would give. Layer {TRAINED_LAYER + 1}, head "
+                f"{TRAINED_HEAD + 1} has learned to look mostly at the token just before.",
+                values={
+                    "strongest key per query": Table(
+                        ["query", "strongest key", "its weight", "uniform row"], rows
+                    ),
+                },
+                decimals=3,
+                figures=[figure],
+            )
+        ],
+    )
+
+
 def build() -> Lesson:
     _, attention, r = run()
     sections = [
@@ -203,5 +247,6 @@ def build() -> Lesson:
         _section_softmax(r),
         _section_weights_times_v(r),
         _section_all_together(r),
+        _section_trained_model(),
     ]
     return Lesson(name=INFO.name, title=INFO.title, summary=INFO.summary, sections=sections)

@@ -16,6 +16,7 @@ import torch
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.lesson_corpus import lesson_corpus
+from llm_internals.explain.lesson_model import load_lesson_model
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler, make_generator
@@ -294,6 +295,50 @@ def _section_draw(dist: _Distribution, temperature: float, top_p: float) -> Sect
     )
 
 
+TRAINED_PROMPT = "To be, or not to"
+TRAINED_TOP = 10  # the most likely next tokens shown
+
+
+def trained_next_token_logits() -> tuple[list[int], torch.Tensor]:
+    """(prompt ids, next-token logits) of the lessons' trained model after TRAINED_PROMPT."""
+    model, tokenizer = load_lesson_model()
+    ids = tokenizer.encode_ordinary(TRAINED_PROMPT)
+    with torch.no_grad():
+        return ids, model(torch.tensor([ids]))[0, -1]
+
+
+def _section_trained_model(temperature: float, top_p: float) -> Section:
+    _, tokenizer = load_lesson_model()
+    _, logits = trained_next_token_logits()
+    token, rec = run_sampler(logits, temperature=temperature, top_p=top_p)
+    plain = torch.softmax(logits, -1)
+    shaped = rec["sampling.probs"][0]
+    top = torch.topk(plain, TRAINED_TOP).indices.tolist()
+    rows = [[repr(tokenizer.decode([i])), float(logits[i]), float(plain[i]), float(shaped[i])]
+            for i in top]  # fmt: skip
+    return Section(
+        "A trained model's distribution",
+        [
+            Step(
+                f"The same sampler on a neural model's logits: the lessons' small trained model "
+                f"(BPE vocabulary of {tokenizer.vocab_size:,} tokens, trained on Shakespeare) "
+                f"after '{TRAINED_PROMPT}'. Its {TRAINED_TOP} most likely next tokens, with "
+                f"their probability at temperature 1 and after temperature {temperature:g} "
+                f"and top-p {top_p:g}.",
+                values={
+                    "most likely next tokens": Table(
+                        ["next token", "logit", "p (T = 1)", f"p (T = {temperature:g}, "
+                         f"top-p {top_p:g})"], rows,
+                    ),
+                    "mass of these tokens (T = 1)": float(plain[top].sum()),
+                    "sampled token": repr(tokenizer.decode([token])),
+                },
+                decimals=3,
+            )
+        ],
+    )  # fmt: skip
+
+
 def build(
     temperature: float = DRAW_TEMPERATURE,
     top_k: int = TOP_K,
@@ -316,5 +361,6 @@ def build(
             _section_top_p(dist, top_p),
             _section_min_p(dist, flat, top_k, top_p, min_p),
             _section_draw(dist, temperature, top_p),
+            _section_trained_model(temperature, top_p),
         ],
     )

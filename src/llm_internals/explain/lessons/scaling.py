@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from llm_internals.explain.figures import line_figure
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
@@ -82,6 +83,32 @@ def statistics(
         }
         for d in sorted(head_sizes)
     }
+
+
+FIGURE_HEAD_SIZES = (1, 4, 16, 64, 256)
+SCALINGS = {"unscaled": lambda d: 1.0, "1/sqrt(d_k)": lambda d: 1 / math.sqrt(d),
+            "1/d_k": lambda d: 1 / d}  # fmt: skip
+
+
+def saturation_curve() -> dict[str, list[float]]:
+    """Mean max softmax weight at each head size of FIGURE_HEAD_SIZES, for each scaling."""
+    return {
+        label: [float(attend(d, scale(d))["weights"].max(dim=-1).values.mean())
+                for d in FIGURE_HEAD_SIZES]
+        for label, scale in SCALINGS.items()
+    }  # fmt: skip
+
+
+def saturation_figure():
+    """The figure: how one-hot softmax gets as d_k grows, per scaling."""
+    curve = saturation_curve()
+    return line_figure(
+        "scaling", "saturation",
+        f"Mean max softmax weight over {ROWS} rows of {KEYS} keys: unscaled it climbs towards "
+        f"1 (one-hot) as d_k grows; 1/sqrt(d_k) keeps it flat; 1/d_k falls to uniform (1/{KEYS}).",
+        FIGURE_HEAD_SIZES, {**curve, f"uniform (1/{KEYS})": [1 / KEYS] * len(FIGURE_HEAD_SIZES)},
+        "head size d_k", "mean max softmax weight", title="Softmax saturation vs d_k", logx=True,
+    )  # fmt: skip
 
 
 def _row(d: int, runs: dict[str, dict[str, torch.Tensor]], kind: str) -> list:
@@ -196,6 +223,7 @@ def _section_large_scores_softmax(columns, stats) -> Section:
                     ),
                 },
                 decimals=3,
+                figures=[saturation_figure()],
             )
         ],
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from llm_internals.explain.figures import heatmap_figure
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.lesson_model import load_lesson_model, token_labels, trained_attention
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import (
     GPT2_STYLE,
@@ -185,6 +187,37 @@ def _section_tokenization_embedding_positional(ids, tok, config, rec) -> Section
     )
 
 
+TRAINED_TEXT = "To be, or not to be, that is the question."
+TRAINED_LAYER = 3  # the layer whose four heads the trained-model figure shows (layer 4)
+
+
+def trained_heads_step() -> Step:
+    """The four heads of one layer of the shipped trained model, as a figure, and each head's
+    weights for the last token."""
+    ids, weights = trained_attention(TRAINED_TEXT)
+    labels = token_labels(load_lesson_model()[1], ids)
+    layer = weights[TRAINED_LAYER]
+    figure = heatmap_figure(
+        "transformer", "heads",
+        f"Layer {TRAINED_LAYER + 1} of the lessons' trained model on '{TRAINED_TEXT}', one panel "
+        "per head: rows are queries, columns keys. Each head has learned its own pattern.",
+        {f"head {h + 1}": layer[h] for h in range(layer.shape[0])}, labels, labels,
+        vmin=0.0, vmax=1.0,
+    )  # fmt: skip
+    return Step(
+        "Trained weights are different: the lessons' small trained model (4 layers of 4 heads, "
+        "trained on Shakespeare, shipped with the package) on one line. Its heads no longer "
+        "spread weight evenly; each attends to its own choice of earlier tokens. The last "
+        f"token's ({labels[-1]}) weights per head:",
+        values={"keys": ", ".join(labels), **{
+            f"trained layer {TRAINED_LAYER + 1}, head {h + 1}, last token": layer[h, -1]
+            for h in range(layer.shape[0])
+        }},
+        decimals=3,
+        figures=[figure],
+    )  # fmt: skip
+
+
 def _section_attention_multi_head(config, rec) -> Section:
     return Section(
         "Attention and multi-head",
@@ -200,7 +233,8 @@ def _section_attention_multi_head(config, rec) -> Section:
                     f"head {h} weights": rec.all("weights")[0][0, h] for h in range(config.n_heads)
                 },
                 decimals=3,
-            )
+            ),
+            trained_heads_step(),
         ],
     )
 
