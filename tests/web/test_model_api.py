@@ -8,6 +8,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from llm_internals.explain import lesson_model
 from llm_internals.explain.tiny_models import tiny_decoder, tiny_tokenizer
 from llm_internals.models.checkpoint import save_checkpoint
 from llm_internals.models.loading import load_model_and_tokenizer
@@ -85,8 +86,20 @@ def test_bad_requests_get_clear_errors(client, params, status, message):
     assert message in body["error"] and set(body) == {"error", "hint"}
 
 
-def test_without_a_model_the_error_names_the_flag():
+def test_without_a_model_the_shipped_model_is_shown():
+    with TestClient(create_app(None)) as c:
+        info = c.get("/api/model").json()
+        body = c.get("/api/model/inspect", params=dict(prompt="To be, or not to be")).json()
+    assert info["path"] == str(lesson_model.LESSON_MODEL_DIR)
+    _, tokenizer = lesson_model.load_lesson_model()
+    assert [t["id"] for t in body["tokens"]] == tokenizer.encode("To be, or not to be")
+    assert (info["n_layers"], body["n_heads"]) == (4, 4)
+
+
+def test_without_any_model_the_error_names_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(lesson_model, "LESSON_MODEL_DIR", tmp_path / "missing")
     with TestClient(create_app(None)) as c:
         response = c.get("/api/model/inspect", params=dict(prompt="abc"))
     assert response.status_code == 404
+    assert "trained model is missing" in response.json()["error"]
     assert "--model PATH" in response.json()["hint"]

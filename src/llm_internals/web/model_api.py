@@ -8,7 +8,8 @@
                                  (the page's sliders call this)
 
 The model is loaded once per app, on first use, from the app's model_path (any folder
-`load_model_and_tokenizer` accepts), and shared with the Engine view. Everything that runs it
+`load_model_and_tokenizer` accepts; by default the small trained model that ships with the
+package, explain/lesson_model.py), and shared with the Engine view. Everything that runs it
 holds web/serial.py's RECORDING_LOCK: a recorded forward switches its attention to the
 from-scratch path for a moment, and `trace.recording()` is process-wide, so a lesson building in
 another thread must not see this model's records (nor an engine step's). The last few prompts'
@@ -25,6 +26,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from llm_internals.explain import lesson_model
 from llm_internals.models.loading import load_model_and_tokenizer
 from llm_internals.web import model_inspect as mi
 from llm_internals.web.errors import ApiError
@@ -58,15 +60,19 @@ class ExplorerModel:
 
 
 def explorer_model(request: Request) -> ExplorerModel:
-    """The app's loaded model (loaded on first use); 404 with the flag to use when none."""
+    """The app's loaded model (loaded on first use): its model_path, or else the small trained
+    model that ships with the package (explain/lesson_model.py)."""
     state = request.app.state
     loaded = getattr(state, "explorer_model", None)
     if loaded is not None:
         return loaded
     path = getattr(state, "model_path", None)
     if path is None:
-        raise ApiError(404, "the explorer was started without a model",
-                       hint="restart with llm-internals explore --model PATH")  # fmt: skip
+        path = lesson_model.LESSON_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise ApiError(404, f"no --model was given and the package's trained model is "
+                           f"missing ({path})", hint="restart with llm-internals explore "
+                           f"--model PATH, or {lesson_model.REBUILD_HINT}")  # fmt: skip
     with _loading:
         if getattr(state, "explorer_model", None) is None:
             model, tokenizer, _ = load_model_and_tokenizer(Path(path))
