@@ -109,9 +109,17 @@ def test_api_errors_are_json_with_a_hint(client):
     extra = client.get("/api/lessons/softmax?nonsense=1")
     assert extra.status_code == 400 and extra.json()["hint"] == "its inputs: temperature"
     route = client.get("/api/nothing/here")
-    assert route.status_code == 404 and route.json()["error"] == "no API route /api/nothing/here"
+    assert route.status_code == 404
+    assert route.json()["error"] == "no API route GET /api/nothing/here"
+    assert client.post("/api/nothing").json()["error"] == "no API route POST /api/nothing"
     page = client.get("/no/such/page")
     assert page.status_code == 404 and "no such page" in page.json()["error"]
+
+
+def test_only_the_allowed_host_names_are_answered():
+    guarded = TestClient(create_app(allowed_hosts=("127.0.0.1", "localhost")))
+    assert guarded.get("/api/lessons", headers={"host": "localhost:8010"}).status_code == 200
+    assert guarded.get("/api/lessons", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_lessons_are_cached_by_their_parsed_inputs(client):

@@ -10,6 +10,7 @@ from llm_internals.console import console
 from llm_internals.errors import LLMInternalsError
 
 DEFAULT_PORT = 8010
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(subparsers) -> None:
@@ -44,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
     from llm_internals.web.app import create_app
 
-    app = create_app(str(args.model) if args.model is not None else None)
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    hosts = None if wildcard else tuple(dict.fromkeys((*LOOPBACK, args.host)))
+    app = create_app(str(args.model) if args.model is not None else None, allowed_hosts=hosts)
     host = f"[{args.host}]" if ":" in args.host else args.host
     console.print(f"explorer at [bold]http://{host}:{args.port}/[/bold]  (Ctrl-C stops)",
                   soft_wrap=True)  # fmt: skip
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         console.print(f"[yellow]warning:[/yellow] listening on {args.host}: other machines "
                       "can reach the explorer")  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

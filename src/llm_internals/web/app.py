@@ -14,10 +14,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from llm_internals.inference.server.guards import GuardSettings, RequestGuard
 from llm_internals.web import engine_api, lessons_api, model_api
 from llm_internals.web.errors import ApiError, install_error_handlers
 from llm_internals.web.lesson_cache import LessonCache
@@ -35,10 +36,15 @@ def page_html() -> str:
     return (STATIC / "index.html").read_text(encoding="utf-8").replace("<!-- scripts -->", tags)
 
 
-def create_app(model_path: str | None = None) -> FastAPI:
+def create_app(
+    model_path: str | None = None, allowed_hosts: tuple[str, ...] | None = None
+) -> FastAPI:
     """The explorer app; `model_path` is the checkpoint the Model view loads (None: the view
-    says how to give one)."""
+    says how to give one). `allowed_hosts`: the Host header names it answers (the serve
+    command's guard: a web page elsewhere cannot reach it through DNS rebinding); None: any."""
     app = FastAPI(title="llm-internals explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts is not None:
+        app.add_middleware(RequestGuard, settings=GuardSettings(allowed_hosts=allowed_hosts))
     app.state.model_path = model_path
     app.state.lessons = LessonCache()
     install_error_handlers(app)
@@ -46,9 +52,11 @@ def create_app(model_path: str | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
 
-    @app.get("/api/{path:path}", include_in_schema=False)  # after every router: it matches all
-    def unknown_api(path: str) -> None:
-        raise ApiError(404, f"no API route /api/{path}",
+    # after every router, since it matches every path under /api/ and every method
+    @app.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                   include_in_schema=False)  # fmt: skip
+    def unknown_api(path: str, request: Request) -> None:
+        raise ApiError(404, f"no API route {request.method} /api/{path}",
                        hint="the routes: /api/lessons, /api/lessons/NAME, /api/model, "
                        "/api/model/inspect, /api/engine/sessions")  # fmt: skip
 
