@@ -19,7 +19,7 @@ from llm_internals.inference.paged.engine import LLM
 from llm_internals.inference.params import SamplingParams
 from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.layers.moe import MoELayer
-from llm_internals.models import load_pretrained, save_pretrained
+from llm_internals.models import DecoderLM, ModelConfig, load_pretrained, save_pretrained
 
 TOL = 1e-4
 VOCAB = 97
@@ -228,3 +228,23 @@ def test_paged_engine_serves_it(checkpoints):
     for prompt, output in zip(PROMPTS, outputs, strict=True):
         expected = generate(ours, None, prompt, max_new_tokens=10, eos_token_id=None).token_ids
         assert output.token_ids == expected
+
+
+@pytest.mark.parametrize("with_experts", [True, False])
+def test_our_own_mla_model_exports_as_deepseek_v3(tmp_path, with_experts):
+    """A DecoderLM built here with config.mla (family "custom") is written as deepseek_v3, the
+    one HF family with latent attention; without experts every layer is a dense one."""
+    torch.manual_seed(8)
+    moe = dict(d_expert=8, n_experts=4, top_k=2, router="sigmoid_grouped", n_group=2,
+               topk_group=1, n_shared_experts=1, dense_layers=[0])  # fmt: skip
+    config = ModelConfig(vocab_size=VOCAB, d_model=24, n_layers=2, n_heads=3, max_seq_len=32,
+                         head_dim=4, moe=moe if with_experts else None,
+                         mla=dict(kv_lora_rank=10, q_lora_rank=None, qk_nope_head_dim=6,
+                                  qk_rope_head_dim=4, v_head_dim=5))  # fmt: skip
+    ours = DecoderLM(config).eval()
+    save_pretrained(ours, tmp_path)
+    hf = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf.config.first_k_dense_replace == (1 if with_experts else 2)
+    ids = random_ids(seed=8)
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < TOL

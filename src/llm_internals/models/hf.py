@@ -69,8 +69,9 @@ def _converter_for_type(model_type: str | None, source: str) -> Converter:
 
 def _converter_for_model(model: nn.Module) -> Converter:
     """The converter of the model's family when it has one (deepseek_v3 and the decoder families
-    share DecoderLM), else the first one for its class."""
-    family = getattr(getattr(model, "config", None), "family", None)
+    share DecoderLM), else the first one for its class. Latent attention is DeepSeek-V3's."""
+    config = getattr(model, "config", None)
+    family = "deepseek_v3" if getattr(config, "mla", None) else getattr(config, "family", None)
     for converter in CONVERTERS:
         if isinstance(model, converter.model_class) and family in converter.model_types:
             return converter

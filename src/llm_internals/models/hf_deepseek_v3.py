@@ -209,8 +209,10 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
 def check_exportable(config: ModelConfig) -> None:
     """A clear error when a config cannot be written as deepseek_v3."""
     problems = []
-    if config.mla is None or config.moe is None:
-        problems.append("DeepSeek-V3 needs both mla and moe")
+    if config.mla is None:
+        problems.append("its attention is Multi-head Latent Attention (mla)")
+    if config.moe is None:
+        pass  # every layer dense: first_k_dense_replace = num_hidden_layers
     elif config.moe.get("router") != "sigmoid_grouped":
         problems.append(f"its router is sigmoid_grouped, not {config.moe.get('router')!r}")
     else:
@@ -238,7 +240,16 @@ def check_exportable(config: ModelConfig) -> None:
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """A deepseek_v3 config.json dict for `config` (loadable by transformers' DeepseekV3Config)."""
     check_exportable(config)
-    moe, mla = config.moe, config.mla
+    mla = config.mla
+    moe = config.moe or {  # no experts: DeepseekV3Config's MoE fields, no layer using them
+        "d_expert": DEFAULTS["moe_intermediate_size"],
+        "n_experts": DEFAULTS["n_routed_experts"],
+        "top_k": DEFAULTS["num_experts_per_tok"],
+        "n_group": DEFAULTS["n_group"],
+        "topk_group": DEFAULTS["topk_group"],
+        "n_shared_experts": DEFAULTS["n_shared_experts"],
+        "dense_layers": list(range(config.n_layers)),
+    }
     act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
     return {
         "architectures": [ARCHITECTURE],
