@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from llm_internals.explain import lesson_model
 from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_tokenizer
 from llm_internals.inference.params import SamplingParams
 from llm_internals.inference.sampling import Sampler
@@ -114,3 +115,14 @@ def test_a_long_prompt_shows_the_limit(page):
     assert "at most 64" in page.page.locator("#model-error .message").text_content()
     # the browser reports the 413 response itself as a console error; nothing else may appear
     assert page.errors and all("413" in e for e in page.errors)
+
+
+def test_the_shipped_model_is_the_default(lesson_page):
+    """conftest's explorer has no --model: the view shows the package's trained model."""
+    lesson_page.open("/model")
+    _, tokenizer = lesson_model.load_lesson_model()
+    chips = lesson_page.page.locator("#tokens .chip")
+    ids = [int(v) for v in chips.evaluate_all("cs => cs.map(c => c.dataset.id)")]
+    assert ids == tokenizer.encode("to be, or not to be")  # model.js's default prompt
+    assert "lesson_model" in lesson_page.page.locator("#model-info").text_content()
+    assert lesson_page.errors == []
