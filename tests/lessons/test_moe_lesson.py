@@ -262,7 +262,7 @@ def test_challenges_memory_and_dropping(steps):
             2 * active,
             layers * 2 * f["num_experts_per_tok"] * f["hidden_size"] * 2,
         ]
-    runs = moe_runs.one_thread_runs()
+    runs = moe_runs.one_thread_runs(moe_runs.AUX_COEF, moe_runs.GAMMA)  # the lesson's, cached
     for row in dropping.values["dropped pairs"].rows:
         factor, capacity = row[0], row[1]
         pairs = moe_runs.BATCH * moe_runs.TOP_K
