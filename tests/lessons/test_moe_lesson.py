@@ -111,6 +111,9 @@ def test_published_counts_match_hf_model_classes(steps):
         "Qwen3-30B-A3B": (30.5e9, 3.3e9),
         "DeepSeek-V3": (671e9, 37e9),
     }  # as announced
+    deepseek, llama_405b, llama_70b = (by_name[n] for n in ("DeepSeek-V3", "Llama-3.1-405B",
+                                                             "Llama-3-70B"))  # fmt: skip
+    assert deepseek[1] > llama_405b[1] and deepseek[4] < llama_70b[4]  # the section's claim
     for name, (total, active) in headline.items():
         assert by_name[name][1] == pytest.approx(total, rel=0.01), name
         assert by_name[name][2] == pytest.approx(active, rel=0.02), name
