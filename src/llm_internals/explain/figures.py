@@ -31,7 +31,7 @@ from llm_internals.explain.lesson import Figure
 from llm_internals.files import atomic_write
 
 FIGURES_ENV = "LLM_INTERNALS_FIGURES"
-FIGURE_STYLE = "1"  # bump when the drawing code changes what a figure looks like
+FIGURE_STYLE = "2"  # bump when the drawing code changes what a figure looks like
 DPI = 100
 _PLOTTED: dict[Path, dict[str, np.ndarray]] = {}
 
@@ -86,7 +86,15 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path, data: dict[str, np.ndarray]) -> None:
     atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+        path,
+        lambda tmp: fig.savefig(
+            tmp,
+            format="png",
+            dpi=DPI,
+            metadata={"Software": None},
+            bbox_inches="tight",
+            pad_inches=0.1,
+        ),
     )
     _PLOTTED[path] = data
     _pyplot().close(fig)
