@@ -168,3 +168,37 @@ def test_paged_waste_figure_plots_the_two_series(figures_in_tmp):
     assert drawn["paged, block_size 16"].tolist() == paged
     assert drawn["contiguous reservations"].tolist() == contiguous
     assert drawn["x:contiguous reservations"].tolist() == [1, 2, 3]
+
+
+def test_paged_lesson_contiguous_series_counts_unfinished_requests(figures_in_tmp):
+    """The contiguous series of the waste figure, recounted from the engine's outputs alone:
+    slots holding K/V = prompt + generated - 1 per unfinished request (the newest token has no
+    K/V yet), reserved = prompt + MAX_TOKENS_CAP per unfinished request."""
+    import random
+
+    from llm_internals.explain.lessons import paged_attention as lesson
+    from llm_internals.inference.paged import LLM
+    from llm_internals.inference.params import SamplingParams
+
+    tok = lesson.tiny_tokenizer()
+    _, paged, lengths, contiguous = lesson.measured_run(tok, 64)
+    model = lesson.tiny_model(tok.vocab_size, max_seq_len=lesson.CONTEXT)
+    llm = LLM(model, None, block_size=64, num_blocks=sum(-(-(p + o) // 64) for p, o in lengths),
+              max_num_seqs=lesson.WORKLOAD_SIZE, max_num_batched_tokens=4096)  # fmt: skip
+    rng = random.Random(lesson.WORKLOAD_SEED + 1)
+    for i, (p, o) in enumerate(lengths):
+        prompt = [rng.randrange(tok.vocab_size) for _ in range(p)]
+        llm.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=o,
+                                                       ignore_eos=True))  # fmt: skip
+    generated, finished, expected = dict.fromkeys(range(len(lengths)), 0), set(), []
+    while llm.has_unfinished():
+        for output in llm.step():
+            generated[int(output.request_id)] += len(output.new_token_ids)
+            if output.request_finished:
+                finished.add(int(output.request_id))
+        live = [i for i in generated if i not in finished]
+        if live:
+            held = sum(lengths[i][0] + generated[i] - 1 for i in live)
+            expected.append(1 - held / sum(lengths[i][0] + lesson.MAX_TOKENS_CAP for i in live))
+    assert contiguous == pytest.approx(expected, abs=1e-12)
+    assert len(paged) == len(contiguous) and sum(paged) < sum(contiguous) / 3
