@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default %(default)s)"
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     text = corpus("shakespeare")

@@ -12,6 +12,9 @@ here, so their shapes are stated once and read the same way:
     tiny_seq2seq(seed, **ORIGINAL_TRANSFORMER)   an encoder-decoder (Seq2SeqLM), here in the
                                          2017 paper's layout (post-norm, sinusoidal, ReLU)
 
+Lessons that need learned weights (attention patterns, FFN units, next-token distributions)
+load the small trained model shipped with the package instead: explain/lesson_model.py.
+
 Seeding follows a training script: `torch.manual_seed(seed)` and then the model's
 initialization, so draws after the call continue from there (wrap the call in
 `torch.random.fork_rng()` to leave the caller's generator untouched).
