@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
         "view (block tables, KV pool, prefix-cache hits). Works offline. See docs/explorer.md.",
     )
     p.add_argument("--model", type=Path, metavar="PATH",
-                   help="checkpoint directory for the Model view (default: none; the view then "
-                   "says how to give one)")  # fmt: skip
+                   help="checkpoint directory for the Model and Engine views, ours or HF's "
+                   "(default: the small trained model shipped with the package)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--log-level", default="warning",

@@ -39,9 +39,10 @@ def page_html() -> str:
 def create_app(
     model_path: str | None = None, allowed_hosts: tuple[str, ...] | None = None
 ) -> FastAPI:
-    """The explorer app; `model_path` is the checkpoint the Model view loads (None: the view
-    says how to give one). `allowed_hosts`: the Host header names it answers (the serve
-    command's guard: a web page elsewhere cannot reach it through DNS rebinding); None: any."""
+    """The explorer app; `model_path` is the checkpoint the Model and Engine views load (None:
+    the trained model shipped with the package, explain/lesson_model.py). `allowed_hosts`: the
+    Host header names it answers (the serve command's guard: a web page elsewhere cannot reach
+    it through DNS rebinding); None: any."""
     app = FastAPI(title="llm-internals explorer", docs_url=None, redoc_url=None, openapi_url=None)
     if allowed_hosts is not None:
         app.add_middleware(RequestGuard, settings=GuardSettings(allowed_hosts=allowed_hosts))
