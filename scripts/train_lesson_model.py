@@ -1,6 +1,6 @@
 """Train the small model the lessons ship with, and write it into the package.
 
-    .venv/bin/python scripts/train_lesson_model.py   # the shipped model (~25 min, 1 CPU thread)
+    .venv/bin/python scripts/train_lesson_model.py   # the shipped model (4-25 min on 1 thread)
     .venv/bin/python scripts/train_lesson_model.py --steps 50 --out /tmp/lesson_model
 
 What it does, all with the library's own code and one fixed seed:
