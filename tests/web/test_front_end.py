@@ -5,11 +5,13 @@ errors, the lesson cache and the figure route (no browser needed for those)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 
 from llm_internals.web.app import create_app
+from llm_internals.web.serial import RECORDING_LOCK
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,14 @@ def test_lessons_are_cached_by_their_parsed_inputs(client):
     cache.size = 1
     client.get("/api/lessons/softmax")
     assert len(cache.entries) == 1
+
+
+def test_a_cached_lesson_does_not_wait_for_another_build(client):
+    cache = client.app.state.lessons
+    first = cache.lesson("softmax", {"temperature": "5"})
+    with ThreadPoolExecutor(1) as pool, RECORDING_LOCK:  # as if another lesson were building
+        again = pool.submit(cache.lesson, "softmax", {"temperature": "5"}).result(timeout=10)
+    assert again is first
 
 
 def test_figures_are_served_only_when_a_lesson_drew_them(client, tmp_path):

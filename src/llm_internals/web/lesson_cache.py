@@ -5,6 +5,7 @@ so the figure route serves files that a lesson produced and nothing else."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class LessonCache:
         self.entries: OrderedDict[tuple[str, tuple], dict[str, Any]] = OrderedDict()
         self.figures: dict[tuple[str, str], Path] = {}  # (lesson, file name) -> path
         self.builds = 0  # how many lessons were actually built (tests read it)
+        self.lock = threading.Lock()  # guards entries and figures (server worker threads)
 
     def known(self, name: str) -> None:
         """404 (not 400) for a lesson that does not exist, with the known names as the hint."""
@@ -44,13 +46,17 @@ class LessonCache:
         declared = lesson_inputs(name)
         values = parse_inputs(declared, given, name)
         key = (name, tuple(sorted(values.items())))
+        cached = self._cached(key)  # a cached lesson does not wait for another one's build
+        if cached is not None:
+            return cached
         with RECORDING_LOCK:
-            if key in self.entries:
-                self.entries.move_to_end(key)
-                return self.entries[key]
+            cached = self._cached(key)  # built meanwhile by the request we waited for
+            if cached is not None:
+                return cached
             lesson = get_lesson(name, values)
-            self.builds += 1
             data = lesson_to_dict(lesson, declared)
+        with self.lock:
+            self.builds += 1
             for section in lesson.sections:
                 for step in section.steps:
                     for figure in step.figures:
@@ -58,7 +64,14 @@ class LessonCache:
             self.entries[key] = data
             while len(self.entries) > self.size:
                 self.entries.popitem(last=False)
-            return data
+        return data
+
+    def _cached(self, key: tuple[str, tuple]) -> dict[str, Any] | None:
+        with self.lock:
+            if key not in self.entries:
+                return None
+            self.entries.move_to_end(key)
+            return self.entries[key]
 
     def figure(self, name: str, file: str) -> Path:
         """The PNG `file` that lesson `name` drew; 404 for anything it did not."""
