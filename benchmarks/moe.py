@@ -98,9 +98,8 @@ class Run:
     trainer: Trainer
     flops_per_token: float
     seconds: float = 0.0  # CPU time in train_step only
-    curve: list[tuple[int, float, float, float]] = field(
-        default_factory=list
-    )  # step, FLOPs, s, val
+    # (step, FLOPs so far, CPU seconds so far, validation loss) at each evaluation
+    curve: list[tuple[int, float, float, float]] = field(default_factory=list)
     cvs: list[float] = field(default_factory=list)  # load CV per step (MoE runs)
     loads: list[torch.Tensor] = field(default_factory=list)  # [layers, E] per step
 
@@ -131,14 +130,14 @@ def run_training(args: argparse.Namespace) -> None:
         "dense": TrainConfig(model={**BASE, "d_ff": TOP_K * D_EXPERT}, **common),
         "moe none": TrainConfig(
             model={**BASE, "moe": moe}, moe_aux_loss_coef=0.0, moe_z_loss_coef=0.0, **common
-        ),  # fmt: skip
+        ),
         "moe aux": TrainConfig(model={**BASE, "moe": moe}, **common),
         "moe bias": TrainConfig(
             model={**BASE, "moe": moe},
             moe_aux_loss_coef=0.0,
             moe_bias_update_rate=args.gamma,
             **common,
-        ),  # fmt: skip
+        ),
     }
     tokenizer, splits = prepare_data(configs["dense"])
     runs = {}
