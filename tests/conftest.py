@@ -4,6 +4,7 @@ LLM_INTERNALS_HOME, downloaded with pip on first use: marks such tests `network`
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -22,6 +23,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 # "interpreted or compiled" as each of its functions is defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# Lessons draw figures (explain/figures.py); tests write them to a fresh folder, never into the
+# user's cache, so a stale PNG there can neither hide nor fake a drawing.
+os.environ.setdefault("LLM_INTERNALS_FIGURES", tempfile.mkdtemp(prefix="llm-internals-figures-"))
 
 
 def pytest_collection_modifyitems(config, items):
