@@ -78,9 +78,11 @@ def run(args: argparse.Namespace) -> int:
     token_counts = [parse_tokens(t) for t in args.tokens]
     names = published.decoders() if args.config == "all" else [args.config]
     shapes = [load_shape(name, args.dtype) for name in names]
+    formula = "2 x layers x kv_heads x d_head x tokens x batch x bytes"
+    if any(shape.latent_dim is not None for shape in shapes):  # MLA rows cache a latent
+        formula += "; MLA: layers x latent x tokens x batch x bytes"
     table = Table(
-        title=f"KV cache for batch {args.batch}: 2 x layers x kv_heads x d_head x tokens x batch "
-        "x bytes",
+        title=f"KV cache for batch {args.batch}: {formula}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,

@@ -63,8 +63,8 @@ def check_request(
             f"request {request_id!r}: {len(ids)} prompt tokens + max_tokens="
             f"{params.max_tokens} need {blocks} KV blocks, but the whole pool has "
             f"{block_manager.num_blocks}",
-            hint="lower max_tokens or shorten the prompt, or give the engine a larger "
-            "kv_cache_gb / num_blocks",
+            hint="lower max_tokens or shorten the prompt, or give the engine a larger KV pool "
+            "(serve --kv-cache-gb; more blocks in the explorer's engine settings)",
         )
     return ids
 
