@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,15 +34,18 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from llm_internals.console import console, progress
-from llm_internals.inference.generate import generate
-from llm_internals.inference.kv_layout import kv_layout
-from llm_internals.layers.moe import MoEConfig, MoELayer
-from llm_internals.models import DecoderLM, ModelConfig
-from llm_internals.training.config import TrainConfig
-from llm_internals.training.moe_terms import moe_layers
-from llm_internals.training.run import prepare_data
-from llm_internals.training.trainer import Trainer, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llm_internals.console import console, progress  # noqa: E402
+from llm_internals.inference.generate import generate  # noqa: E402
+from llm_internals.inference.kv_layout import kv_layout  # noqa: E402
+from llm_internals.layers.moe import MoEConfig, MoELayer  # noqa: E402
+from llm_internals.models import DecoderLM, ModelConfig  # noqa: E402
+from llm_internals.training.config import TrainConfig  # noqa: E402
+from llm_internals.training.moe_terms import moe_layers  # noqa: E402
+from llm_internals.training.run import prepare_data  # noqa: E402
+from llm_internals.training.trainer import Trainer, build_model  # noqa: E402
+from mla_modes import interleaved  # noqa: E402  (the same interleaved CPU-time timer)
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 BASE = {
@@ -59,20 +63,6 @@ EXPERTS, TOP_K, D_EXPERT = 8, 2, 256  # dense d_ff = TOP_K * D_EXPERT: equal act
 
 def load_note() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median ms per call of each fn in this process's CPU time (one thread: on a shared CPU
-    what a dedicated core would take), alternating rounds after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.process_time()
-            fn()
-            samples[name].append(time.process_time() - start)
-    return {name: 1000 * statistics.median(s) for name, s in samples.items()}
 
 
 # ----- train: dense vs MoE, and balancing ------------------------------------------------------
