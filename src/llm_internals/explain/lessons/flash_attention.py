@@ -10,10 +10,21 @@ figures are published figures, stated as such.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from llm_internals.explain.flash_runs import (
+    loop_order_bytes,
+    qkv,
+    recomputation_costs,
+    saved_bytes_curve,
+    standard_step_rows,
+)
+from llm_internals.explain.flash_tables import (
+    block_pair_table,
+    gpu_memory_table,
+    io_limit_table,
+    io_table,
+)
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
@@ -24,15 +35,7 @@ from llm_internals.layers.flash_attention import (
     flash_attention,
     flash_attention_forward,
 )
-from llm_internals.layers.flash_io import (
-    GPUS,
-    PAPER_STANDARD,
-    Tiling,
-    paper_block_sizes,
-    standard_io,
-    tiled_io,
-)
-from llm_internals.layers.softmax import softmax
+from llm_internals.layers.flash_io import GPUS, paper_block_sizes
 from llm_internals.trace import recording
 
 INFO = LessonInfo(
@@ -72,37 +75,6 @@ FA3_SOURCE = (
 PARTITION = dict(heads=8, n=8192, block=128)  # batch 1
 
 
-def qkv(n: int, d: int, heads: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(1, heads, n, d, generator=g) for _ in range(3))
-
-
-def saved_bytes(fn, *tensors: torch.Tensor, backward: bool = False) -> int:
-    """Bytes of the distinct tensors autograd keeps for the backward pass of fn(*tensors)
-    (then runs that backward pass when `backward`)."""
-    seen: dict[int, int] = {}
-
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
-        return x
-
-    inputs = [t.detach().requires_grad_() for t in tensors]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = fn(*inputs)
-    if backward:
-        out.sum().backward()
-    return sum(seen.values())
-
-
-def best_seconds(fn, repeats: int = TIMED_REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _section_recap() -> Section:
     q, k, v = qkv(RECAP_N, RECAP_D)
     with recording() as rec, torch.no_grad():
@@ -128,23 +100,8 @@ def _section_recap() -> Section:
 
 
 def _section_why_slow() -> Section:
-    q, k, v = (x[0, 0] for x in qkv(TIMED_N, TIMED_D))
     n, d = TIMED_N, TIMED_D
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        scores = q @ k.T
-        probs = softmax(scores)
-        seconds = (best_seconds(lambda: q @ k.T), best_seconds(lambda: softmax(scores)),
-                   best_seconds(lambda: probs @ v))  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
-    flops = (2 * n * n * d, 5 * n * n, 2 * n * n * d)  # softmax: max, subtract, exp, sum, divide
-    rows = []
-    for step, f, s in zip(PAPER_STANDARD, flops, seconds, strict=True):
-        moved = standard_io(n, n, d, 4, passes=(step,)).total_bytes
-        rows.append([step.name, f, moved, round(f / moved, 2), round(s * 1e3, 3),
-                     round(f / s / 1e9, 1)])  # fmt: skip
+    rows = standard_step_rows(n, d, TIMED_REPEATS)
     return Section(
         "Why standard attention is slow",
         [
@@ -169,12 +126,6 @@ def _section_why_slow() -> Section:
 
 
 def _section_gpu_memory() -> Section:
-    rows = [
-        [g.name, round(g.hbm_bytes / 1e9), g.hbm_bytes_per_s / 1e12, g.sram_bytes_per_sm // 1024,
-         g.sms, round(g.sms * g.sram_bytes_per_sm / 2**20, 1), g.peak_flops_16bit / 1e12,
-         round(g.peak_flops_16bit / g.hbm_bytes_per_s)]
-        for g in GPUS
-    ]  # fmt: skip
     caches = read_cpu_caches()
     cpu = [[c.label, c.kind, c.size_bytes // 1024] for c in caches.caches]
     return Section(
@@ -190,19 +141,7 @@ def _section_gpu_memory() -> Section:
                 "than 1.",
                 formula="ridge point = peak FLOP/s / HBM bytes/s",
                 values={
-                    "published figures": Table(
-                        [
-                            "GPU",
-                            "HBM GB",
-                            "HBM TB/s",
-                            "SRAM KiB/SM",
-                            "SMs",
-                            "SRAM MiB total",
-                            "16-bit TFLOP/s",
-                            "FLOPs/byte to be compute-bound",
-                        ],
-                        rows,
-                    ),  # fmt: skip
+                    "published figures": gpu_memory_table(GPUS),
                     "sources": "; ".join(f"{g.name}: {g.source}" for g in GPUS),
                 },
             ),
@@ -218,13 +157,6 @@ def _section_gpu_memory() -> Section:
 def _section_core_idea() -> Section:
     gpu = GPUS[0]
     b_r, b_c = paper_block_sizes(gpu.sram_bytes_per_sm, IO_D, IO_BYTES)
-    rows = []
-    for n in IO_SIZES:
-        std = standard_io(n, n, IO_D, IO_BYTES, passes=PAPER_STANDARD).total_bytes
-        tiled = tiled_io(Tiling(n, n, IO_D, IO_BYTES, b_r, b_c), "fa1").total_bytes
-        rows.append([n, round(std / 2**20, 1), round(tiled / 2**20, 1), round(std / tiled, 1),
-                     round(std / gpu.hbm_bytes_per_s * 1e6, 1),
-                     round(tiled / gpu.hbm_bytes_per_s * 1e6, 1)])  # fmt: skip
     return Section(
         "The core idea: never write S to HBM",
         [
@@ -238,17 +170,7 @@ def _section_core_idea() -> Section:
                 "they take at the published HBM bandwidth:",
                 formula="standard: Theta(N d + N^2)   tiled: Theta(N^2 d^2 / M)",
                 values={
-                    f"per head on {gpu.name}": Table(
-                        [
-                            "N",
-                            "standard MiB",
-                            "tiled MiB",
-                            "standard / tiled",
-                            "standard us at HBM speed",
-                            "tiled us",
-                        ],
-                        rows,
-                    )  # fmt: skip
+                    f"per head on {gpu.name}": io_table(gpu, IO_SIZES, IO_D, IO_BYTES, b_r, b_c)
                 },
             )
         ],
@@ -261,14 +183,6 @@ def _section_tiling() -> Section:
     with recording() as rec, torch.no_grad():
         flash_attention(q, k, v, causal=True, block_q=GRID_BLOCK, block_k=GRID_BLOCK,
                         counters=counters)  # fmt: skip
-    blocks = -(-GRID_N // GRID_BLOCK)
-    grid = [[""] * blocks for _ in range(blocks)]
-    for i, j, status in rec.all("flash.pair"):
-        grid[i][j] = "computed" if status == "computed" else "skipped"
-    rows = [[f"queries {i * GRID_BLOCK}-{min((i + 1) * GRID_BLOCK, GRID_N) - 1}", *grid[i]]
-            for i in range(blocks)]  # fmt: skip
-    columns = ["", *(f"keys {j * GRID_BLOCK}-{min((j + 1) * GRID_BLOCK, GRID_N) - 1}"
-                     for j in range(blocks))]  # fmt: skip
     return Section(
         "Tiling: attention in blocks",
         [
@@ -278,7 +192,9 @@ def _section_tiling() -> Section:
                 "one small matmul in fast memory; with a causal mask, blocks whose every key "
                 "comes after every query are skipped without being loaded.",
                 values={
-                    "block pairs, as recorded (flash.pair)": Table(columns, rows),
+                    "block pairs, as recorded (flash.pair)": block_pair_table(
+                        rec.all("flash.pair"), GRID_N, GRID_BLOCK
+                    ),
                     "computed": counters.blocks_computed,
                     "skipped": counters.blocks_skipped,
                 },
@@ -335,18 +251,7 @@ def _section_online_softmax(block_size: int = ROW_BLOCK) -> Section:
 
 def _section_recomputation() -> Section:
     n, d, heads, block = SMALL["n"], SMALL["d"], SMALL["heads"], SMALL["block"]
-    q, k, v = qkv(n, d, heads)
-    counters = FlashCounters()
-
-    def tiled(*x: torch.Tensor) -> torch.Tensor:
-        return flash_attention(*x, block_q=block, block_k=block, counters=counters)
-
-    kept = {"materialised": saved_bytes(scaled_dot_product_attention, q, k, v, backward=True),
-            "tiled": saved_bytes(tiled, q, k, v, backward=True)}  # fmt: skip
-    pairs = (counters.forward.blocks_computed, counters.backward.blocks_computed)
-    per_entry = 2 * d * heads  # FLOPs per output entry of a (. x d) @ (d x .) product, all heads
-    flops = {"materialised": per_entry * n * n * (2 + 4),
-             "tiled": per_entry * block * block * (2 * pairs[0] + 5 * pairs[1])}  # fmt: skip
+    kept, flops, pairs = recomputation_costs(n, d, heads, block)
     rows = [[path, kept[path], flops[path]] for path in kept]
     return Section(
         "Recomputation in the backward pass",
@@ -375,18 +280,7 @@ def _section_recomputation() -> Section:
 
 def _section_flash2() -> Section:
     n, d, heads, block = SMALL["n"], SMALL["d"], SMALL["heads"], SMALL["block"]
-    q, k, v = qkv(n, d, heads)
-    rows, counted = [], {}
-    for order in ("fa1", "fa2"):
-        counters = FlashCounters()
-        with torch.no_grad():
-            flash_attention(q, k, v, causal=True, block_q=block, block_k=block,
-                            loop_order=order, counters=counters)  # fmt: skip
-        model = tiled_io(Tiling(n, n, d, 4, block, block, True, heads), order)
-        counted[order] = counters.forward
-        rows.append([order, counters.forward.bytes_read, counters.forward.bytes_written,
-                     model.read_bytes, model.written_bytes])  # fmt: skip
-    pairs = counted["fa2"].blocks_computed
+    rows, pairs = loop_order_bytes(n, d, heads, block)
     rescale = [["fa1", 3 * pairs * block * d * heads], ["fa2", (pairs * block + n) * d * heads]]
     gpu = GPUS[0]
     heads_n, n_big, block_big = PARTITION["heads"], PARTITION["n"], PARTITION["block"]
@@ -452,17 +346,7 @@ def _section_flash3() -> Section:
 
 
 def _section_impact() -> Section:
-    def tiled(*x: torch.Tensor) -> torch.Tensor:
-        return flash_attention(*x, block_q=CURVE_BLOCK, block_k=CURVE_BLOCK)
-
-    rows = []
-    for n in CURVE_SIZES:
-        q, k, v = qkv(n, SMALL["d"], SMALL["heads"])
-        rows.append([n, saved_bytes(scaled_dot_product_attention, q, k, v),
-                     saved_bytes(tiled, q, k, v)])  # fmt: skip
-    for row, prev in zip(rows[1:], rows[:-1], strict=True):
-        row += [round(row[1] / prev[1], 2), round(row[2] / prev[2], 2)]
-    rows[0] += ["", ""]
+    rows = saved_bytes_curve(CURVE_SIZES, SMALL["d"], SMALL["heads"], CURVE_BLOCK)
     return Section(
         "Advantages and impact",
         [
@@ -486,19 +370,7 @@ def _section_impact() -> Section:
                 "for long sequences the saving tends to M / 3d^2: the larger the SRAM per SM "
                 f"against d^2, the larger the gain (d = {IO_D}, {IO_BYTES}-byte elements).",
                 formula="4 N^2 / (12 N^2 d^2 / M) = M / (3 d^2)",
-                values={
-                    "limit of standard / tiled bytes": Table(
-                        ["GPU", "M (elements)", "M / 3d^2"],
-                        [
-                            [
-                                g.name,
-                                g.sram_bytes_per_sm // IO_BYTES,
-                                round(g.sram_bytes_per_sm // IO_BYTES / (3 * IO_D**2), 2),
-                            ]
-                            for g in GPUS
-                        ],
-                    )  # fmt: skip
-                },
+                values={"limit of standard / tiled bytes": io_limit_table(GPUS, IO_D, IO_BYTES)},
             ),
         ],
     )
