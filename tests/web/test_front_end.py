@@ -1,16 +1,18 @@
-"""common.js's converters, run in chromium: ASCII formulas to MathML (scripts, roots, sums,
-Greek, arrows, escaping) and the small Markdown renderer (escaping first), plus the JSON API's
-errors, the lesson cache and the figure route (no browser needed for those)."""
+"""The front end's converters, run in chromium: ASCII formulas to MathML (formula.js: scripts,
+roots, sums, Greek, arrows, escaping) and the small Markdown renderer (markdown.js: escaping
+first), plus the page's script order, the JSON API's errors, the lesson cache and the figure
+route (no browser needed for those)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 
-from llm_internals.web.app import create_app
+from llm_internals.web.app import SHARED_SCRIPTS, STATIC, create_app
 from llm_internals.web.serial import RECORDING_LOCK
 
 
@@ -157,3 +159,15 @@ def test_figures_are_served_only_when_a_lesson_drew_them(client, tmp_path):
     other.write_bytes(b"x")
     assert client.get("/api/lessons/softmax/figures/other.png").status_code == 404
     assert client.get("/api/lessons/softmax/figures/..%2Fother.png").status_code == 404
+
+
+def test_the_page_loads_every_script_once_the_namespace_first(client):
+    """Deferred scripts run in document order: common.js (which defines `LI`) must come first,
+    the shared pieces before the views that use them, and no static/*.js may be left out."""
+    page = client.get("/").text
+    served = re.findall(r'<script src="/static/([^"]+)" defer></script>', page)
+    assert sorted(served) == sorted(p.name for p in STATIC.glob("*.js"))
+    assert served[: len(SHARED_SCRIPTS)] == list(SHARED_SCRIPTS)
+    assert served[0] == "common.js"
+    for name in served:
+        assert client.get(f"/static/{name}").status_code == 200

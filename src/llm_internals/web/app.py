@@ -4,9 +4,10 @@
                             uvicorn, tests in a background thread)
 
 Pages (/, /lessons/NAME, /model, /engine) are one HTML shell, static/index.html, whose scripts
-read the path and draw the view: common.js first (shared pieces: heatmaps, sortable tables,
-formulas, Markdown, errors), then every other static/*.js in name order, each registering its
-views with `LI.registerView`. A new view is a new router here and a new .js file there.
+read the path and draw the view: the shared pieces first, in SHARED_SCRIPTS order (common.js,
+the `LI` namespace, before the rest), then every other static/*.js (the views) in name order,
+each registering its views with `LI.registerView`. A new view is a new router here and a new
+.js file there; a new shared piece is a new .js file added to SHARED_SCRIPTS.
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ from llm_internals.web.lesson_cache import LessonCache
 
 STATIC = Path(__file__).parent / "static"
 PAGE_VIEWS = ("model", "engine")  # /model and /engine, drawn by model.js and engine.js
+# Deferred scripts run in document order: common.js defines `LI` (the namespace, LI.el, LI.api,
+# the view registry), the others add to it; the views' scripts come after all of them.
+SHARED_SCRIPTS = ("common.js", "heatmap.js", "tables.js", "formula.js", "markdown.js")
+
+
+def script_order() -> list[str]:
+    """Every static/*.js in load order: SHARED_SCRIPTS, then the views' scripts by name."""
+    views = sorted(p.name for p in STATIC.glob("*.js") if p.name not in SHARED_SCRIPTS)
+    return [*SHARED_SCRIPTS, *views]
 
 
 def page_html() -> str:
-    """static/index.html with a <script> per static/*.js (common.js first)."""
-    scripts = sorted(STATIC.glob("*.js"), key=lambda p: (p.name != "common.js", p.name))
+    """static/index.html with a deferred <script> per static/*.js, in script_order()."""
     tags = "\n".join(
-        f'  <script src="/static/{html.escape(p.name)}" defer></script>' for p in scripts
+        f'  <script src="/static/{html.escape(name)}" defer></script>' for name in script_order()
     )
     return (STATIC / "index.html").read_text(encoding="utf-8").replace("<!-- scripts -->", tags)
 
