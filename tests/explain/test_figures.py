@@ -176,6 +176,7 @@ def test_paged_lesson_contiguous_series_counts_unfinished_requests(figures_in_tm
     K/V yet), reserved = prompt + MAX_TOKENS_CAP per unfinished request."""
     import random
 
+    from llm_internals.explain import paged_workload
     from llm_internals.explain.lessons import paged_attention as lesson
     from llm_internals.inference.paged import LLM
     from llm_internals.inference.params import SamplingParams
@@ -185,7 +186,7 @@ def test_paged_lesson_contiguous_series_counts_unfinished_requests(figures_in_tm
     model = lesson.tiny_model(tok.vocab_size, max_seq_len=lesson.CONTEXT)
     llm = LLM(model, None, block_size=64, num_blocks=sum(-(-(p + o) // 64) for p, o in lengths),
               max_num_seqs=lesson.WORKLOAD_SIZE, max_num_batched_tokens=4096)  # fmt: skip
-    rng = random.Random(lesson.WORKLOAD_SEED + 1)
+    rng = random.Random(paged_workload.WORKLOAD_SEED + 1)
     for i, (p, o) in enumerate(lengths):
         prompt = [rng.randrange(tok.vocab_size) for _ in range(p)]
         llm.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=o,

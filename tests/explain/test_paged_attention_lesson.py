@@ -16,6 +16,7 @@ import torch
 
 from llm_internals.explain.lesson import Table
 from llm_internals.explain.lessons import paged_attention as lesson_module
+from llm_internals.explain.paged_workload import WORKLOAD_SEED
 from llm_internals.explain.registry import get_lesson, list_lessons
 from llm_internals.tokenizer.char import CharTokenizer
 
@@ -80,7 +81,7 @@ def test_recap_bytes_per_token(lesson, tiny):
 
 
 def workload() -> list[tuple[int, int]]:
-    rng = random.Random(lesson_module.WORKLOAD_SEED)
+    rng = random.Random(WORKLOAD_SEED)
     lo, hi = lesson_module.PROMPT_RANGE, lesson_module.OUTPUT_RANGE
     return [(rng.randint(*lo), rng.randint(*hi)) for _ in range(lesson_module.WORKLOAD_SIZE)]
 

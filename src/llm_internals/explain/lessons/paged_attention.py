@@ -11,17 +11,29 @@ allocator written here only to show what paging avoids).
 
 from __future__ import annotations
 
-import random
-
-from llm_internals.explain.figures import line_figure
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.paged_tables import pool_rows, ref_rows, sample_rows
+from llm_internals.explain.paged_workload import (
+    CONTEXT,
+    MAX_TOKENS_CAP,
+    MEASURED_BLOCK_SIZE,
+    OUTPUT_RANGE,
+    PROMPT_RANGE,
+    SAMPLE_EVERY,
+    WORKLOAD_SIZE,
+    fragmentation,
+    measured_run,
+    reservations_at,
+    tiny_model,
+    waste_figure,
+    workload,
+)
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
+from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_tokenizer
 from llm_internals.inference.generate import generate
 from llm_internals.inference.kv_memory import load_shape, shape_from_model_config
 from llm_internals.inference.paged import LLM
-from llm_internals.inference.paged.snapshot import PoolSnapshot
 from llm_internals.inference.params import SamplingParams
 from llm_internals.models import DecoderLM
 from llm_internals.tokenizer.char import CharTokenizer
@@ -38,48 +50,15 @@ ALPHABET = TINY_ALPHABET
 BLOCK_SIZE = 4
 NUM_BLOCKS = 12
 REQUESTS = (("to be or not", 5), ("all the", 4), ("now is the winter", 3))  # (prompt, max_tokens)
-WORKLOAD_SEED = 0
-WORKLOAD_SIZE = 8
-PROMPT_RANGE = (16, 512)
-OUTPUT_RANGE = (16, 256)
-MAX_TOKENS_CAP = 256  # what a server lets a request ask for, so what it must reserve
-CONTEXT = 1024  # GPT-2's context window
 SNAPSHOT = 32  # tokens generated per request at the snapshot of "the problem"
 POOL_SLOTS = 3072  # a contiguous pool for the fragmentation example
 SHARED_REQUEST, SHARED_PROMPT, N_SAMPLES, SAMPLING_SEED = "poem", "to be ", 3, 7
 PREFIX_PROMPTS = ("the king is dead", "the king is here")
-MEASURED_BLOCK_SIZE = 16
-SAMPLE_EVERY = 32  # steps between the rows shown of the measured run
 INPUTS = (
     LessonInput("block_size", "block size (measured run)", MEASURED_BLOCK_SIZE, minimum=1,
                 maximum=256, help="token positions per KV block in the measured run: the "
                 "waste grows with it, the block tables shrink"),
 )  # fmt: skip
-
-
-def tiny_model(vocab_size: int, max_seq_len: int = 64) -> DecoderLM:
-    """The lessons' tiny decoder (explain/tiny_models.py): 2 layers, d_model 8, 2 heads of
-    head_dim 4 (RoPE, RMSNorm, SwiGLU), random weights, seed 0."""
-    return tiny_decoder(0, vocab_size=vocab_size, max_seq_len=max_seq_len)
-
-
-def workload() -> list[tuple[int, int]]:
-    """(prompt length, output length) of each request, uniform in the ranges, seeded."""
-    rng = random.Random(WORKLOAD_SEED)
-    return [(rng.randint(*PROMPT_RANGE), rng.randint(*OUTPUT_RANGE)) for _ in range(WORKLOAD_SIZE)]
-
-
-def first_fit(sizes: list[int], pool: int) -> list[tuple[int, int, int]]:
-    """Contiguous reservations placed in arrival order into an empty pool of `pool` slots (first
-    fit: each at the lowest free offset) until one does not fit: (request, start, size) of those
-    placed. The baseline that paging replaces; not part of the engine."""
-    placed, end = [], 0
-    for i, size in enumerate(sizes):
-        if end + size > pool:
-            break
-        placed.append((i, end, size))
-        end += size
-    return placed
 
 
 def _section_recap(model: DecoderLM) -> Section:
@@ -111,22 +90,9 @@ def _section_recap(model: DecoderLM) -> Section:
 def _section_problem() -> Section:
     lengths = workload()
     gpt2 = load_shape("gpt2")
-    rows, total = [], [0, 0, 0, 0]
-    for i, (p, o) in enumerate(lengths):
-        if o <= SNAPSHOT:
-            continue  # already finished and freed at the snapshot
-        reserved, held = p + MAX_TOKENS_CAP, p + SNAPSHOT
-        later, never = o - SNAPSHOT, MAX_TOKENS_CAP - o
-        rows.append([i, p, o, reserved, held, later, never])
-        for j, value in enumerate((reserved, held, later, never)):
-            total[j] += value
-    reserved, held, later, never = total
-    sizes = [p + MAX_TOKENS_CAP for p, _ in lengths]
-    placed = first_fit(sizes, POOL_SLOTS)
+    rows, (reserved, held, later, never) = reservations_at(lengths, SNAPSHOT)
+    sizes, placed, holes = fragmentation(lengths, POOL_SLOTS)
     waiting = len(placed)
-    finishing = sorted(placed, key=lambda item: lengths[item[0]][1])[:2]
-    end = sum(size for _, _, size in placed)
-    holes = sorted([(start, size) for _, start, size in finishing] + [(end, POOL_SLOTS - end)])
     return Section(
         "The problem: reserved memory that holds nothing",
         [
@@ -215,21 +181,6 @@ def _section_analogy() -> Section:
     )
 
 
-def _pool_rows(snapshot: PoolSnapshot, tok: CharTokenizer) -> list[list]:
-    """One row per physical block: state, ref count, holders, filled slots, tokens held."""
-    rows = []
-    for block in snapshot.blocks:
-        holders = snapshot.holders(block.block_id)
-        text = ""
-        if holders:
-            seq = holders[-1]
-            i = seq.block_table.index(block.block_id)
-            text = tok.decode(list(seq.block_tokens(i, snapshot.block_size)))
-        rows.append([block.block_id, block.state, block.ref_count,
-                     ", ".join(s.request_id for s in holders), len(text), repr(text)])  # fmt: skip
-    return rows
-
-
 def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
     llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
               enable_prefix_caching=False)  # fmt: skip
@@ -271,7 +222,7 @@ def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
                     ),
                     "physical pool": Table(
                         ["block", "state", "ref count", "held by", "filled slots", "tokens"],
-                        _pool_rows(snapshot, tok),
+                        pool_rows(snapshot, tok),
                     ),
                 },
             ),
@@ -299,51 +250,6 @@ def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
             ),
         ],
     )
-
-
-def measured_run(
-    tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
-) -> tuple[list[list], list[float], list[tuple[int, int]], list[float]]:
-    """The workload through the real engine (tiny model with GPT-2's context): rows sampled
-    every SAMPLE_EVERY steps, the waste after every step, the workload, and after every step
-    the waste contiguous reservations (prompt + MAX_TOKENS_CAP per unfinished request) would
-    have for the same slots holding K/V."""
-    lengths = workload()
-    model = tiny_model(tok.vocab_size, max_seq_len=CONTEXT)
-    blocks = sum(-(-(p + o) // block_size) for p, o in lengths)
-    llm = LLM(model, None, block_size=block_size, num_blocks=blocks,
-              max_num_seqs=WORKLOAD_SIZE, max_num_batched_tokens=4096)  # fmt: skip
-    rng = random.Random(WORKLOAD_SEED + 1)
-    for i, (p, o) in enumerate(lengths):
-        prompt = [rng.randrange(tok.vocab_size) for _ in range(p)]
-        llm.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=o,
-                                                       ignore_eos=True))  # fmt: skip
-    rows, waste, contiguous = [], [], []
-    while llm.has_unfinished():
-        llm.step()
-        stats = llm.stats()
-        if stats.kv_slots_allocated == 0:
-            continue
-        waste.append(stats.kv_waste)
-        reserved = sum(lengths[int(request)][0] + MAX_TOKENS_CAP for request in llm.requests)
-        contiguous.append(1 - stats.kv_slots_used / reserved)
-        if stats.num_steps % SAMPLE_EVERY == 1:
-            rows.append([stats.num_steps, stats.num_running, stats.kv_slots_used,
-                         stats.blocks_used, stats.kv_slots_allocated, stats.kv_waste])  # fmt: skip
-    return rows, waste, lengths, contiguous
-
-
-def waste_figure(waste: list[float], contiguous: list[float], block_size: int):
-    """The engine's measured waste after every step beside contiguous reservations'."""
-    return line_figure(
-        "paged_attention", "waste",
-        f"Share of reserved KV slots holding nothing, after every engine step of the measured "
-        f"run: paged (block_size {block_size}, the engine's stats()) against contiguous "
-        f"reservations of prompt + {MAX_TOKENS_CAP} slots for the same unfinished requests.",
-        range(1, len(waste) + 1), {f"paged, block_size {block_size}": waste,
-                                   "contiguous reservations": contiguous},
-        "engine step", "share of reserved slots wasted", title="Paged vs contiguous KV waste",
-    )  # fmt: skip
 
 
 def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE) -> Section:
@@ -388,19 +294,6 @@ def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
     )
 
 
-def _ref_rows(snapshot: PoolSnapshot) -> list[list]:
-    """Blocks in use: id, ref count, and the samples whose tables hold it."""
-    held = sorted({b for seq in snapshot.sequences for b in seq.block_table})
-    return [[b, snapshot.blocks[b].ref_count,
-             ", ".join(f"{s.request_id}#{s.index}" for s in snapshot.holders(b))]
-            for b in held]  # fmt: skip
-
-
-def _sample_rows(snapshot: PoolSnapshot, tok: CharTokenizer, request: str) -> list[list]:
-    return [[s.index, repr(tok.decode(list(s.token_ids))), s.num_computed_tokens,
-             str(list(s.block_table))] for s in snapshot.samples(request)]  # fmt: skip
-
-
 def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
     llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
               enable_prefix_caching=False)  # fmt: skip
@@ -423,10 +316,10 @@ def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             "block's reference count says how many tables hold it.",
             values={
                 "after step 1 (prefill, fork)": Table(
-                    columns, _sample_rows(forked, tok, SHARED_REQUEST)
+                    columns, sample_rows(forked, tok, SHARED_REQUEST)
                 ),
                 "reference counts after step 1": Table(
-                    ["block", "ref count", "held by"], _ref_rows(forked)
+                    ["block", "ref count", "held by"], ref_rows(forked)
                 ),  # fmt: skip
             },
         ),
@@ -437,15 +330,15 @@ def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             "while the block is still shared; the last holder writes in place. Full blocks "
             "stay shared for the samples' whole life.",
             values={
-                "after step 2": Table(columns, _sample_rows(after, tok, SHARED_REQUEST)),
+                "after step 2": Table(columns, sample_rows(after, tok, SHARED_REQUEST)),
                 "reference counts after step 2": Table(
-                    ["block", "ref count", "held by"], _ref_rows(after)
+                    ["block", "ref count", "held by"], ref_rows(after)
                 ),  # fmt: skip
                 "copy-on-write copies (source, destination)": Table(
                     ["source", "destination"], copies
                 ),
                 "blocks held by the tables": sum(len(s.block_table) for s in after.sequences),
-                "distinct physical blocks": len(_ref_rows(after)),
+                "distinct physical blocks": len(ref_rows(after)),
             },
         ),
     ]
@@ -477,7 +370,7 @@ def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
             formula="h_0 = H(root, tokens[0:bs]),  h_i = H(h_{i-1}, tokens[i*bs:(i+1)*bs])",
             values={
                 "block tables while both run": Table(["request", "block table"], during),
-                "reference counts": Table(["block", "ref count", "held by"], _ref_rows(snapshot)),
+                "reference counts": Table(["block", "ref count", "held by"], ref_rows(snapshot)),
                 f"hashes of {first!r}'s blocks": Table(["block", "hash"], hashes),
                 "prompt tokens looked up": stats.prefix_cache_queried_tokens,
                 "prompt tokens found in the cache": stats.prefix_cache_hit_tokens,
