@@ -218,7 +218,7 @@ def test_sampling_trained_distribution_is_the_models_next_token_softmax():
 
 
 def test_ffn_trained_units_are_the_models_activations():
-    from llm_internals.explain.lessons import ffn
+    from llm_internals.explain import ffn_runs as ffn
 
     model, tokenizer = load_lesson_model()
     ids = tokenizer.encode_ordinary(ffn.TRAINED_TEXT)

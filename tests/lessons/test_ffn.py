@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from llm_internals.explain.ffn_runs import TOP_UNITS, make_layers
 from llm_internals.explain.lessons import ffn as lesson_module
 
 
@@ -18,7 +19,7 @@ def steps():
 
 
 def test_mlp_and_swiglu_steps_match_functional(steps):
-    mlp, gated = lesson_module.make_layers()
+    mlp, gated = make_layers()
     x = lesson_module.token()
     plain, swiglu = steps["Step by step"]
     with torch.no_grad():
@@ -106,7 +107,7 @@ def test_moe_rows():
 
 
 def _plain_reference():
-    mlp, _ = lesson_module.make_layers()
+    mlp, _ = make_layers()
     x = lesson_module.token()
     with torch.no_grad():
         up = F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)[0]
@@ -122,7 +123,7 @@ def test_analogy_and_what_it_learns_match_functional(steps):
     learns = steps["What it learns"][0].values
     rows = learns["strongest units"].rows
     expected_units = sorted(range(up.numel()), key=lambda i: -abs(float(act[i])))
-    assert [r[0] for r in rows] == expected_units[: lesson_module.TOP_UNITS]
+    assert [r[0] for r in rows] == expected_units[:TOP_UNITS]
     w_down = mlp.down_proj.weight.detach()
     for unit, pre, activation, norm in rows:
         assert math.isclose(pre, float(up[unit]), abs_tol=1e-6)

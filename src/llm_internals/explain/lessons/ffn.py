@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import torch
 
+from llm_internals.explain.ffn_counts import (
+    MOE_ACTIVE,
+    MOE_EXPERTS,
+    importance_rows,
+    moe_rows,
+    share_rows,
+)
+from llm_internals.explain.ffn_runs import (
+    D_FF,
+    D_MODEL,
+    TRAINED_LAYER,
+    TRAINED_TOKENS,
+    TRAINED_UNITS,
+    moe_example,
+    run_layers,
+    token,
+    top_unit_rows,
+    trained_unit_rows,
+    unit_contributions,
+)
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
-from llm_internals.explain.lesson_model import load_lesson_model
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.tiny_models import tiny_decoder
 from llm_internals.layers.activations import gelu, gelu_tanh, relu, silu
-from llm_internals.layers.ffn import MLP, GatedMLP
-from llm_internals.layers.moe import MoEConfig, MoELayer
-from llm_internals.models.params import count_model_parameters
-from llm_internals.models.published import model_config, parameter_counts
-from llm_internals.trace import recording
+from llm_internals.models.published import model_config
 
 INFO = LessonInfo(
     name="ffn",
@@ -27,63 +41,7 @@ INFO = LessonInfo(
     "real models' parameters.",
 )
 
-D_MODEL = 4
-D_FF = 16
-SEED = 0
 ACTIVATION_INPUTS = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]
-TOP_UNITS = 4  # hidden units shown in "what it learns"
-IMPORTANCE_MODEL = "llama-3-8b"
-MOE_EXPERTS, MOE_ACTIVE = 8, 2  # Mixtral-8x7B: Mistral-7B's shape with 8 experts, top-2 routing
-
-
-def token() -> torch.Tensor:
-    return torch.tensor([[0.5, -1.0, 0.25, 2.0]])
-
-
-def make_layers() -> tuple[MLP, GatedMLP]:
-    torch.manual_seed(SEED)
-    return MLP(D_MODEL, D_FF, activation="gelu"), GatedMLP(D_MODEL, D_FF, activation="silu")
-
-
-def run_layers() -> tuple[MLP, GatedMLP, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    mlp, gated = make_layers()
-    names = ("ffn_up", "ffn_activated", "ffn_output")
-    with torch.no_grad():
-        with recording() as rec:
-            mlp(token())
-        plain = {name: rec.get(name)[0] for name in names}
-        with recording() as rec:
-            gated(token())
-        swiglu = {name: rec.get(name)[0] for name in (*names, "ffn_gate")}
-    return mlp, gated, plain, swiglu
-
-
-def models() -> dict[str, dict[str, int]]:
-    """Parameter counts by component of published configs."""
-    counts = {"BERT-base": parameter_counts("bert-base")}
-    for name, model in (("GPT-2 (124M)", "gpt2-124m"), ("SmolLM-135M", "smollm-135m"),
-                        ("Qwen3-0.6B", "qwen3-0.6b"), ("Llama-3-8B", "llama-3-8b"),
-                        ("Llama-3-70B", "llama-3-70b")):  # fmt: skip
-        counts[name] = parameter_counts(model)
-    return counts
-
-
-def share_rows() -> list[list]:
-    rows = []
-    for name, c in models().items():
-        non_embedding = c["total"] - c["embeddings"] - c["lm_head"]
-        rows.append([name, c["ffn"], c["total"], 100 * c["ffn"] / c["total"],
-                     100 * c["ffn"] / non_embedding])  # fmt: skip
-    return rows
-
-
-def moe_rows() -> list[list]:
-    dense = parameter_counts("mistral-7b")
-    experts = MOE_EXPERTS * dense["ffn"]
-    total = dense["total"] - dense["ffn"] + experts
-    active = dense["total"] - dense["ffn"] + MOE_ACTIVE * dense["ffn"]
-    return [["Mistral-7B (dense)", dense["ffn"], dense["total"], dense["total"]],
-            [f"{MOE_EXPERTS} experts, top-{MOE_ACTIVE}", experts, total, active]]  # fmt: skip
 
 
 def _section_what_it_is() -> Section:
@@ -120,45 +78,6 @@ def _section_analogy(plain) -> Section:
             )
         ],
     )
-
-
-def unit_contributions(mlp: MLP, plain: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Column i of W_down times unit i's activation: (D_FF, D_MODEL); their sum plus b_down is
-    the FFN's output."""
-    return plain["ffn_activated"][:, None] * mlp.down_proj.weight.detach().T
-
-
-def top_unit_rows(mlp: MLP, plain: dict[str, torch.Tensor]) -> list[list]:
-    contributions = unit_contributions(mlp, plain)
-    order = plain["ffn_activated"].abs().argsort(descending=True)[:TOP_UNITS]
-    return [[int(i), float(plain["ffn_up"][i]), float(plain["ffn_activated"][i]),
-             float(contributions[i].norm())] for i in order]  # fmt: skip
-
-
-TRAINED_TEXT = (
-    "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n"
-    "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n"
-)
-TRAINED_LAYER, TRAINED_UNITS, TRAINED_TOKENS = 1, 3, 4  # layer 2; its 3 strongest units
-
-
-def trained_unit_rows() -> list[list]:
-    """For the TRAINED_UNITS units of the trained model's layer TRAINED_LAYER FFN with the
-    largest activation anywhere in TRAINED_TEXT: the tokens (with the two before them) where
-    each fires most, and the activation act(gate) * up there."""
-    model, tokenizer = load_lesson_model()
-    ids = tokenizer.encode_ordinary(TRAINED_TEXT)
-    with recording() as rec, torch.no_grad():
-        model(torch.tensor([ids]))
-    acts = rec.all("ffn_activated")[TRAINED_LAYER][0]  # (tokens, d_ff)
-    units = acts.max(dim=0).values.argsort(descending=True)[:TRAINED_UNITS]
-    rows = []
-    for unit in units.tolist():
-        for position in acts[:, unit].argsort(descending=True)[:TRAINED_TOKENS].tolist():
-            before = tokenizer.decode(ids[max(position - 2, 0) : position])
-            shown = f"{before}[{tokenizer.decode([ids[position]])}]".replace("\n", "\\n")
-            rows.append([unit, shown, float(acts[position, unit])])
-    return rows
 
 
 def _section_what_it_learns(mlp, plain) -> Section:
@@ -202,18 +121,6 @@ def _section_what_it_learns(mlp, plain) -> Section:
             ),
         ],
     )
-
-
-def importance_rows() -> list[list]:
-    """FFN vs attention parameters in the lesson's tiny decoder and a published model."""
-    rows = []
-    for name, counts in (
-        ("tiny decoder (this course)", count_model_parameters(tiny_decoder())),
-        (IMPORTANCE_MODEL, parameter_counts(IMPORTANCE_MODEL)),
-    ):
-        rows.append([name, counts["ffn"], counts["attention"], counts["ffn"] / counts["attention"],
-                     100 * counts["ffn"] / counts["total"]])  # fmt: skip
-    return rows
 
 
 def _section_why_important() -> Section:
@@ -369,17 +276,6 @@ def _section_share_parameters() -> Section:
             )
         ],
     )
-
-
-def moe_example() -> tuple[MoELayer, dict[str, torch.Tensor]]:
-    """The example token through the library's MoELayer: MOE_EXPERTS SwiGLU experts of width
-    D_FF, Mixtral's router (top-MOE_ACTIVE logits, softmax over them)."""
-    torch.manual_seed(SEED)
-    layer = MoELayer(MoEConfig(D_MODEL, D_FF, MOE_EXPERTS, MOE_ACTIVE, router="topk_softmax"))
-    with recording() as rec, torch.no_grad():
-        out = layer(token())
-    return layer, {"logits": rec.get("router_logits")[0], "weights": rec.get("router_weights")[0],
-                   "indices": layer.last_routing.indices[0], "output": out[0]}  # fmt: skip
 
 
 def _section_ffns_mixture_experts() -> Section:
