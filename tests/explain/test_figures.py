@@ -138,7 +138,7 @@ def test_causal_mask_figure_panels(figures_in_tmp):
 
 
 def test_kv_memory_figure_follows_the_published_configs(figures_in_tmp):
-    from llm_internals.explain.lessons import kv_cache
+    from llm_internals.explain import kv_cache_memory as kv_cache
     from llm_internals.models.published import hf_config
 
     figure = kv_cache.memory_figure()

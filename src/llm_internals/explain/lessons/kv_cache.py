@@ -9,16 +9,24 @@ The models have random weights: the text they write is noise, the mechanics are 
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from llm_internals.explain.figures import line_figure
 from llm_internals.explain.inputs import LessonInput
+from llm_internals.explain.kv_cache_memory import (
+    chosen_context_table,
+    memory_figure,
+    memory_table,
+)
+from llm_internals.explain.kv_cache_runs import (
+    flop_model,
+    flop_rows,
+    timed_generation_rows,
+    timing_model,
+    tiny_model,
+)
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_decoder, tiny_tokenizer
+from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_tokenizer
 from llm_internals.inference.generate import generate, stream
 from llm_internals.inference.kv_cache import ContiguousKVCache
 from llm_internals.inference.kv_memory import load_shape
@@ -38,8 +46,6 @@ PROMPT = "to be"
 NEW_TOKENS = 6
 FLOP_STEPS = (1, 2, 4, 8, 16, 32, 64)
 TIMED_TOKENS = (32, 128)
-MEMORY_MODELS = ("gpt2", "llama-3-8b", "llama-3-70b")
-MEMORY_TOKENS = (4096, 131072)
 MAX_FLOP_TOKENS = 256  # the timing model's context; a step over n tokens takes ~n^2 work
 INPUTS = (
     LessonInput("tokens", "tokens the step sees (FLOPs)", 64, minimum=1, maximum=MAX_FLOP_TOKENS,
@@ -47,44 +53,6 @@ INPUTS = (
     LessonInput("context", "context length (memory)", 32768, minimum=1, maximum=10_000_000,
                 help="tokens held in the KV cache of one sequence, for the memory table"),
 )  # fmt: skip
-
-
-def tiny_model(vocab_size: int) -> DecoderLM:
-    """The lessons' tiny decoder (explain/tiny_models.py): 2 layers, d_model 8, 2 heads of
-    head_dim 4 (RoPE, RMSNorm, SwiGLU), small enough to print; seed 0."""
-    return tiny_decoder(0, vocab_size=vocab_size, max_seq_len=128)
-
-
-def timing_model() -> DecoderLM:
-    """The tour's model shape (4 layers, d_model 128, GPT-2 style), random weights."""
-    return tiny_decoder(0, vocab_size=8192, d_model=128, n_layers=4, n_heads=4, d_ff=None,
-                        max_seq_len=256, position="learned", norm="layernorm", ffn="mlp",
-                        activation="gelu", tie_embeddings=True, attn_impl="sdpa",
-                        fused_ops=True)  # fmt: skip
-
-
-def flop_model() -> DecoderLM:
-    """The timing model with attention as written-out matmuls, which FlopCounterMode counts."""
-    model = timing_model()
-    model.set_attn_impl("scratch")
-    return model
-
-
-def step_flops(model: DecoderLM, ids: torch.Tensor, use_cache: bool) -> int:
-    """FLOPs (multiply-adds x 2) of the generation step that predicts the token after `ids`:
-    without a cache the whole sequence again; with one, only the last token (the cache already
-    holds the others, filled outside the count)."""
-    cache = None
-    if use_cache:
-        cache = ContiguousKVCache.for_model(model, 1, ids.shape[1])
-        if ids.shape[1] > 1:
-            with torch.no_grad():
-                model.hidden_states(ids[:, :-1], cache=cache)
-        ids = ids[:, -1:]
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        hidden = model.hidden_states(ids, cache=cache)
-        model.lm_head(hidden[:, -1])  # generate computes logits for the last position only
-    return counter.get_total_flops()
 
 
 def _section_loop(model: DecoderLM, tok: CharTokenizer) -> Section:
@@ -153,13 +121,7 @@ def _section_flops(model_for_flops: DecoderLM, tokens: int = 64) -> Section:
     steps = sorted({*FLOP_STEPS, tokens})
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model_for_flops.config.vocab_size, (1, max(steps)), generator=gen)
-    rows, total_without, total_with = [], 0, 0
-    for n in steps:
-        without = step_flops(model_for_flops, ids[:, :n], use_cache=False)
-        with_cache = step_flops(model_for_flops, ids[:, :n], use_cache=True)
-        rows.append([n, without, with_cache, without - with_cache,
-                     f"{(without - with_cache) / without:.0%}"])  # fmt: skip
-        total_without, total_with = total_without + without, total_with + with_cache
+    rows, total_without, total_with = flop_rows(model_for_flops, ids, steps)
     c = model_for_flops.config
     return Section(
         "The problem: recomputing the past",
@@ -266,24 +228,7 @@ def _section_why_not_q(model: DecoderLM, tok: CharTokenizer) -> Section:
 
 
 def _section_speed() -> Section:
-    model = timing_model()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    rows = []
-    try:
-        for n in TIMED_TOKENS:
-            times, tokens = {}, {}
-            for use_cache in (True, False):
-                start = time.perf_counter()
-                result = generate(model, None, [1], max_new_tokens=n, use_cache=use_cache,
-                                  eos_token_id=None)  # fmt: skip
-                times[use_cache] = time.perf_counter() - start
-                tokens[use_cache] = result.token_ids
-            rows.append([n, round(times[True], 3), round(times[False], 3),
-                         f"{times[False] / times[True]:.1f}x",
-                         "yes" if tokens[True] == tokens[False] else "NO"])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    rows = timed_generation_rows(timing_model(), TIMED_TOKENS)
     return Section(
         "How much faster",
         [
@@ -302,37 +247,8 @@ def _section_speed() -> Section:
     )
 
 
-FIGURE_CONTEXTS = tuple(2**i for i in range(10, 18))  # 1k .. 128k tokens
-
-
-def memory_figure():
-    """KV cache GiB of one sequence against its length, for each of MEMORY_MODELS."""
-    gib = {name: [load_shape(name).cache_bytes(t) / 2**30 for t in FIGURE_CONTEXTS]
-           for name in MEMORY_MODELS}  # fmt: skip
-    at_end = ", ".join(f"{name} {values[-1]:g} GiB" for name, values in gib.items())
-    return line_figure(
-        "kv_cache", "memory",
-        "The KV cache of one sequence (inference.kv_memory on the published configs, dtype as "
-        f"published) grows linearly with its length; at {FIGURE_CONTEXTS[-1]:,} tokens: {at_end}.",
-        FIGURE_CONTEXTS, gib,
-        "tokens in the cache", "KV cache (GiB)", title="KV cache memory vs context",
-        logx=True, logy=True,
-    )  # fmt: skip
-
-
 def _section_memory(context: int = 32768) -> Section:
-    rows = []
-    for name in MEMORY_MODELS:
-        shape = load_shape(name)
-        rows.append([name, shape.layers, f"{shape.kv_heads}/{shape.heads}", shape.head_dim,
-                     shape.dtype, shape.bytes_per_token,
-                     *(round(shape.cache_bytes(t) / 2**30, 3) for t in MEMORY_TOKENS)])  # fmt: skip
     big = load_shape("llama-3-70b")
-    chosen = [
-        [name, context, load_shape(name).cache_bytes(context),
-         round(load_shape(name).cache_bytes(context) / 2**30, 3)]
-        for name in MEMORY_MODELS
-    ]  # fmt: skip
     return Section(
         "The trade-off: memory",
         [
@@ -345,22 +261,8 @@ def _section_memory(context: int = 32768) -> Section:
                 formula="bytes = 2 x layers x kv_heads x head_dim x tokens x batch x "
                 "bytes_per_element",
                 values={
-                    "KV cache per sequence": Table(
-                        [
-                            "model",
-                            "layers",
-                            "kv/heads",
-                            "head_dim",
-                            "dtype",
-                            "bytes/token",
-                            "GiB at 4k tokens",
-                            "GiB at 128k tokens",
-                        ],
-                        rows,
-                    ),  # fmt: skip
-                    "KV cache at the chosen context": Table(
-                        ["model", "tokens", "bytes", "GiB"], chosen
-                    ),
+                    "KV cache per sequence": memory_table(),
+                    "KV cache at the chosen context": chosen_context_table(context),
                 },
                 figures=[memory_figure()],
             ),
