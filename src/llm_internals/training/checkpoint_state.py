@@ -2,8 +2,9 @@
 
 RNG states are stored as base64 text (a torch generator's state is a uint8 tensor); the data
 position is the number of batches drawn; the log keeps its records so a resumed run's log.jsonl
-is exactly the uninterrupted run's. A damaged file fails here with the file and field named,
-instead of as a TypeError deep inside the trainer.
+is exactly the uninterrupted run's. `generator_state` captures the generators and the data
+position for a save, `restore_generators` puts them back on resume. A damaged file fails here
+with the file and field named, instead of as a TypeError deep inside the trainer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from llm_internals.errors import LLMInternalsError
+from llm_internals.training.data import BatchSampler
 
 CPU_RNG_BYTES = torch.get_rng_state().numel()
 
@@ -34,6 +36,30 @@ def decode_rng(text: str, source: str = "RNG state", size: int | None = None) ->
     if data is None or not data or (size is not None and len(data) != size):
         raise LLMInternalsError(f"{source} is not a saved generator state")
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+
+def generator_state(batches: BatchSampler, device: torch.device) -> dict[str, Any]:
+    """The "rng" and "data" fields of trainer_state.json: the batch sampler's generator and how
+    many batches it drew, torch's CPU generator, and on CUDA the device's (dropout on the GPU
+    draws from it), encoded for JSON."""
+    rng = {
+        "batches": encode_rng(batches.generator.get_state()),
+        "torch": encode_rng(torch.get_rng_state()),
+    }
+    if device.type == "cuda":
+        rng["cuda"] = encode_rng(torch.cuda.get_rng_state(device))
+    return {"rng": rng, "data": {"batches_drawn": batches.batches_drawn}}
+
+
+def restore_generators(state: dict[str, Any], batches: BatchSampler, device: torch.device) -> None:
+    """Put back what `generator_state` saved, from a state `check_state` returned (decoded), so
+    a resumed run draws the same batches and dropout masks as the uninterrupted run."""
+    batches.load_state_dict(
+        {"generator": state["rng"]["batches"], "batches_drawn": state["data"]["batches_drawn"]}
+    )
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
 
 
 def _int(value: Any, source: str) -> int:

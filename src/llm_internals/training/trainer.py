@@ -13,7 +13,8 @@ biases after the step (training/moe_terms.py); the logged `loss` stays the cross
 the terms, the load's coefficient of variation and the dropped pairs are logged beside it.
 
 Around it: a progress bar (step, loss, lr, tokens/s, time left), periodic train/validation loss
-on fixed batches, sample generations, a JSONL log, checkpoints, exact resume, and DDP.
+on fixed batches, sample generations, a JSONL log (training/run_log.py), checkpoints, exact
+resume, and DDP.
 
 The model and batches live on `device` (CPU, CUDA or MPS); token sampling stays on the CPU so a
 seed draws the same batches everywhere, and checkpoints hold CPU tensors. A step whose loss is
@@ -24,7 +25,6 @@ last good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,7 +39,6 @@ from llm_internals.console import console as default_console
 from llm_internals.console import progress
 from llm_internals.devices import resolve_device
 from llm_internals.errors import LLMInternalsError
-from llm_internals.files import atomic_write_text
 from llm_internals.models import DecoderLM
 from llm_internals.training.builders import build_model, build_optimizer
 from llm_internals.training.checkpoint import (
@@ -48,7 +47,7 @@ from llm_internals.training.checkpoint import (
     remove_orphaned_staging,
     save_training_checkpoint,
 )
-from llm_internals.training.checkpoint_state import encode_rng
+from llm_internals.training.checkpoint_state import generator_state, restore_generators
 from llm_internals.training.config import TrainConfig, check_resume_config
 from llm_internals.training.data import BatchSampler, TokenSplits
 from llm_internals.training.distributed import DistributedContext, wrap_model
@@ -57,9 +56,9 @@ from llm_internals.training.loss import cross_entropy_fast
 from llm_internals.training.module_checkpoint import load_optimizer_state
 from llm_internals.training.moe_terms import MoEStepStats, MoETerms
 from llm_internals.training.preview import generate_preview
+from llm_internals.training.run_log import append_record, progress_line, rewrite_log, step_record
 from llm_internals.training.schedule import WarmupCosine, set_lr
 
-LOG_FILE = "log.jsonl"
 __all__ = ["LossNotFinite", "TrainResult", "Trainer", "build_model", "build_optimizer"]
 
 
@@ -175,12 +174,7 @@ class Trainer:
         load_optimizer_state(trainer.optimizer, ckpt.optimizer_state, str(ckpt.directory))
         trainer.step = ckpt.step
         state = ckpt.state
-        trainer.batches.load_state_dict(
-            {"generator": state["rng"]["batches"], "batches_drawn": state["data"]["batches_drawn"]}
-        )
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and trainer.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], trainer.device)
+        restore_generators(state, trainer.batches, trainer.device)
         trainer.step_losses = list(state["step_losses"])
         trainer.history = [r for r in state["history"] if r["step"] <= ckpt.step]
         trainer._rewrite_log()
@@ -189,15 +183,8 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.run_dir is None or not self.dist.is_main:
             return None
-        rng = {
-            "batches": encode_rng(self.batches.generator.get_state()),
-            "torch": encode_rng(torch.get_rng_state()),
-        }
-        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
-            rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         state = {
-            "rng": rng,
-            "data": {"batches_drawn": self.batches.batches_drawn},
+            **generator_state(self.batches, self.device),
             "step_losses": self.step_losses,
             "history": self.history,
             "world_size": self.dist.world_size,
@@ -299,17 +286,15 @@ class Trainer:
 
     # ----- logging -----------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        """Keep `record` in the history (saved with each checkpoint) and append it to the log."""
         self.history.append(record)
         if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / LOG_FILE, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            append_record(self.run_dir, record)
 
     def _rewrite_log(self) -> None:
         """After a resume, the log holds exactly the records up to the checkpoint's step."""
         if self.run_dir is not None and self.dist.is_main:
-            lines = "".join(json.dumps(r) + "\n" for r in self.history)
-            atomic_write_text(self.run_dir / LOG_FILE, lines)
+            rewrite_log(self.run_dir, self.history)
 
     # ----- the loop ----------------------------------------------------------------------------
     def train(self, until: int | None = None) -> TrainResult:
@@ -334,28 +319,13 @@ class Trainer:
                     now = time.perf_counter()
                     tps = tokens_per_step * window_steps / max(now - window_start, 1e-9)
                     window_start, window_steps = now, 0
+                    moe, lr = self.last_moe_stats, self._last_lr
+                    elapsed = now - started
                     self._log(
-                        {
-                            "step": self.step,
-                            "loss": loss,
-                            "lr": self._last_lr,
-                            "grad_norm": self._last_grad_norm,
-                            "tokens_per_s": tps,
-                            "elapsed_s": now - started,
-                            **(self.last_moe_stats.log_record() if self.last_moe_stats else {}),
-                        }
+                        step_record(self.step, loss, lr, self._last_grad_norm, tps, elapsed, moe)
                     )
                     if bar is not None:
-                        moe = self.last_moe_stats
-                        bar.update(
-                            task,
-                            description=f"loss {loss:.4f} lr {self._last_lr:.2e} {tps:,.0f} tok/s"
-                            + (
-                                f" aux {moe.aux_loss:.3f} cv {moe.load_cv:.2f} drop {moe.dropped}"
-                                if moe
-                                else ""
-                            ),
-                        )
+                        bar.update(task, description=progress_line(loss, lr, tps, moe))
                 if bar is not None:
                     bar.update(task, completed=self.step)
                 out_of_time = cfg.max_minutes > 0 and (
