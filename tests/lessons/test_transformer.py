@@ -12,6 +12,7 @@ import transformers
 
 from llm_internals.explain.lesson import Table
 from llm_internals.explain.lessons import transformer as lesson_module
+from llm_internals.explain.transformer_runs import SEED, tiny_seq2seq_config
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ def test_data_flow_shapes_follow_the_config(steps):
 def test_encoder_decoder_attention_matches_plain_torch(steps):
     ids = _ids()
     src = lesson_module.tokenizer().encode(lesson_module.SOURCE)
-    torch.manual_seed(lesson_module.SEED)
+    torch.manual_seed(SEED)
     from llm_internals.models.seq2seq import Seq2SeqLM
 
-    model = Seq2SeqLM(lesson_module.tiny_seq2seq_config()).eval()
+    model = Seq2SeqLM(tiny_seq2seq_config()).eval()
     captured = {}
     block = model.decoder_blocks[-1]
     for name in ("self_attn", "cross_attn"):

@@ -8,24 +8,17 @@ what they recorded with its shape. Parameter counts of real published configs co
 
 from __future__ import annotations
 
-import torch
-
 from llm_internals.explain.figures import heatmap_figure
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.lesson_model import load_lesson_model, token_labels, trained_attention
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.explain.tiny_models import (
-    GPT2_STYLE,
-    ORIGINAL_TRANSFORMER,
-    tiny_config,
-    tiny_decoder,
-    tiny_seq2seq,
+from llm_internals.explain.transformer_runs import (
+    VOCAB_SIZE,
+    run_decoder,
+    run_seq2seq,
+    tokenizer,
 )
-from llm_internals.models.config import ModelConfig
-from llm_internals.models.decoder import DecoderLM
-from llm_internals.models.published import parameter_counts
-from llm_internals.tokenizer import Tokenizer, train_bpe
-from llm_internals.trace import Recording, recording
+from llm_internals.explain.transformer_tables import data_flow, family_counts
 
 INFO = LessonInfo(
     name="transformer",
@@ -34,98 +27,8 @@ INFO = LessonInfo(
     "the three families with real parameter counts.",
 )
 
-TRAINING_TEXT = "To be, or not to be, that is the question. " * 20
 PROMPT = "To be, or not to be"
 SOURCE = "that is the question"
-VOCAB_SIZE = 280
-SEED = 0
-
-# The recorded names the data-flow table shows, with what each step is.
-FLOW = {
-    "token_embedding": "token embedding lookup",
-    "embedding": "+ learned position embedding",
-    "norm_output": "LayerNorm",
-    "q": "queries, split into heads",
-    "k": "keys",
-    "v": "values",
-    "scores": "Q K^T per head",
-    "weights": "softmax (causal)",
-    "output": "weights V per head",
-    "attention_output": "heads concatenated, W_o",
-    "residual_after_attention": "residual add",
-    "ffn_up": "FFN expand",
-    "ffn_activated": "GELU",
-    "ffn_output": "FFN contract",
-    "block_output": "residual add = block output",
-    "logits": "output head: one score per vocabulary token",
-}
-
-
-SEQ2SEQ_SHAPE = dict(vocab_size=VOCAB_SIZE, d_model=16, n_layers=1, n_heads=4, max_seq_len=32)
-
-
-def tiny_seq2seq_config() -> ModelConfig:
-    """The original Transformer's layout (post-norm, sinusoidal, ReLU), tiny."""
-    return tiny_config(**ORIGINAL_TRANSFORMER, **SEQ2SEQ_SHAPE)
-
-
-def tokenizer() -> Tokenizer:
-    return train_bpe(TRAINING_TEXT, vocab_size=VOCAB_SIZE)
-
-
-def run_decoder(ids: list[int]) -> tuple[DecoderLM, Recording]:
-    """A GPT-2-shaped tiny decoder (explain/tiny_models.py, exact GELU) run on `ids`."""
-    shape = dict(vocab_size=VOCAB_SIZE, d_model=16, n_heads=4, max_seq_len=32)
-    model = tiny_decoder(SEED, **{**GPT2_STYLE, "activation": "gelu", **shape})
-    with recording() as rec, torch.no_grad():
-        model(torch.tensor([ids]))
-    return model, rec
-
-
-def run_seq2seq(src: list[int], tgt: list[int]) -> Recording:
-    model = tiny_seq2seq(SEED, **ORIGINAL_TRANSFORMER, **SEQ2SEQ_SHAPE)
-    with recording() as rec, torch.no_grad():
-        model(torch.tensor([src]), torch.tensor([tgt]))
-    return rec
-
-
-def data_flow(rec: Recording, n_layers: int) -> list[list]:
-    """(step, recorded name, shape): layer 1 in full, later layers by their output only."""
-    rows, blocks_done = [], 0
-    for record in rec.records:
-        if record.name not in FLOW:
-            continue
-        if record.name == "logits" and record.value.shape[-1] != VOCAB_SIZE:
-            continue  # softmax records its input as "logits" too
-        shape = str(tuple(record.value.shape))
-        if record.name == "block_output":
-            blocks_done += 1
-            rows.append([f"{FLOW[record.name]} (layer {blocks_done})", record.name, shape])
-        elif blocks_done == 0 or record.name == "logits":
-            rows.append([FLOW[record.name], record.name, shape])
-        elif blocks_done == n_layers and record.name == "norm_output":
-            rows.append(["final LayerNorm", record.name, shape])
-    return rows
-
-
-def family_counts() -> list[list]:
-    models = [
-        ("BERT-base", "encoder-only", parameter_counts("bert-base")),
-        ("GPT-2 (124M)", "decoder-only", parameter_counts("gpt2-124m")),
-        ("Llama-3-8B", "decoder-only", parameter_counts("llama-3-8b")),
-        ("T5-base", "encoder-decoder", parameter_counts("t5-base")),
-    ]
-    return [
-        [
-            name,
-            family,
-            *(
-                c[k]
-                for k in ("embeddings", "attention", "ffn", "norms", "lm_head", "other", "total")
-            ),
-        ]  # fmt: skip
-        for name, family, c in models
-    ]
 
 
 def _section_why_needed() -> Section:
