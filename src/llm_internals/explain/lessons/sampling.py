@@ -8,9 +8,6 @@ draw is what `llm_internals.inference.sampling.Sampler` recorded while sampling 
 
 from __future__ import annotations
 
-import math
-import re
-
 import torch
 
 from llm_internals.explain.inputs import LessonInput
@@ -18,9 +15,16 @@ from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.lesson_corpus import lesson_corpus
 from llm_internals.explain.lesson_model import load_lesson_model
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.inference.params import SamplingParams
-from llm_internals.inference.sampling import Sampler, make_generator
-from llm_internals.trace import recording
+from llm_internals.explain.sampling_runs import (
+    SEED,
+    TRAINED_PROMPT,
+    CharDistribution,
+    kept_table,
+    run_sampler,
+    show,
+    trained_next_token_logits,
+    vocabulary,
+)
 
 INFO = LessonInfo(
     name="sampling",
@@ -34,7 +38,6 @@ TEMPERATURES = (0.5, 1.0, 1.5)
 TOP_K = 3
 TOP_P = 0.85
 MIN_P = 0.1
-SEED = 0
 DRAW_TEMPERATURE = 0.8
 INPUTS = (
     LessonInput("temperature", "temperature T", DRAW_TEMPERATURE, kind="float", minimum=0.05,
@@ -48,50 +51,7 @@ INPUTS = (
 )  # fmt: skip
 
 
-def vocabulary(text: str) -> list[str]:
-    """Every distinct character of the corpus, sorted: token id = position in this list."""
-    return sorted(set(text))
-
-
-def next_char_logits(text: str, vocab: list[str], context: str) -> tuple[torch.Tensor, list[int]]:
-    """ln(count of c after `context`) for each vocabulary character c (-inf when never seen)."""
-    counts = [0] * len(vocab)
-    index = {ch: i for i, ch in enumerate(vocab)}
-    for match in re.finditer(re.escape(context) + "(.)", text, flags=re.S):
-        counts[index[match.group(1)]] += 1
-    logits = torch.tensor([math.log(c) if c else -math.inf for c in counts])
-    return logits, counts
-
-
-def show(ch: str) -> str:
-    """A character as a reader can see it: space, newline and quotes made visible."""
-    return {" ": "' ' (space)", "\n": "'\\n'"}.get(ch, repr(ch))
-
-
-def run_sampler(logits: torch.Tensor, **params) -> tuple[int, dict[str, torch.Tensor]]:
-    """Sample once with the real Sampler (seeded) and return the token and what it recorded."""
-    params = SamplingParams(seed=SEED, **params)
-    with recording() as rec:
-        tokens = Sampler()(logits[None], [params], generators=[make_generator(params.seed)])
-    values = {name: rec.get(name) for name in rec.names() if name.startswith("sampling.")}
-    return int(tokens[0]), values
-
-
-class _Distribution:
-    def __init__(self, text: str, vocab: list[str], context: str) -> None:
-        self.vocab = vocab
-        self.context = context
-        self.logits, self.counts = next_char_logits(text, vocab, context)
-        # Candidates: every character seen after the context, most frequent first.
-        self.candidates = sorted(
-            (i for i, c in enumerate(self.counts) if c), key=lambda i: (-self.counts[i], i)
-        )
-
-    def rows(self, *columns: torch.Tensor) -> list[list]:
-        return [[show(self.vocab[i]), *(float(col[i]) for col in columns)] for i in self.candidates]
-
-
-def _section_distribution(dist: _Distribution) -> Section:
+def _section_distribution(dist: CharDistribution) -> Section:
     _, rec = run_sampler(dist.logits)
     probs = rec["sampling.probs"][0]
     total = sum(dist.counts)
@@ -119,7 +79,7 @@ def _section_distribution(dist: _Distribution) -> Section:
     )
 
 
-def _section_greedy(dist: _Distribution) -> Section:
+def _section_greedy(dist: CharDistribution) -> Section:
     token, rec = run_sampler(dist.logits, temperature=0.0)
     return Section(
         "Greedy decoding",
@@ -139,7 +99,7 @@ def _section_greedy(dist: _Distribution) -> Section:
     )
 
 
-def _section_temperature(dist: _Distribution, temperature: float) -> Section:
+def _section_temperature(dist: CharDistribution, temperature: float) -> Section:
     # a temperature the learner chose joins the table's three
     changed = temperature != DRAW_TEMPERATURE
     temperatures = sorted({*TEMPERATURES, temperature}) if changed else list(TEMPERATURES)
@@ -163,20 +123,7 @@ def _section_temperature(dist: _Distribution, temperature: float) -> Section:
     )
 
 
-def _kept_table(dist: _Distribution, probs: torch.Tensor, rec: dict, extra=()) -> Table:
-    kept = rec["sampling.kept"][0]
-    renormalized = rec["sampling.probs"][0]
-    names = [name for name, _ in extra]
-    rows = []
-    for i in dist.candidates:
-        rows.append(
-            [show(dist.vocab[i]), float(probs[i]), *(float(col[i]) for _, col in extra),
-             bool(kept[i]), float(renormalized[i])]
-        )  # fmt: skip
-    return Table(["next character", "probability", *names, "kept", "renormalized"], rows)
-
-
-def _section_top_k(dist: _Distribution, top_k: int) -> Section:
+def _section_top_k(dist: CharDistribution, top_k: int) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, top_k=top_k)
     return Section(
@@ -190,14 +137,14 @@ def _section_top_k(dist: _Distribution, top_k: int) -> Section:
                 formula="keep c if z_c >= (k-th largest logit); p'(c) = p(c) / sum_kept p",
                 values={
                     "k-th largest logit": float(rec["sampling.top_k_threshold"][0, 0]),
-                    "top-k": _kept_table(dist, probs, rec),
+                    "top-k": kept_table(dist, probs, rec),
                 },
             )
         ],
     )
 
 
-def _section_top_p(dist: _Distribution, top_p: float) -> Section:
+def _section_top_p(dist: CharDistribution, top_p: float) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, top_p=top_p)
     mass_before = rec["sampling.top_p_mass_before"][0]
@@ -212,14 +159,14 @@ def _section_top_p(dist: _Distribution, top_p: float) -> Section:
                 f"token while the mass already kept is below p = {top_p}. A confident "
                 f"distribution keeps few tokens, a flat one many.",
                 formula="keep c if (sum of p over tokens ranked above c) < p",
-                values={"top-p": _kept_table(dist, probs, rec, [("mass before", before)])},
+                values={"top-p": kept_table(dist, probs, rec, [("mass before", before)])},
             )
         ],
     )
 
 
 def _section_min_p(
-    dist: _Distribution, flat: _Distribution, top_k: int, top_p: float, min_p: float
+    dist: CharDistribution, flat: CharDistribution, top_k: int, top_p: float, min_p: float
 ) -> Section:
     probs = torch.softmax(dist.logits, -1)
     _, rec = run_sampler(dist.logits, min_p=min_p)
@@ -240,7 +187,7 @@ def _section_min_p(
                 formula="keep c if p(c) >= min_p * max_j p(j)",
                 values={
                     "threshold = min_p * max p": float(rec["sampling.min_p_threshold"][0, 0]),
-                    "min-p": _kept_table(dist, probs, rec),
+                    "min-p": kept_table(dist, probs, rec),
                 },
             ),
             Step(
@@ -264,7 +211,7 @@ def _section_min_p(
     )
 
 
-def _section_draw(dist: _Distribution, temperature: float, top_p: float) -> Section:
+def _section_draw(dist: CharDistribution, temperature: float, top_p: float) -> Section:
     token, rec = run_sampler(dist.logits, temperature=temperature, top_p=top_p)
     probs = rec["sampling.probs"][0]
     cumulative = rec["sampling.cdf"][0]
@@ -295,16 +242,7 @@ def _section_draw(dist: _Distribution, temperature: float, top_p: float) -> Sect
     )
 
 
-TRAINED_PROMPT = "To be, or not to"
 TRAINED_TOP = 10  # the most likely next tokens shown
-
-
-def trained_next_token_logits() -> tuple[list[int], torch.Tensor]:
-    """(prompt ids, next-token logits) of the lessons' trained model after TRAINED_PROMPT."""
-    model, tokenizer = load_lesson_model()
-    ids = tokenizer.encode_ordinary(TRAINED_PROMPT)
-    with torch.no_grad():
-        return ids, model(torch.tensor([ids]))[0, -1]
 
 
 def _section_trained_model(temperature: float, top_p: float) -> Section:
@@ -347,8 +285,8 @@ def build(
 ) -> Lesson:
     text = lesson_corpus(INFO.name)
     vocab = vocabulary(text)
-    dist = _Distribution(text, vocab, CONTEXT)
-    flat = _Distribution(text, vocab, FLAT_CONTEXT)
+    dist = CharDistribution(text, vocab, CONTEXT)
+    flat = CharDistribution(text, vocab, FLAT_CONTEXT)
     return Lesson(
         name=INFO.name,
         title=INFO.title,
