@@ -10,9 +10,13 @@ import math
 
 import torch
 
-from llm_internals.explain.figures import line_figure
+from llm_internals.explain.cross_entropy_runs import (
+    bigram_logits,
+    categorical_run,
+    training_curve_figure,
+)
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
-from llm_internals.explain.lesson_model import curve_series, lesson_model_training
+from llm_internals.explain.lesson_model import lesson_model_training
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.trace import Recording, recording
 from llm_internals.training.loss import (
@@ -143,15 +147,6 @@ def _section_binary() -> Section:
     )
 
 
-def categorical_run() -> tuple[torch.Tensor, Recording, torch.Tensor]:
-    """The example's logits, what `cross_entropy` recorded on them, and the loss."""
-    logits = torch.tensor([LOGITS], dtype=torch.float64)
-    target = torch.tensor([TARGET])
-    with recording() as rec:
-        loss = cross_entropy(logits, target)
-    return logits, rec, loss
-
-
 def _section_categorical(logits: torch.Tensor, rec: Recording) -> Section:
     probs = torch.exp(rec.get("log_probs"))
     return Section(
@@ -204,32 +199,10 @@ def _section_numeric_example(rec: Recording, loss: torch.Tensor) -> Section:
     )
 
 
-def _bigram_logits() -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A real (if tiny) language model: add-one bigram counts of TEXT, as logits log(count)."""
-    vocab = sorted(set(TEXT))
-    ids = torch.tensor([vocab.index(ch) for ch in TEXT])
-    counts = torch.ones(len(vocab), len(vocab), dtype=torch.float64)
-    for a, b in zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True):
-        counts[a, b] += 1
-    return vocab, ids, torch.log(counts[ids[:-1]]), ids[1:]
-
-
 def training_curve_step() -> Step:
     """The loss curve of the lessons' shipped model (recorded in its training.json)."""
     record = lesson_model_training()
-    series = curve_series(record["curve"])
-    steps = [s for s, _ in series.values()]
-    figure = line_figure(
-        "cross_entropy", "training",
-        f"Cross-entropy while training the lessons' model ({record['parameters']:,} parameters, "
-        f"{record['vocab_size']:,} BPE tokens, seed {record['seed']}): from ln(V) = "
-        f"{record['uniform_loss']:.2f} nats, a uniform guess, down to "
-        f"{series['validation (evaluation)'][1][-1]:.2f} on random validation batches.",
-        steps[0],
-        {label: losses for label, (_, losses) in series.items()},
-        "optimizer step", "cross-entropy (nats/token)", title="Training the lessons' model",
-        xs={label: points for label, points in zip(series, steps, strict=True)},
-    )  # fmt: skip
+    figure = training_curve_figure(record)
     return Step(
         "Training is minimizing exactly this mean cross-entropy, batch after batch. The "
         "lessons' small trained model started at ln(V), the loss of a uniform guess over its "
@@ -248,7 +221,7 @@ def training_curve_step() -> Step:
 
 
 def _section_language_models() -> Section:
-    vocab, ids, logits, targets = _bigram_logits()
+    vocab, ids, logits, targets = bigram_logits(TEXT)
     with recording() as rec:
         loss = cross_entropy(logits, targets)
     uniform = cross_entropy(torch.zeros_like(logits), targets)
@@ -335,7 +308,7 @@ def _section_summary() -> Section:
 
 
 def build() -> Lesson:
-    logits, rec, loss = categorical_run()
+    logits, rec, loss = categorical_run(LOGITS, TARGET)
     return Lesson(
         name=INFO.name,
         title=INFO.title,
