@@ -18,8 +18,10 @@ from rich.console import Console
 
 from llm_internals.explain import moe_runs
 from llm_internals.explain.lessons import moe as lesson_module
+from llm_internals.explain.moe_block import BLOCK_MOE, block_model
 from llm_internals.explain.moe_counts import MOE_MODELS
 from llm_internals.explain.render import render_json, render_markdown, render_terminal
+from llm_internals.explain.tiny_models import tiny_tokenizer
 from llm_internals.models.published import hf_config
 
 OUTLINE = [
@@ -184,15 +186,15 @@ def test_router_choices_recomputed_with_torch(steps):
 
 def test_moe_block_in_the_decoder(steps):
     values = steps["Where MoE sits in the block"][0].values
-    d, moe = 8, lesson_module.BLOCK_MOE
+    d, moe = 8, BLOCK_MOE
     assert values["blocks"].rows == [
         [0, "GatedMLP", 3 * d * 16],  # tiny d_ff = 16
         [1, "MoELayer", moe["n_experts"] * (3 * d * moe["d_expert"] + d)],  # experts + router
     ]
-    model = lesson_module.block_model()
+    model = block_model()
     seen = {}
     model.blocks[1].ffn.register_forward_hook(lambda m, args, out: seen.update(h=args[0]))
-    ids = torch.tensor([lesson_module.tiny_tokenizer().encode(lesson_module.TEXT)])
+    ids = torch.tensor([tiny_tokenizer().encode(lesson_module.TEXT)])
     with torch.no_grad():
         model(ids)
         logits = seen["h"][0] @ model.blocks[1].ffn.router.weight.T

@@ -86,3 +86,18 @@ def memory_rows(names: tuple[str, ...]) -> list[list]:
         traffic = 2 * shape.top_k * shape.d_model * BF16 * shape.moe_layers
         rows.append([name, BF16 * c["total"], BF16 * c["active"], traffic])
     return rows
+
+
+EXPERT_COLUMNS = ["model", "d_model", "expert width", "params per expert", "experts per layer"]
+MEMORY_COLUMNS = ["model", "weights bytes", "weights read per token bytes",
+                  "all-to-all bytes per token"]  # fmt: skip
+
+
+def expert_rows(ours: list) -> list[list]:
+    """`ours` (a row of EXPERT_COLUMNS), then each of MOE_MODELS' expert shape."""
+    rows = [ours]
+    for name in MOE_MODELS:
+        shape = moe_shape(name)
+        rows.append([name, shape.d_model, shape.d_expert, shape.expert_parameters,
+                     shape.n_experts])  # fmt: skip
+    return rows

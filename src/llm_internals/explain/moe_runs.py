@@ -218,3 +218,14 @@ def dropped_rows(runs: dict[str, BalanceRun]) -> list[list]:
             row += [capped.last_dropped, 100 * capped.last_dropped / (BATCH * TOP_K)]
         rows.append(row)
     return rows
+
+
+DROPPED_COLUMNS = ["capacity factor", "C", "dropped, unbalanced", "%", "dropped, aux", "% aux"]
+
+
+def balance_summary_rows(runs: dict[str, BalanceRun]) -> list[list]:
+    """Per balancing method: the load's coefficient of variation and L_aux at the first and the
+    last step."""
+    return [[name, r.variation[0], r.variation[-1], r.aux_losses[0], r.aux_losses[-1]]
+            for name, r in (("no balancing", runs["none"]), ("aux loss", runs["aux"]),
+                            ("bias update", runs["bias"]))]  # fmt: skip

@@ -14,11 +14,11 @@ import torch
 from llm_internals.explain import moe_counts, moe_runs
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.moe_block import block_routing
 from llm_internals.explain.moe_counts import MOE_MODELS, PARAM_COLUMNS, param_row
 from llm_internals.explain.moe_runs import BATCH, D_MODEL, N_EXPERTS, TOP_K, BalanceRun, routed
 from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.source import code_block
-from llm_internals.explain.tiny_models import tiny_decoder, tiny_tokenizer
 from llm_internals.layers.ffn import GatedMLP
 from llm_internals.layers.moe_balance import switch_aux_loss, update_selection_bias
 from llm_internals.layers.moe_dispatch import dispatch_sorted
@@ -39,7 +39,6 @@ INPUTS = (
     LessonInput("gamma", "bias update rate gamma", moe_runs.GAMMA, kind="float", minimum=0.0,
                 maximum=1.0, help="step of the selection-bias update (DeepSeek-V3: 0.001)"),
 )  # fmt: skip
-BLOCK_MOE = {"d_expert": 16, "n_experts": 4, "top_k": 2, "dense_layers": [0]}
 
 
 def _section_why_needed() -> Section:
@@ -68,12 +67,7 @@ def _section_expert() -> Section:
     with torch.no_grad():
         out = expert(x)
     params = sum(p.numel() for p in expert.parameters())
-    rows = [["this lesson", D_MODEL, moe_runs.D_EXPERT, params, N_EXPERTS]]
-    for name in MOE_MODELS:
-        shape = moe_counts.moe_shape(name)
-        rows.append([name, shape.d_model, shape.d_expert, shape.expert_parameters,
-                     shape.n_experts])  # fmt: skip
-    columns = ["model", "d_model", "expert width", "params per expert", "experts per layer"]
+    rows = moe_counts.expert_rows(["this lesson", D_MODEL, moe_runs.D_EXPERT, params, N_EXPERTS])
     return Section(
         "What an expert really is",
         [
@@ -86,7 +80,7 @@ def _section_expert() -> Section:
                 values={
                     "x": x[0],
                     "Expert_0(x)": out[0],
-                    "experts": Table(columns, rows),
+                    "experts": Table(moe_counts.EXPERT_COLUMNS, rows),
                 },
             )
         ],
@@ -162,21 +156,8 @@ def _section_router() -> Section:
     )
 
 
-def block_model():
-    """A tiny DecoderLM whose block 0 keeps a dense FFN and block 1 has a MoELayer."""
-    return tiny_decoder(0, moe=BLOCK_MOE)
-
-
 def _section_where_in_block() -> Section:
-    model = block_model()
-    ids = torch.tensor([tiny_tokenizer().encode(TEXT)])
-    with torch.no_grad():
-        model(ids)
-    rows = [[i, type(b.ffn).__name__, sum(p.numel() for p in b.ffn.parameters())]
-            for i, b in enumerate(model.blocks)]  # fmt: skip
-    routing = model.blocks[1].ffn.last_routing
-    tokens = [[repr(ch), *routing.indices[t].tolist(), *routing.weights[t].tolist()]
-              for t, ch in enumerate(TEXT)]  # fmt: skip
+    rows, tokens = block_routing(TEXT)
     return Section(
         "Where MoE sits in the block",
         [
@@ -237,9 +218,6 @@ def _section_sparse_compute() -> Section:
 
 def _section_load_balancing(runs: dict[str, BalanceRun], aux_coef: float, gamma: float) -> Section:
     even = float(switch_aux_loss(torch.zeros(4, N_EXPERTS), TOP_K))
-    summary = [[name, r.variation[0], r.variation[-1], r.aux_losses[0], r.aux_losses[-1]]
-               for name, r in (("no balancing", runs["none"]), ("aux loss", runs["aux"]),
-                               ("bias update", runs["bias"]))]  # fmt: skip
     return Section(
         "Load balancing",
         [
@@ -272,7 +250,7 @@ def _section_load_balancing(runs: dict[str, BalanceRun], aux_coef: float, gamma:
                     ),
                     "summary": Table(
                         ["method", "CV first step", "CV last step", "L_aux first", "L_aux last"],
-                        summary,
+                        moe_runs.balance_summary_rows(runs),
                     ),
                     "bias after the run": runs["bias"].layer.router.e_score_correction_bias,
                 },
@@ -295,15 +273,7 @@ def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
                 "in every MoE layer, an all-to-all (bf16, worst case: every expert remote; "
                 "DeepSeek-V3 limits a token to 4 nodes).",
                 values={
-                    "bf16": Table(
-                        [
-                            "model",
-                            "weights bytes",
-                            "weights read per token bytes",
-                            "all-to-all bytes per token",
-                        ],
-                        memory,
-                    )
+                    "bf16": Table(moe_counts.MEMORY_COLUMNS, memory),
                 },
             ),
             Step(
@@ -313,17 +283,7 @@ def _section_challenges(runs: dict[str, BalanceRun]) -> Section:
                 "unbalanced and the aux-balanced layers of the run above: balancing is what "
                 "makes a capacity near 1 affordable.",
                 values={
-                    "dropped pairs": Table(
-                        [
-                            "capacity factor",
-                            "C",
-                            "dropped, unbalanced",
-                            "%",
-                            "dropped, aux",
-                            "% aux",
-                        ],
-                        moe_runs.dropped_rows(runs),
-                    )
+                    "dropped pairs": Table(moe_runs.DROPPED_COLUMNS, moe_runs.dropped_rows(runs)),
                 },
                 decimals=2,
             ),
