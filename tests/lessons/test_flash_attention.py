@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from llm_internals.explain.flash_runs import qkv
 from llm_internals.explain.lesson import Table
 from llm_internals.explain.lessons import flash_attention as lesson_module
 from llm_internals.explain.registry import list_lessons
+from llm_internals.layers.attention import scaled_dot_product_attention
 from llm_internals.layers.cpu_caches import read_cpu_caches
 from llm_internals.layers.flash_attention import flash_attention
 from llm_internals.layers.masks import causal_mask
@@ -40,7 +42,7 @@ def test_registered_after_the_attention_lessons():
 
 
 def test_recap_weights_are_the_softmax_of_the_scaled_scores(lesson):
-    q, k, _ = lesson_module.qkv(lesson_module.RECAP_N, lesson_module.RECAP_D)
+    q, k, _ = qkv(lesson_module.RECAP_N, lesson_module.RECAP_D)
     expected = torch.softmax(q[0, 0] @ k[0, 0].T / math.sqrt(lesson_module.RECAP_D), -1)
     values = lesson["Quick recap: standard attention"][0].values
     torch.testing.assert_close(values["weights P (N x N)"], expected)
@@ -150,12 +152,12 @@ def test_recomputation_memory_and_flops(lesson):
     assert heads * n * n * F32 <= mat_kept
     assert (mat_flops, tiled_flops) == (12 * n * n * d * heads, 14 * n * n * d * heads)
     # the FLOPs agree with the matmuls that actually run
-    q, k, v = (x.requires_grad_() for x in lesson_module.qkv(n, d, heads))
+    q, k, v = (x.requires_grad_() for x in qkv(n, d, heads))
 
     def tiled(*x):
         return flash_attention(*x, block_q=block, block_k=block)
 
-    for fn, shown in ((lesson_module.scaled_dot_product_attention, mat_flops),
+    for fn, shown in ((scaled_dot_product_attention, mat_flops),
                       (tiled, tiled_flops)):  # fmt: skip
         with MatmulFlops() as counter:
             fn(q, k, v).sum().backward()

@@ -14,9 +14,14 @@ from collections.abc import Callable
 import torch
 
 from llm_internals.layers.attention import scaled_dot_product_attention
-from llm_internals.layers.flash_attention import FlashCounters, flash_attention
+from llm_internals.layers.flash_attention import (
+    FlashCounters,
+    flash_attention,
+    flash_attention_forward,
+)
 from llm_internals.layers.flash_io import PAPER_STANDARD, Tiling, standard_io, tiled_io
 from llm_internals.layers.softmax import softmax
+from llm_internals.trace import recording
 
 
 def qkv(n: int, d: int, heads: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -125,3 +130,39 @@ def saved_bytes_curve(sizes: tuple[int, ...], d: int, heads: int, block: int) ->
         row += [round(row[1] / prev[1], 2), round(row[2] / prev[2], 2)]
     rows[0] += ["", ""]
     return rows
+
+
+def recap_run(n: int, d: int) -> tuple[torch.Tensor, str]:
+    """The materialised attention weights of head 0 on seeded inputs, and the output's shape."""
+    q, k, v = qkv(n, d)
+    with recording() as rec, torch.no_grad():
+        scaled_dot_product_attention(q, k, v)
+    return rec.get("weights")[0, 0], str(tuple(rec.get("output").shape))
+
+
+def tiling_run(n: int, d: int, block: int) -> tuple[FlashCounters, list]:
+    """The causal tiled pass with square blocks: its counters and the recorded block pairs
+    (query block, key block, status)."""
+    q, k, v = qkv(n, d)
+    counters = FlashCounters()
+    with recording() as rec, torch.no_grad():
+        flash_attention(q, k, v, causal=True, block_q=block, block_k=block,
+                        counters=counters)  # fmt: skip
+    return counters, rec.all("flash.pair")
+
+
+def online_softmax_run(
+    scores: tuple[float, ...], v: torch.Tensor, block_size: int
+) -> tuple[list[list], torch.Tensor, torch.Tensor]:
+    """One query whose scores are `scores` (d = 1, scale 1, so K = S) through the real tiled
+    forward with key blocks of `block_size`: per block its scores and the running m and l the
+    pass recorded, then the output and the log-sum-exp L."""
+    q = torch.ones(1, 1, dtype=torch.float64)
+    k = torch.tensor(scores, dtype=torch.float64)[:, None]
+    with recording() as rec:
+        out, lse = flash_attention_forward(q, k, v, scale=1.0, block_q=1, block_k=block_size)
+    rows = []
+    for j, (m, l_sum) in enumerate(zip(rec.all("flash.m"), rec.all("flash.l"), strict=True)):
+        block = scores[j * block_size : (j + 1) * block_size]
+        rows.append([j, ", ".join(f"{s:g}" for s in block), float(m[0]), float(l_sum[0])])
+    return rows, out, lse

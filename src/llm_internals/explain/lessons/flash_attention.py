@@ -14,12 +14,16 @@ import torch
 
 from llm_internals.explain.flash_runs import (
     loop_order_bytes,
-    qkv,
+    online_softmax_run,
+    recap_run,
     recomputation_costs,
     saved_bytes_curve,
     standard_step_rows,
+    tiling_run,
 )
 from llm_internals.explain.flash_tables import (
+    FA3_PUBLISHED,
+    FA3_SOURCE,
     block_pair_table,
     gpu_memory_table,
     io_limit_table,
@@ -28,15 +32,8 @@ from llm_internals.explain.flash_tables import (
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
 from llm_internals.explain.registry import LessonInfo
-from llm_internals.layers.attention import scaled_dot_product_attention
 from llm_internals.layers.cpu_caches import read_cpu_caches
-from llm_internals.layers.flash_attention import (
-    FlashCounters,
-    flash_attention,
-    flash_attention_forward,
-)
 from llm_internals.layers.flash_io import GPUS, paper_block_sizes
-from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="flash-attention",
@@ -60,26 +57,11 @@ IO_SIZES = (1024, 4096, 16384)
 IO_D, IO_BYTES = 64, 2  # head dim 64, fp16/bf16 on the GPU
 CURVE_SIZES = (64, 128, 256, 512)
 CURVE_BLOCK = 128
-FA3_PUBLISHED = (
-    ("forward speed vs FlashAttention-2 (FP16)", "1.5-2.0x"),
-    ("FP16 forward, peak", "up to 740 TFLOP/s"),
-    ("FP8 forward, peak", "close to 1.2 PFLOP/s"),
-    ("backward vs FlashAttention-2", "1.5-1.75x"),
-    ("FP8 error with incoherent processing", "2.6x lower RMSE than plain FP8 attention"),
-    ("ablation: warp specialisation, two-stage pipelining", "about 12-14% each"),
-)
-FA3_SOURCE = (
-    "Shah et al. 2024, FlashAttention-3 (v1 abstract and ablation), as summarised in the "
-    "project's spec (flash-attention.md 5.3)"
-)
 PARTITION = dict(heads=8, n=8192, block=128)  # batch 1
 
 
 def _section_recap() -> Section:
-    q, k, v = qkv(RECAP_N, RECAP_D)
-    with recording() as rec, torch.no_grad():
-        scaled_dot_product_attention(q, k, v)
-    weights = rec.get("weights")[0, 0]
+    weights, output_shape = recap_run(RECAP_N, RECAP_D)
     return Section(
         "Quick recap: standard attention",
         [
@@ -92,7 +74,7 @@ def _section_recap() -> Section:
                 values={
                     "weights P (N x N)": weights,
                     "row sums of P": weights.sum(-1),
-                    "output O shape": str(tuple(rec.get("output").shape)),
+                    "output O shape": output_shape,
                 },
             )
         ],
@@ -178,11 +160,7 @@ def _section_core_idea() -> Section:
 
 
 def _section_tiling() -> Section:
-    q, k, v = qkv(GRID_N, RECAP_D)
-    counters = FlashCounters()
-    with recording() as rec, torch.no_grad():
-        flash_attention(q, k, v, causal=True, block_q=GRID_BLOCK, block_k=GRID_BLOCK,
-                        counters=counters)  # fmt: skip
+    counters, pairs = tiling_run(GRID_N, RECAP_D, GRID_BLOCK)
     return Section(
         "Tiling: attention in blocks",
         [
@@ -193,7 +171,7 @@ def _section_tiling() -> Section:
                 "comes after every query are skipped without being loaded.",
                 values={
                     "block pairs, as recorded (flash.pair)": block_pair_table(
-                        rec.all("flash.pair"), GRID_N, GRID_BLOCK
+                        pairs, GRID_N, GRID_BLOCK
                     ),
                     "computed": counters.blocks_computed,
                     "skipped": counters.blocks_skipped,
@@ -205,14 +183,8 @@ def _section_tiling() -> Section:
 
 def _section_online_softmax(block_size: int = ROW_BLOCK) -> Section:
     scores = torch.tensor(ROW_SCORES, dtype=torch.float64)
-    q = torch.ones(1, 1, dtype=torch.float64)
-    k, v = scores[:, None], torch.tensor(ROW_VALUES, dtype=torch.float64)[:, None]
-    with recording() as rec:
-        out, lse = flash_attention_forward(q, k, v, scale=1.0, block_q=1, block_k=block_size)
-    rows = []
-    for j, (m, l_sum) in enumerate(zip(rec.all("flash.m"), rec.all("flash.l"), strict=True)):
-        block = ROW_SCORES[j * block_size : (j + 1) * block_size]
-        rows.append([j, ", ".join(f"{s:g}" for s in block), float(m[0]), float(l_sum[0])])
+    v = torch.tensor(ROW_VALUES, dtype=torch.float64)[:, None]
+    rows, out, lse = online_softmax_run(ROW_SCORES, v, block_size)
     full = torch.softmax(scores, 0)
     from_lse = torch.exp(scores - lse[0])
     return Section(
