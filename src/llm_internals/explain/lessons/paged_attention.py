@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from llm_internals.explain.inputs import LessonInput
 from llm_internals.explain.lesson import Lesson, Section, Step, Table
+from llm_internals.explain.paged_runs import decode_step_run, fork_run, prefix_run
 from llm_internals.explain.paged_tables import pool_rows, ref_rows, sample_rows
 from llm_internals.explain.paged_workload import (
     CONTEXT,
@@ -33,11 +34,9 @@ from llm_internals.explain.registry import LessonInfo
 from llm_internals.explain.tiny_models import TINY_ALPHABET, tiny_tokenizer
 from llm_internals.inference.generate import generate
 from llm_internals.inference.kv_memory import load_shape, shape_from_model_config
-from llm_internals.inference.paged import LLM
 from llm_internals.inference.params import SamplingParams
 from llm_internals.models import DecoderLM
 from llm_internals.tokenizer.char import CharTokenizer
-from llm_internals.trace import recording
 
 INFO = LessonInfo(
     name="paged-attention",
@@ -182,20 +181,8 @@ def _section_analogy() -> Section:
 
 
 def _section_how_it_works(model: DecoderLM, tok: CharTokenizer) -> Section:
-    llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
-              enable_prefix_caching=False)  # fmt: skip
-    for prompt, max_tokens in REQUESTS:
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-        llm.add_request(prompt, prompt, params)
-    llm.step()  # prefill every prompt, sample each first token
-    with recording() as rec:
-        outputs = {o.request_id: o for o in llm.step()}  # one decode token per sequence
-    ids, positions = rec.get("paged.input_ids"), rec.get("paged.positions")
-    slots, owners = rec.get("paged.slot_mapping"), rec.get("paged.row_sequences")
-    packed = [[owners[row][0], repr(tok.decode([int(ids[row])])), int(positions[row]),
-               int(slots[row])] for row in rec.get("paged.sample_rows")]  # fmt: skip
+    packed, snapshot, outputs = decode_step_run(model, tok, REQUESTS, BLOCK_SIZE, NUM_BLOCKS)
     first = REQUESTS[0][0]
-    snapshot = llm.pool_snapshot(kv_block_ids=llm.block_tables()[(first, 0)])
     table_rows = []
     for prompt, _ in REQUESTS:
         seq = snapshot.sequence(prompt)
@@ -295,17 +282,10 @@ def _section_effective(tok: CharTokenizer, block_size: int = MEASURED_BLOCK_SIZE
 
 
 def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
-    llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
-              enable_prefix_caching=False)  # fmt: skip
     params = SamplingParams(temperature=1.0, seed=SAMPLING_SEED, n=N_SAMPLES, max_tokens=3,
                             ignore_eos=True)  # fmt: skip
-    llm.add_request(SHARED_REQUEST, SHARED_PROMPT, params)
-    llm.step()
-    forked = llm.pool_snapshot()
-    with recording() as rec:
-        llm.step()
-    copies = [list(pair) for pairs in rec.all("paged.block_copies") for pair in pairs]
-    after = llm.pool_snapshot()
+    forked, copies, after = fork_run(model, tok, SHARED_REQUEST, SHARED_PROMPT, params,
+                                     BLOCK_SIZE, NUM_BLOCKS)  # fmt: skip
     columns = ["sample", "tokens so far", "K/V stored", "block table"]
     return [
         Step(
@@ -345,22 +325,11 @@ def _parallel_sampling(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
 
 
 def _shared_prefix(model: DecoderLM, tok: CharTokenizer) -> list[Step]:
-    llm = LLM(model, tok, block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS,
-              enable_prefix_caching=True)  # fmt: skip
-    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
     first, second = PREFIX_PROMPTS
-    llm.add_request(first, first, params)
-    llm.step()
-    llm.add_request(second, second, params)
-    llm.step()
-    snapshot = llm.pool_snapshot()
+    snapshot, stats, after = prefix_run(model, tok, PREFIX_PROMPTS, BLOCK_SIZE, NUM_BLOCKS)
     hashes = [[b, "-" if snapshot.blocks[b].hash is None else f"{snapshot.blocks[b].hash:016x}"]
               for b in snapshot.sequence(first).block_table]  # fmt: skip
     during = [[r, str(list(snapshot.sequence(r).block_table))] for r in PREFIX_PROMPTS]
-    stats = llm.stats()
-    while llm.has_unfinished():
-        llm.step()
-    after = llm.stats()
     return [
         Step(
             f"Shared prefixes: {first!r} runs one step (its full blocks get a hash chained over "
