@@ -69,3 +69,20 @@ def hf_checkpoints(tmp_path_factory) -> dict[str, tuple[transformers.PreTrainedM
 def hf_decoder():
     """The `make_hf_decoder` factory, for tests that need their own variant."""
     return make_hf_decoder
+
+
+def hf_greedy(hf, prompts, max_new_tokens, eos):
+    """HF generate on a left-padded batch; per row the new tokens up to and including eos
+    (the reference side of the greedy `generate` == HF `generate` tests)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    with torch.no_grad():
+        out = hf.generate(
+            ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=eos, pad_token_id=0, use_cache=True,
+        )  # fmt: skip
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out[:, width:].tolist()]

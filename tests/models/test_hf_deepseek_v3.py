@@ -21,6 +21,8 @@ from llm_internals.layers.mla import MultiHeadLatentAttention
 from llm_internals.layers.moe import MoELayer
 from llm_internals.models import DecoderLM, ModelConfig, load_pretrained, save_pretrained
 
+from .conftest import hf_greedy
+
 TOL = 1e-4
 VOCAB = 97
 EOS = 3
@@ -190,21 +192,6 @@ def test_yarn_matches_hf_in_both_config_spellings(tmp_path):
     with torch.no_grad():
         assert (again(ids) - expected).abs().max().item() < TOL
         assert (exported(ids).logits - expected).abs().max().item() < TOL
-
-
-def hf_greedy(hf, prompts, max_new_tokens, eos):
-    """HF generate on a left-padded batch; per row the new tokens up to and including eos."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    with torch.no_grad():
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                          do_sample=False, eos_token_id=eos, pad_token_id=0)  # fmt: skip
-    rows = [row[: row.index(eos) + 1] if eos in row else row for row in out[:, width:].tolist()]
-    return rows
 
 
 def test_greedy_generate_equals_hf_generate(checkpoints):

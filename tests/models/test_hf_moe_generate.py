@@ -12,6 +12,7 @@ from llm_internals.inference.paged import LLM
 from llm_internals.inference.params import SamplingParams
 from llm_internals.models import load_pretrained
 
+from .conftest import hf_greedy
 from .test_hf_moe_parity import MOE_FAMILIES, make_hf_moe
 
 EOS = 3
@@ -27,22 +28,6 @@ def saved(tmp_path_factory):
         hf.save_pretrained(path)
         out[family] = (hf, path)
     return out
-
-
-def hf_greedy(hf, prompts, max_new_tokens, eos):
-    """HF generate on a left-padded batch; per row the new tokens up to and including eos."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    with torch.no_grad():
-        out = hf.generate(
-            ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=eos, pad_token_id=0, use_cache=True,
-        )  # fmt: skip
-    return [row[: row.index(eos) + 1] if eos in row else row for row in out[:, width:].tolist()]
 
 
 def with_eos(result, eos):
